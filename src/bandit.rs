@@ -1,0 +1,239 @@
+//! `p3o bandit`: P3O-V1, P3O-V2, PPO and online DPO trained on a seeded
+//! random contextual bandit, with exact metrics ([C-BANDIT-TRAIN]).
+
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::reference::policy::{expected_reward, mean_kl, probabilities};
+use crate::reference::shift::RewardShift;
+use crate::reference::{Algorithm, Batch, Hyper, Problem, evaluate, sample_pairs};
+
+/// The algorithms `p3o bandit` trains, in report order.
+pub const TRAINED: [Algorithm; 4] = [
+    Algorithm::P3oV1,
+    Algorithm::P3oV2,
+    Algorithm::Ppo,
+    Algorithm::Dpo,
+];
+
+/// Sizes and hyper-parameters of a bandit run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BanditConfig {
+    pub contexts: usize,
+    pub actions: usize,
+    pub steps: usize,
+    pub pairs: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    /// KL coefficient of the shaped reward (P3O, PPO).
+    pub beta: f64,
+    /// DPO's beta.
+    pub dpo_beta: f64,
+    pub epsilon: f64,
+    pub vf_coef: f64,
+    pub seed: u64,
+}
+
+impl Default for BanditConfig {
+    fn default() -> Self {
+        BanditConfig {
+            contexts: 4,
+            actions: 8,
+            steps: 40,
+            pairs: 32,
+            epochs: 4,
+            lr: 0.5,
+            beta: 0.1,
+            dpo_beta: 1.0,
+            epsilon: 0.2,
+            vf_coef: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// The environment: reference logits (also the initial policy) and the
+/// unshifted reward table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BanditTask {
+    pub logits_ref: Array2<f64>,
+    pub rewards: Array2<f64>,
+}
+
+impl BanditTask {
+    /// Both tables uniform in `[-1, 1]` from a ChaCha8 stream seeded with
+    /// `seed`.
+    pub fn random(contexts: usize, actions: usize, seed: u64) -> BanditTask {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut uniform = |_| 2.0 * rng.random::<f64>() - 1.0;
+        let logits_ref = Array2::from_shape_fn((contexts, actions), &mut uniform);
+        let rewards = Array2::from_shape_fn((contexts, actions), &mut uniform);
+        BanditTask {
+            logits_ref,
+            rewards,
+        }
+    }
+}
+
+/// One point of a trajectory: exact metrics after an iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub kl: f64,
+    pub reward: f64,
+}
+
+/// Trains one algorithm on `train_rewards` and reports metrics against the
+/// unshifted `task.rewards` after every iteration.
+pub fn train(
+    alg: Algorithm,
+    cfg: &BanditConfig,
+    task: &BanditTask,
+    train_rewards: &Array2<f64>,
+) -> Vec<StepMetrics> {
+    let hyper = Hyper {
+        beta: if alg == Algorithm::Dpo {
+            cfg.dpo_beta
+        } else {
+            cfg.beta
+        },
+        epsilon: cfg.epsilon,
+        vf_coef: cfg.vf_coef,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut problem = Problem {
+        logits: task.logits_ref.clone(),
+        logits_old: task.logits_ref.clone(),
+        logits_ref: task.logits_ref.clone(),
+        rewards: train_rewards.clone(),
+        value: alg.uses_value().then(|| Array1::zeros(cfg.contexts)),
+    };
+    let mut out = Vec::with_capacity(cfg.steps);
+    for step in 1..=cfg.steps {
+        problem.logits_old = problem.logits.clone();
+        let probs_old = probabilities(problem.logits_old.view());
+        let pairs = sample_pairs(
+            &probs_old,
+            cfg.pairs,
+            |i, _: &mut ChaCha8Rng| i % cfg.contexts,
+            &mut rng,
+        );
+        let batch = Batch::Sampled(pairs);
+        for _ in 0..cfg.epochs {
+            let ev = evaluate(alg, &hyper, &problem, &batch);
+            problem.logits.scaled_add(-cfg.lr, &ev.grad);
+            if let (Some(v), Some(g)) = (problem.value.as_mut(), ev.grad_value.as_ref()) {
+                v.scaled_add(-cfg.lr, g);
+            }
+        }
+        out.push(StepMetrics {
+            step,
+            kl: mean_kl(problem.logits.view(), task.logits_ref.view()),
+            reward: expected_reward(problem.logits.view(), task.rewards.view()),
+        });
+    }
+    out
+}
+
+/// One algorithm's run, and its shifted twin when a shift was asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlgorithmRun {
+    pub algorithm: Algorithm,
+    pub plain: Vec<StepMetrics>,
+    pub shifted: Option<Vec<StepMetrics>>,
+}
+
+impl AlgorithmRun {
+    /// The largest `|metric(r) - metric(r + delta)|` over the trajectory,
+    /// KL and reward together.
+    pub fn max_shift_difference(&self) -> Option<f64> {
+        let shifted = self.shifted.as_ref()?;
+        Some(
+            self.plain
+                .iter()
+                .zip(shifted)
+                .map(|(a, b)| (a.kl - b.kl).abs().max((a.reward - b.reward).abs()))
+                .fold(0.0, f64::max),
+        )
+    }
+}
+
+/// Runs every algorithm of [`TRAINED`] (on `r`, and on `r + delta` when
+/// `shift` is given).
+pub fn run_all(cfg: &BanditConfig, shift: Option<RewardShift>) -> Vec<AlgorithmRun> {
+    let task = BanditTask::random(cfg.contexts, cfg.actions, cfg.seed);
+    let shifted_rewards = shift.map(|s| s.apply(&task.rewards));
+    TRAINED
+        .iter()
+        .map(|&alg| AlgorithmRun {
+            algorithm: alg,
+            plain: train(alg, cfg, &task, &task.rewards),
+            shifted: shifted_rewards.as_ref().map(|r| train(alg, cfg, &task, r)),
+        })
+        .collect()
+}
+
+/// Below this, a trajectory difference is reported as rounding.
+pub const UNCHANGED_BELOW: f64 = 1e-9;
+
+/// The readable summary table: final metrics and, with a shift, whether each
+/// trajectory changed.
+pub fn summary_table(runs: &[AlgorithmRun]) -> String {
+    let mut s = String::new();
+    let with_shift = runs.iter().any(|r| r.shifted.is_some());
+    s.push_str(&format!(
+        "{:<8} {:>12} {:>12}",
+        "algo", "final KL", "final reward"
+    ));
+    if with_shift {
+        s.push_str(&format!("  {:<34}", "trajectory under r + delta"));
+    }
+    s.push('\n');
+    for run in runs {
+        let last = run.plain.last().copied().unwrap_or(StepMetrics {
+            step: 0,
+            kl: 0.0,
+            reward: 0.0,
+        });
+        s.push_str(&format!(
+            "{:<8} {:>12.6} {:>12.6}",
+            run.algorithm.name(),
+            last.kl,
+            last.reward
+        ));
+        if let Some(d) = run.max_shift_difference() {
+            let verdict = if d < UNCHANGED_BELOW {
+                format!("unchanged (max |diff| < {UNCHANGED_BELOW:.0e})")
+            } else {
+                format!("CHANGED (max |diff| = {d:.4})")
+            };
+            s.push_str(&format!("  {verdict}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The per-step table: KL and reward of each algorithm every `every` steps.
+pub fn trajectory_table(runs: &[AlgorithmRun], every: usize) -> String {
+    let mut s = format!("{:>5}", "step");
+    for run in runs {
+        s.push_str(&format!(
+            " {:>21}",
+            format!("{} KL / reward", run.algorithm.name())
+        ));
+    }
+    s.push('\n');
+    let steps = runs.first().map_or(0, |r| r.plain.len());
+    for i in (0..steps).filter(|i| (i + 1) % every.max(1) == 0 || i + 1 == steps) {
+        s.push_str(&format!("{:>5}", i + 1));
+        for run in runs {
+            let m = run.plain[i];
+            s.push_str(&format!(" {:>10.4} / {:>8.4}", m.kl, m.reward));
+        }
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,9 @@
+//! p3o: Pairwise Proximal Policy Optimization, verification-first.
+//!
+//! The mathematics is stated in `spec/p3o.md`; clause IDs such as
+//! `[C-PPG]` in doc comments refer to it.
+
+pub mod bandit;
+pub mod case;
+pub mod reference;
+pub mod tolerance;

@@ -1,0 +1,46 @@
+//! Softmax policies over a logit table and their exact metrics.
+
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+
+/// Row-wise `log softmax` of a logit table ([C-SOFTMAX]), computed with the
+/// row maximum subtracted so that logits of any magnitude stay finite.
+pub fn log_softmax(logits: ArrayView2<f64>) -> Array2<f64> {
+    let mut out = logits.to_owned();
+    for mut row in out.axis_iter_mut(Axis(0)) {
+        let lse = logsumexp(row.view());
+        row.mapv_inplace(|v| v - lse);
+    }
+    out
+}
+
+/// `log sum_k exp(v_k)` of one row, stable for large magnitudes.
+pub fn logsumexp(row: ArrayView1<f64>) -> f64 {
+    let max = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    if !max.is_finite() {
+        return max;
+    }
+    max + row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// `pi(y|x)` for every cell of a logit table.
+pub fn probabilities(logits: ArrayView2<f64>) -> Array2<f64> {
+    log_softmax(logits).mapv(f64::exp)
+}
+
+/// Exact `(1/X) sum_x KL(pi(.|x) || pi_ref(.|x))` ([C-METRICS]).
+pub fn mean_kl(logits: ArrayView2<f64>, logits_ref: ArrayView2<f64>) -> f64 {
+    let lp = log_softmax(logits);
+    let lp_ref = log_softmax(logits_ref);
+    let total: f64 = lp
+        .iter()
+        .zip(lp_ref.iter())
+        .map(|(&a, &b)| a.exp() * (a - b))
+        .sum();
+    total / lp.nrows() as f64
+}
+
+/// Exact `(1/X) sum_x sum_y pi(y|x) r(x,y)` ([C-METRICS]).
+pub fn expected_reward(logits: ArrayView2<f64>, rewards: ArrayView2<f64>) -> f64 {
+    let p = probabilities(logits);
+    (&p * &rewards).sum() / p.nrows() as f64
+}

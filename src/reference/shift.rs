@@ -1,0 +1,90 @@
+//! Per-context reward shifts `delta(x)` ([C-REWARD-EQUIV], [C-REWARD-SHIFT]).
+
+use std::str::FromStr;
+
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A reward shift specification: `const:C` or `random:A[:SEED]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RewardShift {
+    Const(f64),
+    Random { amplitude: f64, seed: u64 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid reward shift `{spec}`: {reason} (expected `const:C` or `random:A[:SEED]`)")]
+pub struct ShiftParseError {
+    spec: String,
+    reason: String,
+}
+
+impl FromStr for RewardShift {
+    type Err = ShiftParseError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: &str| ShiftParseError {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let number = |s: &str, what: &str| -> Result<f64, ShiftParseError> {
+            let v: f64 = s
+                .parse()
+                .map_err(|_| fail(&format!("{what} `{s}` is not a number")))?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(fail(&format!("{what} must be finite")))
+            }
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.as_slice() {
+            ["const", c] => Ok(RewardShift::Const(number(c, "C")?)),
+            ["random", a, rest @ ..] if rest.len() <= 1 => {
+                let amplitude = number(a, "A")?;
+                if amplitude < 0.0 {
+                    return Err(fail("A must be non-negative"));
+                }
+                let seed = match rest {
+                    [] => 0,
+                    [s] => s
+                        .parse()
+                        .map_err(|_| fail(&format!("SEED `{s}` is not an unsigned integer")))?,
+                    _ => unreachable!(),
+                };
+                Ok(RewardShift::Random { amplitude, seed })
+            }
+            _ => Err(fail("unknown form")),
+        }
+    }
+}
+
+impl RewardShift {
+    /// `delta(x)` for `x in 0..contexts`.
+    pub fn deltas(&self, contexts: usize) -> Vec<f64> {
+        match *self {
+            RewardShift::Const(c) => vec![c; contexts],
+            RewardShift::Random { amplitude, seed } => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                (0..contexts)
+                    .map(|_| amplitude * (2.0 * rng.random::<f64>() - 1.0))
+                    .collect()
+            }
+        }
+    }
+
+    /// `r + delta`: every reward of context `x` shifted by `delta(x)`.
+    pub fn apply(&self, rewards: &Array2<f64>) -> Array2<f64> {
+        shift_rewards(rewards, &self.deltas(rewards.nrows()))
+    }
+}
+
+/// Adds `delta[x]` to row `x` of a reward table.
+pub fn shift_rewards(rewards: &Array2<f64>, delta: &[f64]) -> Array2<f64> {
+    let mut out = rewards.clone();
+    for (mut row, &d) in out.rows_mut().into_iter().zip(delta) {
+        row += d;
+    }
+    out
+}

@@ -1,0 +1,26 @@
+//! Every numerical tolerance of the test suites, named by what it compares.
+
+/// Two float64 computations of the same quantity by different formulas
+/// (relative, with an absolute floor of the same size).
+pub const F64_IDENTITY: f64 = 1e-10;
+
+/// A float64 quantity computed from `r` and from `r + delta` with
+/// `|delta| <= 1e3`: the shift is rounded into the rewards, so the error scales
+/// with `eps * |r + delta|` (relative to that scale).
+pub const F64_SHIFTED: f64 = 1e-9;
+
+/// Central finite differences of a float64 surrogate against its analytic
+/// gradient (step `FD_STEP`), relative with an absolute floor.
+pub const FINITE_DIFFERENCE: f64 = 1e-6;
+
+/// Step of the central finite differences.
+pub const FD_STEP: f64 = 1e-5;
+
+/// Monte-Carlo checks: the estimate must lie within this many standard
+/// errors of the exact value.
+pub const MC_STANDARD_ERRORS: f64 = 5.0;
+
+/// Whether `a` and `b` agree to relative tolerance `tol` (absolute near 0).
+pub fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
+}
