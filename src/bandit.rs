@@ -188,7 +188,7 @@ pub fn summary_table(runs: &[AlgorithmRun]) -> String {
         "algo", "final KL", "final reward"
     ));
     if with_shift {
-        s.push_str(&format!("  {:<34}", "trajectory under r + delta"));
+        s.push_str("  trajectory under r + delta");
     }
     s.push('\n');
     for run in runs {

@@ -55,8 +55,7 @@ const FIELDS: [&str; 10] = [
 
 /// Parses one JSON line into a checked [`Case`].
 pub fn parse_case(line: &str) -> Result<Case, CaseError> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| err("(json)", format!("malformed JSON: {e}")))?;
+    let value: Value = serde_json::from_str(line).map_err(malformed)?;
     let obj = value
         .as_object()
         .ok_or_else(|| err("(case)", "expected a JSON object"))?;
@@ -163,6 +162,14 @@ pub fn run_line(line: &str) -> Result<CaseResult, CaseError> {
     parse_case(line)?.run()
 }
 
+/// serde_json's message without its "at line 1 column N" suffix, which would
+/// be confused with the input line number.
+fn malformed(e: serde_json::Error) -> CaseError {
+    let text = e.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    err("(json)", format!("malformed JSON at column {}: {message}", e.column()))
+}
+
 fn required<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a Value, CaseError> {
     obj.get(field)
         .ok_or_else(|| err(field, "required field is missing"))
@@ -224,7 +231,7 @@ fn vector(v: &Value, field: &str, len: usize) -> Result<Array1<f64>, CaseError> 
         return Err(err(
             field,
             format!(
-                "expected {len} numbers (one per context), got {}",
+                "expected one number per context ({len}), got {}",
                 items.len()
             ),
         ));

@@ -1,0 +1,128 @@
+//! Shared proptest strategies with bounded ranges, and helpers that compare
+//! reference outputs. Every property test draws its inputs from here.
+#![allow(dead_code)]
+
+use ndarray::{Array1, Array2};
+use p3o::reference::{Algorithm, Batch, Hyper, Pair, PairConsts, PairVars, Problem};
+use proptest::prelude::*;
+
+/// Contexts in 1..=4, actions in 2..=6.
+pub fn dims() -> impl Strategy<Value = (usize, usize)> {
+    (1usize..=4, 2usize..=6)
+}
+
+/// An `[x, k]` table with entries in `range`.
+pub fn table(x: usize, k: usize, range: std::ops::RangeInclusive<f64>) -> impl Strategy<Value = Array2<f64>> {
+    prop::collection::vec(range, x * k).prop_map(move |v| Array2::from_shape_vec((x, k), v).unwrap())
+}
+
+/// `n` in 1..=8 pairs within `[x, k]`.
+pub fn pairs(x: usize, k: usize) -> impl Strategy<Value = Vec<Pair>> {
+    prop::collection::vec((0..x, 0..k, 0..k).prop_map(|(x, y1, y2)| Pair { x, y1, y2 }), 1..=8)
+}
+
+/// A generic bandit problem: logits in [-3, 3], the behaviour policy within
+/// `old_spread` of them (so ratios straddle the clip band), an independent
+/// reference, rewards in [-5, 5] and a value table in [-5, 5].
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub problem: Problem,
+    pub pairs: Vec<Pair>,
+    pub hyper: Hyper,
+    /// A per-context shift with `|delta| <= 1e3`.
+    pub delta: Vec<f64>,
+}
+
+impl Scenario {
+    /// The problem as `alg` sees it: the value table only for PPO.
+    pub fn problem_for(&self, alg: Algorithm) -> Problem {
+        let mut p = self.problem.clone();
+        if !alg.uses_value() {
+            p.value = None;
+        }
+        p
+    }
+
+    pub fn sampled(&self) -> Batch {
+        Batch::Sampled(self.pairs.clone())
+    }
+}
+
+pub fn scenario_with(old_spread: f64) -> impl Strategy<Value = Scenario> {
+    dims().prop_flat_map(move |(x, k)| {
+        (
+            table(x, k, -3.0..=3.0),
+            table(x, k, -old_spread..=old_spread),
+            table(x, k, -3.0..=3.0),
+            table(x, k, -5.0..=5.0),
+            prop::collection::vec(-5.0..=5.0f64, x),
+            pairs(x, k),
+            hyper(),
+            prop::collection::vec(-1e3..=1e3f64, x),
+        )
+            .prop_map(|(logits, spread, logits_ref, rewards, value, pairs, hyper, delta)| {
+                let logits_old = &logits + &spread;
+                Scenario {
+                    problem: Problem { logits, logits_old, logits_ref, rewards, value: Some(Array1::from(value)) },
+                    pairs,
+                    hyper,
+                    delta,
+                }
+            })
+    })
+}
+
+/// The default scenario: ratios up to about e^(+-1), so clipping is often active.
+pub fn scenario() -> impl Strategy<Value = Scenario> {
+    scenario_with(0.5)
+}
+
+/// beta in [0, 1.5], epsilon in [0.05, 0.5], vf_coef in [0, 2].
+pub fn hyper() -> impl Strategy<Value = Hyper> {
+    (0.0..=1.5f64, 0.05..=0.5f64, 0.0..=2.0f64).prop_map(|(beta, epsilon, vf_coef)| Hyper { beta, epsilon, vf_coef })
+}
+
+/// One pair's constants and variables: log-probabilities in [-6, 0], the
+/// current ones within 1 of the behaviour ones.
+pub fn pair_point() -> impl Strategy<Value = (PairConsts, PairVars)> {
+    (
+        prop::array::uniform2(-5.0..=5.0f64),
+        prop::array::uniform2(-6.0..=0.0f64),
+        prop::array::uniform2(-6.0..=0.0f64),
+        prop::array::uniform2(-1.0..=1.0f64),
+        -5.0..=5.0f64,
+    )
+        .prop_map(|(reward, lp_old, lp_ref, step, value)| {
+            let consts = PairConsts { reward, lp_old, lp_ref };
+            let vars = PairVars { lp: [lp_old[0] + step[0], lp_old[1] + step[1]], value };
+            (consts, vars)
+        })
+}
+
+pub fn algorithm() -> impl Strategy<Value = Algorithm> {
+    prop::sample::select(Algorithm::ALL.to_vec())
+}
+
+/// Largest absolute entry.
+pub fn max_abs<'a>(it: impl IntoIterator<Item = &'a f64>) -> f64 {
+    it.into_iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// Asserts `|a - b| <= tol * scale` entry by entry, naming the entry.
+pub fn assert_all_close(what: &str, a: &Array2<f64>, b: &Array2<f64>, tol: f64, scale: f64) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.dim(), b.dim());
+    for ((idx, &u), &v) in a.indexed_iter().zip(b.iter()) {
+        prop_assert!((u - v).abs() <= tol * scale, "{what}{idx:?}: {u} vs {v} (tol {tol} x scale {scale})");
+    }
+    Ok(())
+}
+
+/// The suite's proptest configuration: failures persist in
+/// `tests/proptest-regressions/<file>` (committed) and replay first. The
+/// path is relative to the package root, where cargo runs tests.
+pub fn config(file: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::Direct(file))),
+        ..ProptestConfig::default()
+    }
+}

@@ -1,0 +1,104 @@
+//! Softmax policies, exact metrics and reward-shift specifications.
+
+mod common;
+
+use common::*;
+use ndarray::array;
+use p3o::reference::policy::{expected_reward, log_softmax, mean_kl, probabilities};
+use p3o::reference::shift::RewardShift;
+use p3o::tolerance::{close, FD_STEP, FINITE_DIFFERENCE, F64_IDENTITY};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/policy.txt"))]
+
+    /// Rows of `pi` sum to one and stay finite for logits up to 1e4 in size;
+    /// adding a constant to a row changes nothing.
+    // spec: C-NOTATION C-SOFTMAX
+    #[test]
+    fn softmax_rows_are_distributions(t in dims().prop_flat_map(|(x, k)| table(x, k, -1e4..=1e4)), c in -1e3..=1e3f64) {
+        let lp = log_softmax(t.view());
+        prop_assert!(lp.iter().all(|v| v.is_finite() && *v <= 0.0));
+        for row in probabilities(t.view()).rows() {
+            prop_assert!(close(row.sum(), 1.0, F64_IDENTITY));
+        }
+        let shifted = log_softmax((&t + c).view());
+        let scale = 1e-12 * (1.0 + max_abs(t.iter()) + c.abs());
+        assert_all_close("shifted", &lp, &shifted, 1.0, scale)?;
+    }
+
+    /// `d log pi(y|x) / d theta[x,k] = [k = y] - pi(k|x)`.
+    // spec: C-SOFTMAX
+    #[test]
+    fn log_softmax_gradient(t in dims().prop_flat_map(|(x, k)| table(x, k, -3.0..=3.0)), pick in any::<prop::sample::Index>()) {
+        let (x_count, k) = t.dim();
+        let (x, y) = { let i = pick.index(x_count * k); (i / k, i % k) };
+        let pi = probabilities(t.view());
+        for j in 0..k {
+            let f = |v: f64| { let mut u = t.clone(); u[[x, j]] = v; log_softmax(u.view())[[x, y]] };
+            let fd = (f(t[[x, j]] + FD_STEP) - f(t[[x, j]] - FD_STEP)) / (2.0 * FD_STEP);
+            let want = if j == y { 1.0 } else { 0.0 } - pi[[x, j]];
+            prop_assert!(close(fd, want, FINITE_DIFFERENCE));
+        }
+    }
+
+    /// KL is non-negative, zero against itself, and the expected reward lies
+    /// between the smallest and largest reward.
+    // spec: C-METRICS
+    #[test]
+    fn metrics_are_bounded(s in scenario_with(3.0)) {
+        let p = &s.problem;
+        prop_assert!(mean_kl(p.logits.view(), p.logits_ref.view()) >= -F64_IDENTITY);
+        prop_assert!(mean_kl(p.logits.view(), p.logits.view()).abs() <= F64_IDENTITY);
+        let r = expected_reward(p.logits.view(), p.rewards.view());
+        let lo = p.rewards.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = p.rewards.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        prop_assert!(r >= lo - F64_IDENTITY && r <= hi + F64_IDENTITY);
+    }
+
+    /// `random:A[:SEED]` draws one delta per context in `[-A, A]`, the same
+    /// for the same seed, and prefixes agree across context counts.
+    // spec: C-REWARD-SHIFT
+    #[test]
+    fn random_shift_is_deterministic_and_bounded(a in 0.0..=1e3f64, seed in any::<u64>(), n in 1usize..=16) {
+        let spec: RewardShift = format!("random:{a}:{seed}").parse().unwrap();
+        let d = spec.deltas(n);
+        prop_assert_eq!(&d, &spec.deltas(n));
+        prop_assert_eq!(&d[..1], &spec.deltas(1)[..]);
+        prop_assert!(d.iter().all(|v| v.abs() <= a));
+    }
+}
+
+/// A two-action case worked by hand.
+// spec: C-METRICS
+#[test]
+fn kl_of_two_actions_by_hand() {
+    let t = array![[0.0, 0.0]];
+    let r = array![[0.0, (3.0f64).ln()]];
+    // pi = (1/2, 1/2), pi_ref = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3).
+    let want = 0.5 * 2.0f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+    assert!(close(mean_kl(t.view(), r.view()), want, 1e-15));
+    assert!(close(expected_reward(t.view(), array![[1.0, 3.0]].view()), 2.0, 1e-15));
+}
+
+/// Parsing of the shift forms, and their errors.
+// spec: C-REWARD-SHIFT
+#[test]
+fn shift_specifications() {
+    assert_eq!("const:2.5".parse::<RewardShift>(), Ok(RewardShift::Const(2.5)));
+    assert_eq!("random:3".parse::<RewardShift>(), Ok(RewardShift::Random { amplitude: 3.0, seed: 0 }));
+    assert_eq!("random:3:9".parse::<RewardShift>(), Ok(RewardShift::Random { amplitude: 3.0, seed: 9 }));
+    let errors: Vec<String> = ["const:x", "random:-1", "random:1:-2", "random:1:2:3", "shift:1", "const:inf", ""]
+        .iter()
+        .map(|s| s.parse::<RewardShift>().unwrap_err().to_string())
+        .collect();
+    insta::assert_snapshot!(errors.join("\n"), @r"
+    invalid reward shift `const:x`: C `x` is not a number (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift `random:-1`: A must be non-negative (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift `random:1:-2`: SEED `-2` is not an unsigned integer (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift `random:1:2:3`: unknown form (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift `shift:1`: unknown form (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift `const:inf`: C must be finite (expected `const:C` or `random:A[:SEED]`)
+    invalid reward shift ``: unknown form (expected `const:C` or `random:A[:SEED]`)
+    ");
+}
