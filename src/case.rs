@@ -166,8 +166,13 @@ pub fn run_line(line: &str) -> Result<CaseResult, CaseError> {
 /// be confused with the input line number.
 fn malformed(e: serde_json::Error) -> CaseError {
     let text = e.to_string();
-    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
-    err("(json)", format!("malformed JSON at column {}: {message}", e.column()))
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
+    err(
+        "(json)",
+        format!("malformed JSON at column {}: {message}", e.column()),
+    )
 }
 
 fn required<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a Value, CaseError> {

@@ -15,7 +15,12 @@ fn p3o(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the p3o binary starts");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -39,13 +44,21 @@ fn reference_lines_match_the_library() {
     ];
     let out = p3o(&["reference"], &(cases.join("\n") + "\n\n"));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), cases.len());
     for (case, line) in cases.iter().zip(&lines) {
         let c = parse_case(case).unwrap();
         let ev = evaluate(c.algorithm, &c.hyper, &c.problem, &c.batch);
         assert_eq!(line["loss"].as_f64().unwrap(), ev.loss);
-        let grad: Vec<f64> = line["grad"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect();
+        let grad: Vec<f64> = line["grad"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
         assert_eq!(grad, ev.grad.iter().copied().collect::<Vec<_>>());
         assert_eq!(line.get("grad_value").is_some(), c.algorithm.uses_value());
     }
@@ -88,7 +101,11 @@ fn reference_errors() {
     for b in bad {
         let out = p3o(&["reference"], &format!("{good}\n{b}\n{good}\n"));
         assert_eq!(out.status.code(), Some(2), "{b}");
-        assert_eq!(text(&out.stdout).lines().count(), 1, "the first result is written: {b}");
+        assert_eq!(
+            text(&out.stdout).lines().count(),
+            1,
+            "the first result is written: {b}"
+        );
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         report.push_str(&err);
@@ -100,7 +117,12 @@ fn reference_errors() {
 // spec: C-ERRORS
 #[test]
 fn bandit_flag_errors() {
-    for args in [&["bandit", "--actions", "1"][..], &["bandit", "--reward-shift", "random:-1"], &["bandit", "--epsilon", "0"], &["bandit", "--lr", "nan"]] {
+    for args in [
+        &["bandit", "--actions", "1"][..],
+        &["bandit", "--reward-shift", "random:-1"],
+        &["bandit", "--epsilon", "0"],
+        &["bandit", "--lr", "nan"],
+    ] {
         let out = p3o(args, "");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!text(&out.stderr).contains("panicked"));
@@ -112,7 +134,20 @@ fn bandit_flag_errors() {
 // spec: C-BANDIT-TRAIN C-THM2 C-PPO-SHIFT
 #[test]
 fn bandit_summary_snapshot() {
-    let out = p3o(&["bandit", "--seed", "3", "--steps", "20", "--reward-shift", "random:50:1", "--print-every", "10"], "");
+    let out = p3o(
+        &[
+            "bandit",
+            "--seed",
+            "3",
+            "--steps",
+            "20",
+            "--reward-shift",
+            "random:50:1",
+            "--print-every",
+            "10",
+        ],
+        "",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     insta::assert_snapshot!(text(&out.stdout));
 }
@@ -122,13 +157,31 @@ fn bandit_summary_snapshot() {
 // spec: C-BANDIT-TRAIN
 #[test]
 fn bandit_jsonl() {
-    let out = p3o(&["bandit", "--steps", "3", "--format", "jsonl", "--reward-shift", "const:7"], "");
+    let out = p3o(
+        &[
+            "bandit",
+            "--steps",
+            "3",
+            "--format",
+            "jsonl",
+            "--reward-shift",
+            "const:7",
+        ],
+        "",
+    );
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4 * 2 * 3 + 4);
     let summaries: Vec<_> = lines.iter().filter(|l| l["summary"] == true).collect();
     for s in summaries {
         let d = s["max_shift_difference"].as_f64().unwrap();
-        if s["algorithm"] == "ppo" { assert!(d > 1e-3, "{s}") } else { assert!(d < 1e-9, "{s}") }
+        if s["algorithm"] == "ppo" {
+            assert!(d > 1e-3, "{s}")
+        } else {
+            assert!(d < 1e-9, "{s}")
+        }
     }
 }

@@ -4,12 +4,15 @@ mod common;
 
 use common::*;
 use p3o::reference::losses::clipped_objective;
-use p3o::reference::{evaluate, pair_loss, Algorithm, Batch, Hyper, PairConsts, PairVars};
-use p3o::tolerance::{close, F64_IDENTITY};
+use p3o::reference::{Algorithm, Batch, Hyper, PairConsts, PairVars, evaluate, pair_loss};
+use p3o::tolerance::{F64_IDENTITY, close};
 use proptest::prelude::*;
 
 fn unclipped(h: &Hyper) -> Hyper {
-    Hyper { epsilon: f64::INFINITY, ..*h }
+    Hyper {
+        epsilon: f64::INFINITY,
+        ..*h
+    }
 }
 
 /// Whether PPO's rule zeroes the gradient of `min(A q, A clip(q, lo, hi))`.
@@ -88,16 +91,39 @@ proptest! {
 // spec: C-CLIP C-P3O-V1
 #[test]
 fn clipping_cases_by_hand() {
-    let h = Hyper { beta: 0.0, epsilon: 0.2, vf_coef: 1.0 };
-    let c = PairConsts { reward: [1.0, 0.0], lp_old: [-1.0, -1.0], lp_ref: [-1.0, -1.0] };
-    let at = |r1: f64, r2: f64| PairVars { lp: [-1.0 + r1.ln(), -1.0 + r2.ln()], value: 0.0 };
+    let h = Hyper {
+        beta: 0.0,
+        epsilon: 0.2,
+        vf_coef: 1.0,
+    };
+    let c = PairConsts {
+        reward: [1.0, 0.0],
+        lp_old: [-1.0, -1.0],
+        lp_ref: [-1.0, -1.0],
+    };
+    let at = |r1: f64, r2: f64| PairVars {
+        lp: [-1.0 + r1.ln(), -1.0 + r2.ln()],
+        value: 0.0,
+    };
     // D = 1 > 0: y1 is pushed up, y2 down.
     let g = pair_loss(Algorithm::P3oV1, &h, &c, at(1.5, 1.0)).grad.lp;
-    assert_eq!(g[0], 0.0, "rho1 = 1.5 above the band with A1 > 0 is clipped");
+    assert_eq!(
+        g[0], 0.0,
+        "rho1 = 1.5 above the band with A1 > 0 is clipped"
+    );
     let g = pair_loss(Algorithm::P3oV1, &h, &c, at(0.5, 1.0)).grad.lp;
-    assert!(g[0] < 0.0, "rho1 = 0.5 below the band with A1 > 0 still learns");
+    assert!(
+        g[0] < 0.0,
+        "rho1 = 0.5 below the band with A1 > 0 still learns"
+    );
     let g = pair_loss(Algorithm::P3oV1, &h, &c, at(1.0, 0.5)).grad.lp;
-    assert_eq!(g[1], 0.0, "rho2 = 0.5 below the band with A2 < 0 is clipped");
+    assert_eq!(
+        g[1], 0.0,
+        "rho2 = 0.5 below the band with A2 < 0 is clipped"
+    );
     let g = pair_loss(Algorithm::P3oV1, &h, &c, at(1.0, 1.5)).grad.lp;
-    assert!(g[1] > 0.0, "rho2 = 1.5 above the band with A2 < 0 still learns");
+    assert!(
+        g[1] > 0.0,
+        "rho2 = 1.5 above the band with A2 < 0 still learns"
+    );
 }

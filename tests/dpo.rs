@@ -4,7 +4,7 @@
 mod common;
 
 use p3o::reference::losses::{dpo_margin, log_sigmoid, sigmoid};
-use p3o::reference::{pair_loss, Algorithm, Hyper, PairConsts, PairVars};
+use p3o::reference::{Algorithm, Hyper, PairConsts, PairVars, pair_loss};
 use p3o::tolerance::MC_STANDARD_ERRORS;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +20,10 @@ fn label_average(s: f64, n: usize, rng: &mut ChaCha8Rng, f: impl Fn(f64) -> f64)
     }
     let nf = n as f64;
     let mean = sum / nf;
-    (mean, ((sum_sq / nf - mean * mean).max(0.0) / (nf - 1.0)).sqrt())
+    (
+        mean,
+        ((sum_sq / nf - mean * mean).max(0.0) / (nf - 1.0)).sqrt(),
+    )
 }
 
 /// For several pairs, the Monte-Carlo average of the labelled loss
@@ -31,29 +34,49 @@ fn label_average(s: f64, n: usize, rng: &mut ChaCha8Rng, f: impl Fn(f64) -> f64)
 #[test]
 fn dpo_loss_is_the_bernoulli_label_average() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let h = Hyper { beta: 0.7, ..Hyper::default() };
+    let h = Hyper {
+        beta: 0.7,
+        ..Hyper::default()
+    };
     let mut rejected = 0;
     for case in 0..8 {
         let c = PairConsts {
-            reward: [4.0 * rng.random::<f64>() - 2.0, 4.0 * rng.random::<f64>() - 2.0],
+            reward: [
+                4.0 * rng.random::<f64>() - 2.0,
+                4.0 * rng.random::<f64>() - 2.0,
+            ],
             lp_old: [-1.0, -2.0],
             lp_ref: [-3.0 * rng.random::<f64>(), -3.0 * rng.random::<f64>()],
         };
-        let v = PairVars { lp: [-3.0 * rng.random::<f64>(), -3.0 * rng.random::<f64>()], value: 0.0 };
+        let v = PairVars {
+            lp: [-3.0 * rng.random::<f64>(), -3.0 * rng.random::<f64>()],
+            value: 0.0,
+        };
         let s = sigmoid(c.reward[0] - c.reward[1]);
         let u = dpo_margin(h.beta, &c, v);
         let exact = pair_loss(Algorithm::Dpo, &h, &c, v);
 
         let (mean, se) = label_average(s, 200_000, &mut rng, |e| -log_sigmoid(e * u));
-        assert!((mean - exact.loss).abs() <= MC_STANDARD_ERRORS * se, "case {case}: loss {mean} vs {}", exact.loss);
+        assert!(
+            (mean - exact.loss).abs() <= MC_STANDARD_ERRORS * se,
+            "case {case}: loss {mean} vs {}",
+            exact.loss
+        );
         // d/dlp1 of -log sigma(e u) is -e beta sigma(-e u).
         let (gmean, gse) = label_average(s, 200_000, &mut rng, |e| -e * h.beta * sigmoid(-e * u));
-        assert!((gmean - exact.grad.lp[0]).abs() <= MC_STANDARD_ERRORS * gse, "case {case}: grad {gmean} vs {}", exact.grad.lp[0]);
+        assert!(
+            (gmean - exact.grad.lp[0]).abs() <= MC_STANDARD_ERRORS * gse,
+            "case {case}: grad {gmean} vs {}",
+            exact.grad.lp[0]
+        );
 
         let flipped = -((1.0 - s) * log_sigmoid(u) + s * log_sigmoid(-u));
         if (mean - flipped).abs() > MC_STANDARD_ERRORS * se {
             rejected += 1;
         }
     }
-    assert!(rejected >= 6, "the bound rejected the flipped label probability only {rejected} times in 8");
+    assert!(
+        rejected >= 6,
+        "the bound rejected the flipped label probability only {rejected} times in 8"
+    );
 }

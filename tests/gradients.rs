@@ -7,8 +7,10 @@ mod common;
 use common::*;
 use ndarray::Array2;
 use p3o::reference::policy::log_softmax;
-use p3o::reference::{pair_surrogate, surrogate, Algorithm, Batch, Hyper, PairConsts, PairVars, Problem};
-use p3o::tolerance::{close, FD_STEP, FINITE_DIFFERENCE};
+use p3o::reference::{
+    Algorithm, Batch, Hyper, PairConsts, PairVars, Problem, pair_surrogate, surrogate,
+};
+use p3o::tolerance::{FD_STEP, FINITE_DIFFERENCE, close};
 use proptest::prelude::*;
 
 /// Distance (in the clipped quantity) under which a finite difference may
@@ -19,7 +21,9 @@ fn near_kink(alg: Algorithm, h: &Hyper, lp: [f64; 2], lp_old: [f64; 2]) -> bool 
     let rho = [0, 1].map(|i| (lp[i] - lp_old[i]).exp());
     let near = |q: f64, edge: f64| (q - edge).abs() < KINK_MARGIN * (1.0 + edge.abs());
     match alg {
-        Algorithm::P3oV1 | Algorithm::Ppo => rho.iter().any(|&r| near(r, 1.0 - h.epsilon) || near(r, 1.0 + h.epsilon)),
+        Algorithm::P3oV1 | Algorithm::Ppo => rho
+            .iter()
+            .any(|&r| near(r, 1.0 - h.epsilon) || near(r, 1.0 + h.epsilon)),
         Algorithm::P3oV2 => {
             let (l, l_old) = (lp[0] - lp[1], lp_old[0] - lp_old[1]);
             near(l, l_old - h.epsilon) || near(l, l_old + h.epsilon)
@@ -33,7 +37,12 @@ fn pairs_near_kink(alg: Algorithm, h: &Hyper, p: &Problem, batch: &Batch) -> boo
     let lp_old = log_softmax(p.logits_old.view());
     let (x_count, k) = p.logits.dim();
     let check = |x: usize, y1: usize, y2: usize| {
-        near_kink(alg, h, [lp[[x, y1]], lp[[x, y2]]], [lp_old[[x, y1]], lp_old[[x, y2]]])
+        near_kink(
+            alg,
+            h,
+            [lp[[x, y1]], lp[[x, y2]]],
+            [lp_old[[x, y1]], lp_old[[x, y2]]],
+        )
     };
     match batch {
         Batch::Sampled(pairs) => pairs.iter().any(|q| check(q.x, q.y1, q.y2)),
@@ -58,7 +67,10 @@ fn check_logit_gradient(alg: Algorithm, s: &Scenario, batch: &Batch) -> Result<(
             surrogate(alg, &s.hyper, &p, batch, theta.view(), p.value.as_ref()).loss
         };
         let fd = central(f, p.logits[[x, y]]);
-        prop_assert!((fd - g).abs() <= FINITE_DIFFERENCE * scale, "{alg} d/dlogits[{x}][{y}]: analytic {g}, fd {fd}");
+        prop_assert!(
+            (fd - g).abs() <= FINITE_DIFFERENCE * scale,
+            "{alg} d/dlogits[{x}][{y}]: analytic {g}, fd {fd}"
+        );
     }
     if let (Some(v), Some(gv)) = (p.value.as_ref(), ev.grad_value.as_ref()) {
         for x in 0..v.len() {
@@ -68,7 +80,11 @@ fn check_logit_gradient(alg: Algorithm, s: &Scenario, batch: &Batch) -> Result<(
                 surrogate(alg, &s.hyper, &p, batch, p.logits.view(), Some(&value)).loss
             };
             let fd = central(f, v[x]);
-            prop_assert!(close(fd, gv[x], FINITE_DIFFERENCE), "{alg} d/dV[{x}]: analytic {}, fd {fd}", gv[x]);
+            prop_assert!(
+                close(fd, gv[x], FINITE_DIFFERENCE),
+                "{alg} d/dV[{x}]: analytic {}, fd {fd}",
+                gv[x]
+            );
         }
     }
     Ok(())
@@ -139,11 +155,25 @@ proptest! {
 // spec: C-CLIP
 #[test]
 fn gradient_on_the_band_edge_passes() {
-    let h = Hyper { beta: 0.0, epsilon: 0.25, vf_coef: 1.0 };
-    let c = PairConsts { reward: [1.0, 0.0], lp_old: [-1.0, -1.0], lp_ref: [-1.0, -1.0] };
+    let h = Hyper {
+        beta: 0.0,
+        epsilon: 0.25,
+        vf_coef: 1.0,
+    };
+    let c = PairConsts {
+        reward: [1.0, 0.0],
+        lp_old: [-1.0, -1.0],
+        lp_ref: [-1.0, -1.0],
+    };
     let lp0 = -1.0 + 1.25f64.ln();
-    let v = PairVars { lp: [lp0, -1.0], value: 0.0 };
+    let v = PairVars {
+        lp: [lp0, -1.0],
+        value: 0.0,
+    };
     let out = pair_surrogate(Algorithm::P3oV1, &h, &c, v, v);
     let rho = (lp0 + 1.0f64).exp();
-    assert!(out.grad.lp[0] != 0.0 && close(out.grad.lp[0], -rho / 2.0, 1e-15), "{out:?}");
+    assert!(
+        out.grad.lp[0] != 0.0 && close(out.grad.lp[0], -rho / 2.0, 1e-15),
+        "{out:?}"
+    );
 }

@@ -9,12 +9,15 @@ use ndarray::Array2;
 use p3o::reference::bradley_terry::bt_loss;
 use p3o::reference::policy::probabilities;
 use p3o::reference::shift::shift_rewards;
-use p3o::reference::{evaluate, Algorithm, Batch, Evaluation, Hyper, Problem};
-use p3o::tolerance::{close, F64_SHIFTED};
+use p3o::reference::{Algorithm, Batch, Evaluation, Hyper, Problem, evaluate};
+use p3o::tolerance::{F64_SHIFTED, close};
 use proptest::prelude::*;
 
 fn shifted(p: &Problem, delta: &[f64]) -> Problem {
-    Problem { rewards: shift_rewards(&p.rewards, delta), ..p.clone() }
+    Problem {
+        rewards: shift_rewards(&p.rewards, delta),
+        ..p.clone()
+    }
 }
 
 /// The scale of rounding in a shifted reward table.
@@ -22,10 +25,19 @@ fn shift_scale(p: &Problem, delta: &[f64]) -> f64 {
     1.0 + max_abs(shift_rewards(&p.rewards, delta).iter())
 }
 
-fn assert_same_update(a: &Evaluation, b: &Evaluation, reward_scale: f64) -> Result<(), TestCaseError> {
+fn assert_same_update(
+    a: &Evaluation,
+    b: &Evaluation,
+    reward_scale: f64,
+) -> Result<(), TestCaseError> {
     let scale = reward_scale * (1.0 + max_abs(a.grad.iter()));
     assert_all_close("grad", &a.grad, &b.grad, F64_SHIFTED, scale)?;
-    prop_assert!((a.loss - b.loss).abs() <= F64_SHIFTED * reward_scale * (1.0 + a.loss.abs()), "loss {} vs {}", a.loss, b.loss);
+    prop_assert!(
+        (a.loss - b.loss).abs() <= F64_SHIFTED * reward_scale * (1.0 + a.loss.abs()),
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
     Ok(())
 }
 

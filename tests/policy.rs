@@ -6,7 +6,7 @@ use common::*;
 use ndarray::array;
 use p3o::reference::policy::{expected_reward, log_softmax, mean_kl, probabilities};
 use p3o::reference::shift::RewardShift;
-use p3o::tolerance::{close, FD_STEP, FINITE_DIFFERENCE, F64_IDENTITY};
+use p3o::tolerance::{F64_IDENTITY, FD_STEP, FINITE_DIFFERENCE, close};
 use proptest::prelude::*;
 
 proptest! {
@@ -78,20 +78,47 @@ fn kl_of_two_actions_by_hand() {
     // pi = (1/2, 1/2), pi_ref = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3).
     let want = 0.5 * 2.0f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
     assert!(close(mean_kl(t.view(), r.view()), want, 1e-15));
-    assert!(close(expected_reward(t.view(), array![[1.0, 3.0]].view()), 2.0, 1e-15));
+    assert!(close(
+        expected_reward(t.view(), array![[1.0, 3.0]].view()),
+        2.0,
+        1e-15
+    ));
 }
 
 /// Parsing of the shift forms, and their errors.
 // spec: C-REWARD-SHIFT
 #[test]
 fn shift_specifications() {
-    assert_eq!("const:2.5".parse::<RewardShift>(), Ok(RewardShift::Const(2.5)));
-    assert_eq!("random:3".parse::<RewardShift>(), Ok(RewardShift::Random { amplitude: 3.0, seed: 0 }));
-    assert_eq!("random:3:9".parse::<RewardShift>(), Ok(RewardShift::Random { amplitude: 3.0, seed: 9 }));
-    let errors: Vec<String> = ["const:x", "random:-1", "random:1:-2", "random:1:2:3", "shift:1", "const:inf", ""]
-        .iter()
-        .map(|s| s.parse::<RewardShift>().unwrap_err().to_string())
-        .collect();
+    assert_eq!(
+        "const:2.5".parse::<RewardShift>(),
+        Ok(RewardShift::Const(2.5))
+    );
+    assert_eq!(
+        "random:3".parse::<RewardShift>(),
+        Ok(RewardShift::Random {
+            amplitude: 3.0,
+            seed: 0
+        })
+    );
+    assert_eq!(
+        "random:3:9".parse::<RewardShift>(),
+        Ok(RewardShift::Random {
+            amplitude: 3.0,
+            seed: 9
+        })
+    );
+    let errors: Vec<String> = [
+        "const:x",
+        "random:-1",
+        "random:1:-2",
+        "random:1:2:3",
+        "shift:1",
+        "const:inf",
+        "",
+    ]
+    .iter()
+    .map(|s| s.parse::<RewardShift>().unwrap_err().to_string())
+    .collect();
     insta::assert_snapshot!(errors.join("\n"), @r"
     invalid reward shift `const:x`: C `x` is not a number (expected `const:C` or `random:A[:SEED]`)
     invalid reward shift `random:-1`: A must be non-negative (expected `const:C` or `random:A[:SEED]`)

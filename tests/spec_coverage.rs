@@ -7,7 +7,8 @@ use std::path::Path;
 
 /// IDs declared in the spec: headings of the form `### [C-...] Title`.
 fn clauses() -> BTreeSet<String> {
-    let spec = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/p3o.md")).unwrap();
+    let spec =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/p3o.md")).unwrap();
     spec.lines()
         .filter_map(|l| l.strip_prefix("### ["))
         .filter_map(|l| l.split_once(']').map(|(id, _)| id.to_string()))
@@ -42,5 +43,8 @@ fn every_clause_is_cited_and_every_citation_exists() {
     let uncited: Vec<_> = clauses.difference(&cited).collect();
     let unknown: Vec<_> = cited.difference(&clauses).collect();
     assert!(uncited.is_empty(), "clauses cited by no test: {uncited:?}");
-    assert!(unknown.is_empty(), "tests cite clauses that do not exist: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "tests cite clauses that do not exist: {unknown:?}"
+    );
 }

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use ndarray::Array2;
 use p3o::reference::policy::probabilities;
-use p3o::reference::{evaluate, sample_pairs, Algorithm, Batch, Hyper, Pair, Problem};
-use p3o::tolerance::{close, F64_IDENTITY, MC_STANDARD_ERRORS};
+use p3o::reference::{Algorithm, Batch, Hyper, Pair, Problem, evaluate, sample_pairs};
+use p3o::tolerance::{F64_IDENTITY, MC_STANDARD_ERRORS, close};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -48,7 +48,12 @@ fn sampled_ppg(p: &Problem, h: &Hyper, n: usize, seed: u64) -> (Array2<f64>, Arr
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let probs_old = probabilities(p.logits_old.view());
     let x_count = p.contexts();
-    let pairs: Vec<Pair> = sample_pairs(&probs_old, n, |_, r: &mut ChaCha8Rng| r.random_range(0..x_count), &mut rng);
+    let pairs: Vec<Pair> = sample_pairs(
+        &probs_old,
+        n,
+        |_, r: &mut ChaCha8Rng| r.random_range(0..x_count),
+        &mut rng,
+    );
     let mut sum = Array2::<f64>::zeros(p.logits.dim());
     let mut sum_sq = Array2::<f64>::zeros(p.logits.dim());
     for &pair in &pairs {
@@ -70,8 +75,15 @@ fn sampled_ppg(p: &Problem, h: &Hyper, n: usize, seed: u64) -> (Array2<f64>, Arr
 
 fn fixed_problem(seed: u64) -> Problem {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut table = |scale: f64| Array2::from_shape_fn((3, 4), |_| scale * (2.0 * rng.random::<f64>() - 1.0));
-    Problem { logits: table(1.5), logits_old: table(1.0), logits_ref: table(1.0), rewards: table(2.0), value: None }
+    let mut table =
+        |scale: f64| Array2::from_shape_fn((3, 4), |_| scale * (2.0 * rng.random::<f64>() - 1.0));
+    Problem {
+        logits: table(1.5),
+        logits_old: table(1.0),
+        logits_ref: table(1.0),
+        rewards: table(2.0),
+        value: None,
+    }
 }
 
 /// The sampled PPG gradient (x uniform, y1, y2 ~ pi_old, theta != theta_old)
@@ -80,20 +92,32 @@ fn fixed_problem(seed: u64) -> Problem {
 // spec: C-THM1 C-EXPECTATION
 #[test]
 fn sampled_ppg_converges_to_vpg() {
-    let h = Hyper { beta: 0.3, ..Hyper::default() };
+    let h = Hyper {
+        beta: 0.3,
+        ..Hyper::default()
+    };
     let p = fixed_problem(7);
     let (mean, se) = sampled_ppg(&p, &h, 40_000, 11);
     let exact = evaluate(Algorithm::Vpg, &h, &p, &Batch::Exact).grad;
     for ((idx, &m), (&s, &e)) in mean.indexed_iter().zip(se.iter().zip(exact.iter())) {
-        assert!((m - e).abs() <= MC_STANDARD_ERRORS * s + 1e-12, "coordinate {idx:?}: mean {m}, exact {e}, se {s}");
+        assert!(
+            (m - e).abs() <= MC_STANDARD_ERRORS * s + 1e-12,
+            "coordinate {idx:?}: mean {m}, exact {e}, se {s}"
+        );
     }
     // Negative control: the exact VPG gradient of a different reward table is
     // rejected by the same bound, so the check has power.
-    let wrong = Problem { rewards: &p.rewards * 1.5, ..p.clone() };
+    let wrong = Problem {
+        rewards: &p.rewards * 1.5,
+        ..p.clone()
+    };
     let exact_wrong = evaluate(Algorithm::Vpg, &h, &wrong, &Batch::Exact).grad;
     let rejected = mean
         .iter()
         .zip(se.iter().zip(exact_wrong.iter()))
         .any(|(&m, (&s, &e))| (m - e).abs() > MC_STANDARD_ERRORS * s);
-    assert!(rejected, "the Monte-Carlo bound cannot tell a 1.5x reward apart");
+    assert!(
+        rejected,
+        "the Monte-Carlo bound cannot tell a 1.5x reward apart"
+    );
 }

@@ -4,9 +4,11 @@
 
 pub mod bradley_terry;
 pub mod estimator;
+pub mod gae;
 pub mod losses;
 pub mod policy;
 pub mod shift;
+pub mod tokens;
 
 pub use estimator::{Batch, Evaluation, Pair, Problem, evaluate, sample_pairs, surrogate};
 pub use losses::{Algorithm, Hyper, PairConsts, PairOutput, PairVars, pair_loss, pair_surrogate};

@@ -12,13 +12,21 @@ pub fn dims() -> impl Strategy<Value = (usize, usize)> {
 }
 
 /// An `[x, k]` table with entries in `range`.
-pub fn table(x: usize, k: usize, range: std::ops::RangeInclusive<f64>) -> impl Strategy<Value = Array2<f64>> {
-    prop::collection::vec(range, x * k).prop_map(move |v| Array2::from_shape_vec((x, k), v).unwrap())
+pub fn table(
+    x: usize,
+    k: usize,
+    range: std::ops::RangeInclusive<f64>,
+) -> impl Strategy<Value = Array2<f64>> {
+    prop::collection::vec(range, x * k)
+        .prop_map(move |v| Array2::from_shape_vec((x, k), v).unwrap())
 }
 
 /// `n` in 1..=8 pairs within `[x, k]`.
 pub fn pairs(x: usize, k: usize) -> impl Strategy<Value = Vec<Pair>> {
-    prop::collection::vec((0..x, 0..k, 0..k).prop_map(|(x, y1, y2)| Pair { x, y1, y2 }), 1..=8)
+    prop::collection::vec(
+        (0..x, 0..k, 0..k).prop_map(|(x, y1, y2)| Pair { x, y1, y2 }),
+        1..=8,
+    )
 }
 
 /// A generic bandit problem: logits in [-3, 3], the behaviour policy within
@@ -60,15 +68,23 @@ pub fn scenario_with(old_spread: f64) -> impl Strategy<Value = Scenario> {
             hyper(),
             prop::collection::vec(-1e3..=1e3f64, x),
         )
-            .prop_map(|(logits, spread, logits_ref, rewards, value, pairs, hyper, delta)| {
-                let logits_old = &logits + &spread;
-                Scenario {
-                    problem: Problem { logits, logits_old, logits_ref, rewards, value: Some(Array1::from(value)) },
-                    pairs,
-                    hyper,
-                    delta,
-                }
-            })
+            .prop_map(
+                |(logits, spread, logits_ref, rewards, value, pairs, hyper, delta)| {
+                    let logits_old = &logits + &spread;
+                    Scenario {
+                        problem: Problem {
+                            logits,
+                            logits_old,
+                            logits_ref,
+                            rewards,
+                            value: Some(Array1::from(value)),
+                        },
+                        pairs,
+                        hyper,
+                        delta,
+                    }
+                },
+            )
     })
 }
 
@@ -79,7 +95,11 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
 
 /// beta in [0, 1.5], epsilon in [0.05, 0.5], vf_coef in [0, 2].
 pub fn hyper() -> impl Strategy<Value = Hyper> {
-    (0.0..=1.5f64, 0.05..=0.5f64, 0.0..=2.0f64).prop_map(|(beta, epsilon, vf_coef)| Hyper { beta, epsilon, vf_coef })
+    (0.0..=1.5f64, 0.05..=0.5f64, 0.0..=2.0f64).prop_map(|(beta, epsilon, vf_coef)| Hyper {
+        beta,
+        epsilon,
+        vf_coef,
+    })
 }
 
 /// One pair's constants and variables: log-probabilities in [-6, 0], the
@@ -93,8 +113,15 @@ pub fn pair_point() -> impl Strategy<Value = (PairConsts, PairVars)> {
         -5.0..=5.0f64,
     )
         .prop_map(|(reward, lp_old, lp_ref, step, value)| {
-            let consts = PairConsts { reward, lp_old, lp_ref };
-            let vars = PairVars { lp: [lp_old[0] + step[0], lp_old[1] + step[1]], value };
+            let consts = PairConsts {
+                reward,
+                lp_old,
+                lp_ref,
+            };
+            let vars = PairVars {
+                lp: [lp_old[0] + step[0], lp_old[1] + step[1]],
+                value,
+            };
             (consts, vars)
         })
 }
@@ -109,10 +136,19 @@ pub fn max_abs<'a>(it: impl IntoIterator<Item = &'a f64>) -> f64 {
 }
 
 /// Asserts `|a - b| <= tol * scale` entry by entry, naming the entry.
-pub fn assert_all_close(what: &str, a: &Array2<f64>, b: &Array2<f64>, tol: f64, scale: f64) -> Result<(), TestCaseError> {
+pub fn assert_all_close(
+    what: &str,
+    a: &Array2<f64>,
+    b: &Array2<f64>,
+    tol: f64,
+    scale: f64,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.dim(), b.dim());
     for ((idx, &u), &v) in a.indexed_iter().zip(b.iter()) {
-        prop_assert!((u - v).abs() <= tol * scale, "{what}{idx:?}: {u} vs {v} (tol {tol} x scale {scale})");
+        prop_assert!(
+            (u - v).abs() <= tol * scale,
+            "{what}{idx:?}: {u} vs {v} (tol {tol} x scale {scale})"
+        );
     }
     Ok(())
 }
@@ -122,7 +158,9 @@ pub fn assert_all_close(what: &str, a: &Array2<f64>, b: &Array2<f64>, tol: f64, 
 /// path is relative to the package root, where cargo runs tests.
 pub fn config(file: &'static str) -> ProptestConfig {
     ProptestConfig {
-        failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::Direct(file))),
+        failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::Direct(
+            file,
+        ))),
         ..ProptestConfig::default()
     }
 }

@@ -1,0 +1,102 @@
+// Shared device helpers of the p3o kernels. NVRTC compiles every kernel file
+// with this header prepended (see src/cuda/nvrtc.rs), so no include paths or
+// CUDA headers are needed: bf16 is handled as raw 16-bit words.
+#pragma once
+
+#define P3O_LOG2E 1.4426950408889634f
+
+typedef unsigned short p3o_bf16;  // the upper 16 bits of an IEEE float32
+
+__device__ __forceinline__ float bf16_to_f32(p3o_bf16 h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// float32 -> bf16, round to nearest even (inputs here are finite).
+__device__ __forceinline__ p3o_bf16 f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (p3o_bf16)(u >> 16);
+}
+
+// Running (max, sum of exp(x - max)) of an online softmax.
+struct RowStats {
+    float m;
+    float s;
+};
+
+__device__ __forceinline__ void stats_add(RowStats& a, float x) {
+    if (x > a.m) {
+        a.s = a.s * exp2f((a.m - x) * P3O_LOG2E) + 1.0f;
+        a.m = x;
+    } else {
+        a.s += exp2f((x - a.m) * P3O_LOG2E);
+    }
+}
+
+__device__ __forceinline__ RowStats stats_merge(RowStats a, RowStats b) {
+    float m = fmaxf(a.m, b.m);
+    if (m == -INFINITY) return a;
+    RowStats r;
+    r.m = m;
+    r.s = a.s * exp2f((a.m - m) * P3O_LOG2E) + b.s * exp2f((b.m - m) * P3O_LOG2E);
+    return r;
+}
+
+// Merges the stats of every thread of the block; all threads get the result.
+// blockDim.x must be a multiple of 32 and at most 1024.
+__device__ RowStats stats_block_reduce(RowStats v) {
+    __shared__ float sh_m[32];
+    __shared__ float sh_s[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        RowStats w;
+        w.m = __shfl_xor_sync(0xffffffffu, v.m, o);
+        w.s = __shfl_xor_sync(0xffffffffu, v.s, o);
+        v = stats_merge(v, w);
+    }
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sh_m[warp] = v.m;
+        sh_s[warp] = v.s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        int warps = blockDim.x >> 5;
+        RowStats w;
+        w.m = lane < warps ? sh_m[lane] : -INFINITY;
+        w.s = lane < warps ? sh_s[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) {
+            RowStats u;
+            u.m = __shfl_xor_sync(0xffffffffu, w.m, o);
+            u.s = __shfl_xor_sync(0xffffffffu, w.s, o);
+            w = stats_merge(w, u);
+        }
+        if (lane == 0) {
+            sh_m[0] = w.m;
+            sh_s[0] = w.s;
+        }
+    }
+    __syncthreads();
+    RowStats r;
+    r.m = sh_m[0];
+    r.s = sh_s[0];
+    return r;
+}
+
+// Sum of one double per thread over the block; all threads get the result.
+__device__ double block_sum_f64(double v) {
+    __shared__ double sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int warps = blockDim.x >> 5;
+        double w = lane < warps ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+        if (lane == 0) sh[0] = w;
+    }
+    __syncthreads();
+    return sh[0];
+}

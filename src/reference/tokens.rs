@@ -1,0 +1,27 @@
+//! Token-level log-probabilities of a language model's logits, their
+//! backward, and masked per-sequence sums: the float64 twins of the kernels
+//! in `kernels/token_logprob.cu` and `kernels/sequence.cu`.
+
+/// `(log softmax(x)[t], logsumexp(x))` of one row ([C-TOKEN-LOGPROB]).
+pub fn token_logprob(row: &[f64], target: usize) -> (f64, f64) {
+    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();
+    (row[target] - lse, lse)
+}
+
+/// `d loss / d x[v] = g ([v = t] - softmax(x)[v])` ([C-TOKEN-LOGPROB]), given
+/// the row's `lse` and the upstream gradient `g = d loss / d logp`.
+pub fn token_logprob_grad(row: &[f64], target: usize, lse: f64, g: f64) -> Vec<f64> {
+    row.iter()
+        .enumerate()
+        .map(|(v, &x)| g * (f64::from(u8::from(v == target)) - (x - lse).exp()))
+        .collect()
+}
+
+/// `sum_t mask[t] (a[t] - c[t])`, `c` absent meaning zero ([C-SEQ-LOGPROB]).
+pub fn masked_sum(a: &[f64], c: Option<&[f64]>, mask: &[f64]) -> f64 {
+    a.iter()
+        .enumerate()
+        .map(|(t, &v)| mask[t] * (v - c.map_or(0.0, |c| c[t])))
+        .sum()
+}
