@@ -1,7 +1,8 @@
 // Shared device helpers of the p3o kernels. NVRTC compiles every kernel file
 // with this header prepended (see src/cuda/nvrtc.rs), so no include paths or
 // CUDA headers are needed: bf16 is handled as raw 16-bit words.
-#pragma once
+#define P3O_INF __int_as_float(0x7f800000)
+#define P3O_NAN __int_as_float(0x7fffffff)
 
 #define P3O_LOG2E 1.4426950408889634f
 
@@ -35,7 +36,7 @@ __device__ __forceinline__ void stats_add(RowStats& a, float x) {
 
 __device__ __forceinline__ RowStats stats_merge(RowStats a, RowStats b) {
     float m = fmaxf(a.m, b.m);
-    if (m == -INFINITY) return a;
+    if (m == -P3O_INF) return a;
     RowStats r;
     r.m = m;
     r.s = a.s * exp2f((a.m - m) * P3O_LOG2E) + b.s * exp2f((b.m - m) * P3O_LOG2E);
@@ -63,7 +64,7 @@ __device__ RowStats stats_block_reduce(RowStats v) {
     if (warp == 0) {
         int warps = blockDim.x >> 5;
         RowStats w;
-        w.m = lane < warps ? sh_m[lane] : -INFINITY;
+        w.m = lane < warps ? sh_m[lane] : -P3O_INF;
         w.s = lane < warps ? sh_s[lane] : 0.0f;
         for (int o = 16; o > 0; o >>= 1) {
             RowStats u;

@@ -4,31 +4,33 @@
 //
 // One block per row, TOKEN_BLOCK threads, 16-byte loads when the row length
 // allows. Memory traffic per row of V elements of size b:
-//   fwd: reads V*b (one pass, online softmax) + 8 bytes of target, writes 8
-//        bytes (logp and lse, float32);
-//   bwd: reads V*b logits + 12 bytes (target, lse, upstream gradient), writes
+//   fwd: reads V*b (one pass, online softmax) + 8 bytes of target, writes 12
+//        bytes (logp float32, lse float64);
+//   bwd: reads V*b logits + 20 bytes (target, lse, upstream gradient), writes
 //        V*b gradient. No N x V intermediate exists in either direction.
+// lse is kept in float64: with logits near 1e4 a float32 lse would be off by
+// up to half an ulp (5e-4), and so would every softmax value rebuilt from it.
 
 #define TOKEN_BLOCK 256
 
 // ---- forward ---------------------------------------------------------------
 
 __device__ __forceinline__ void finish_row(RowStats acc, float target_logit, long long row,
-                                           float* __restrict__ logp, float* __restrict__ lse) {
+                                           float* __restrict__ logp, double* __restrict__ lse) {
     acc = stats_block_reduce(acc);
     if (threadIdx.x == 0) {
-        float l = acc.m + logf(acc.s);
+        double l = (double)acc.m + log((double)acc.s);
         lse[row] = l;
-        logp[row] = target_logit - l;
+        logp[row] = (float)((double)target_logit - l);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
-                      float* __restrict__ logp, float* __restrict__ lse, int v) {
+                      float* __restrict__ logp, double* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
-    RowStats acc = {-INFINITY, 0.0f};
+    RowStats acc = {-P3O_INF, 0.0f};
     if ((v & 3) == 0) {
         const float4* x4 = reinterpret_cast<const float4*>(x);
         int v4 = v >> 2;
@@ -58,15 +60,15 @@ token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restr
     }
     long long t = targets[row];
     // An out-of-range target is never read: its row gets logp = NaN.
-    finish_row(acc, (t >= 0 && t < v) ? x[t] : NAN, row, logp, lse);
+    finish_row(acc, (t >= 0 && t < v) ? x[t] : P3O_NAN, row, logp, lse);
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __restrict__ targets,
-                       float* __restrict__ logp, float* __restrict__ lse, int v) {
+                       float* __restrict__ logp, double* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
-    RowStats acc = {-INFINITY, 0.0f};
+    RowStats acc = {-P3O_INF, 0.0f};
     if ((v & 7) == 0) {
         // Eight bf16 per 16-byte load.
         const uint4* x8 = reinterpret_cast<const uint4*>(x);
@@ -99,24 +101,27 @@ token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
         for (int i = threadIdx.x; i < v; i += TOKEN_BLOCK) stats_add(acc, bf16_to_f32(x[i]));
     }
     long long t = targets[row];
-    finish_row(acc, (t >= 0 && t < v) ? bf16_to_f32(x[t]) : NAN, row, logp, lse);
+    finish_row(acc, (t >= 0 && t < v) ? bf16_to_f32(x[t]) : P3O_NAN, row, logp, lse);
 }
 
 // ---- backward --------------------------------------------------------------
 
-__device__ __forceinline__ float token_grad(float x, float g, float l, bool is_target) {
-    return g * ((is_target ? 1.0f : 0.0f) - exp2f((x - l) * P3O_LOG2E));
+// x - lse is formed in float64 (exact for float32 x), then exponentiated in
+// float32.
+__device__ __forceinline__ float token_grad(float x, float g, double l, bool is_target) {
+    float d = (float)((double)x - l);
+    return g * ((is_target ? 1.0f : 0.0f) - exp2f(d * P3O_LOG2E));
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
-                      const float* __restrict__ lse, const float* __restrict__ grad_logp,
+                      const double* __restrict__ lse, const float* __restrict__ grad_logp,
                       float* __restrict__ grad_logits, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
     float* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
-    float l = lse[row];
+    double l = lse[row];
     long long t = targets[row];
     if ((v & 3) == 0) {
         const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -139,13 +144,13 @@ token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restr
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_bwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __restrict__ targets,
-                       const float* __restrict__ lse, const float* __restrict__ grad_logp,
+                       const double* __restrict__ lse, const float* __restrict__ grad_logp,
                        p3o_bf16* __restrict__ grad_logits, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
     p3o_bf16* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
-    float l = lse[row];
+    double l = lse[row];
     long long t = targets[row];
     if ((v & 7) == 0) {
         const uint4* x8 = reinterpret_cast<const uint4*>(x);

@@ -5,5 +5,7 @@
 
 pub mod bandit;
 pub mod case;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod reference;
 pub mod tolerance;

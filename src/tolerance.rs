@@ -24,3 +24,14 @@ pub const MC_STANDARD_ERRORS: f64 = 5.0;
 pub fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
 }
+
+/// A float32 kernel against the float64 reference on the same inputs:
+/// elementwise `|a - b| <= F32_VS_F64 * max(1, |b|)` for per-row scalars
+/// (log-probs, logsumexp, sums, pair losses) and, for a gradient row,
+/// `max_v |a - b| <= F32_VS_F64 * max_v |b|`.
+pub const F32_VS_F64: f64 = 1e-5;
+
+/// As `F32_VS_F64` for outputs stored in bfloat16 (8 significant bits,
+/// rounding to nearest: at most 2^-9 relative, doubled for the float32
+/// arithmetic before it).
+pub const BF16_VS_F64: f64 = 1.0 / 256.0;
