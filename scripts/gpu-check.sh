@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The prepared GPU check of the CUDA kernels, in two steps.
+#
+#   scripts/gpu-check.sh bundle   # on a development machine (Rust toolchain):
+#                                 # builds the CUDA test and bench binaries and
+#                                 # copies them, stripped, into gpu-bundle/
+#   scripts/gpu-check.sh run      # on a CUDA machine with PyTorch 2.11.0+cu130
+#                                 # and CUDA 13 libraries, no Rust, no network:
+#                                 # runs every CUDA test, the kernel benchmarks
+#                                 # and the PyTorch eager peer, table last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=gpu-bundle
+
+case "${1:-}" in
+bundle)
+    rm -rf "$bundle" && mkdir -p "$bundle"
+    exe() { python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'; }
+    cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json | exe | while read -r f; do cp "$f" "$bundle/cuda_kernels"; done
+    cargo bench --features cuda --bench cuda_logprob --no-run --message-format=json | exe | while read -r f; do cp "$f" "$bundle/cuda_logprob"; done
+    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob
+    cp benches/torch_eager_logprob.py "$bundle/"
+    # The project's pinned NVRTC, for a machine whose own copy is missing or
+    # newer than its driver accepts (used when P3O_BUNDLED_NVRTC=1).
+    nvrtc_dir=${P3O_CACHE:-$HOME/.cache/p3o}/nvrtc-13.0.88/nvidia/cu13/lib
+    if [ -f "$nvrtc_dir/libnvrtc.so.13" ]; then
+        tar cJf "$bundle/nvrtc.tar.xz" -C "$nvrtc_dir" libnvrtc.so.13 libnvrtc-builtins.so.13.0
+    fi
+    du -sh "$bundle"
+    ;;
+run)
+    out=${OUT:-/tmp/p3o-gpu-check}
+    mkdir -p "$out"
+    if [ "${P3O_BUNDLED_NVRTC:-0}" = 1 ]; then
+        mkdir -p /tmp/p3o-nvrtc && tar xJf "$bundle/nvrtc.tar.xz" -C /tmp/p3o-nvrtc
+        export P3O_NVRTC_DIR=/tmp/p3o-nvrtc
+    fi
+    # NVRTC: otherwise the copy that ships with PyTorch's CUDA 13 libraries.
+    if [ -z "${P3O_NVRTC_DIR:-}" ]; then
+        P3O_NVRTC_DIR=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib"))')
+        if [ ! -f "$P3O_NVRTC_DIR/libnvrtc.so.13" ]; then
+            P3O_NVRTC_DIR=$(dirname "$(find / -name libnvrtc.so.13 -not -path '/proc/*' 2>/dev/null | head -1)")
+        fi
+        export P3O_NVRTC_DIR
+    fi
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+    ls "$P3O_NVRTC_DIR" | grep nvrtc | tee -a "$out/device.txt"
+    status=0
+    "$bundle/cuda_kernels" --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
+    "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
+    python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
+    echo
+    echo "== summary ($(cat "$out/device.txt" | head -1))"
+    grep -E "^test result" "$out/tests.log" || true
+    sed -n '/^kernel (N = 16384)/,$p' "$out/bench.log"
+    cat "$out/eager.log"
+    exit $status
+    ;;
+*)
+    echo "usage: $0 bundle|run" >&2
+    exit 2
+    ;;
+esac
