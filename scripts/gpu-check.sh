@@ -46,6 +46,14 @@ run)
         fi
         export P3O_NVRTC_DIR
     fi
+    # If the machine's NVRTC cannot build modules this driver loads, fall back
+    # to the bundled one.
+    if ! "$bundle/cuda_kernels" launch_checks_shapes --exact >"$out/probe.log" 2>&1 && [ -f "$bundle/nvrtc.tar.xz" ]; then
+        echo "NVRTC in $P3O_NVRTC_DIR failed the probe; using the bundled NVRTC 13.0.88"
+        tail -5 "$out/probe.log"
+        mkdir -p /tmp/p3o-nvrtc && tar xJf "$bundle/nvrtc.tar.xz" -C /tmp/p3o-nvrtc
+        export P3O_NVRTC_DIR=/tmp/p3o-nvrtc
+    fi
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
     ls "$P3O_NVRTC_DIR" | grep nvrtc | tee -a "$out/device.txt"
     status=0
