@@ -40,17 +40,34 @@ fn record(name: &str, bytes: f64, iters: u64, d: Duration) {
     }
 }
 
-fn bench_dtype<T: LogitElement>(c: &mut Criterion, gpu: &Gpu, label: &str, make: impl Fn(f32) -> T) {
+fn bench_dtype<T: LogitElement>(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    label: &str,
+    make: impl Fn(f32) -> T,
+) {
     let mut group = c.benchmark_group(format!("token_logprob_{label}"));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for v in VOCABS {
         let elems = N * v;
         let b = std::mem::size_of::<T>() as f64;
         // A cheap deterministic fill, not zeros: varied logits in [-8, 8].
-        let host: Vec<T> = (0..elems).map(|i| make(((i.wrapping_mul(2_654_435_761) % 65_536) as f32 / 4096.0) - 8.0)).collect();
+        let host: Vec<T> = (0..elems)
+            .map(|i| make(((i.wrapping_mul(2_654_435_761) % 65_536) as f32 / 4096.0) - 8.0))
+            .collect();
         let logits: CudaSlice<T> = gpu.stream.memcpy_stod(&host).unwrap();
         drop(host);
-        let targets: CudaSlice<i64> = gpu.stream.memcpy_stod(&(0..N as i64).map(|i| (i * 7919) % v as i64).collect::<Vec<_>>()).unwrap();
+        let targets: CudaSlice<i64> = gpu
+            .stream
+            .memcpy_stod(
+                &(0..N as i64)
+                    .map(|i| (i * 7919) % v as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
         let g: CudaSlice<f32> = gpu.stream.memcpy_stod(&vec![1.0f32; N]).unwrap();
         let mut logp = gpu.stream.alloc_zeros::<f32>(N).unwrap();
         let mut lse = gpu.stream.alloc_zeros::<f64>(N).unwrap();
@@ -62,8 +79,10 @@ fn bench_dtype<T: LogitElement>(c: &mut Criterion, gpu: &Gpu, label: &str, make:
         group.bench_function(BenchmarkId::new("fwd+bwd", v), |bench| {
             bench.iter_custom(|iters| {
                 let d = timed(gpu, iters, || {
-                    gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse).unwrap();
-                    gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad).unwrap();
+                    gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
+                        .unwrap();
+                    gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
+                        .unwrap();
                 });
                 record(&name, kernel_bytes, iters, d);
                 d
@@ -74,7 +93,9 @@ fn bench_dtype<T: LogitElement>(c: &mut Criterion, gpu: &Gpu, label: &str, make:
         let name = format!("{label} V={v} copy");
         group.bench_function(BenchmarkId::new("copy", v), |bench| {
             bench.iter_custom(|iters| {
-                let d = timed(gpu, iters, || gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap());
+                let d = timed(gpu, iters, || {
+                    gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap()
+                });
                 record(&name, copy_bytes, iters, d);
                 d
             })
@@ -103,12 +124,28 @@ fn main() {
         s[s.len() / 2]
     };
     let t = TIMES.lock().unwrap();
-    println!("\n{:<26} {:>10} {:>10} {:>8}", "kernel (N = 16384)", "ms", "GB/s", "of copy");
+    println!(
+        "\n{:<26} {:>10} {:>10} {:>8}",
+        "kernel (N = 16384)", "ms", "GB/s", "of copy"
+    );
     for pair in t.chunks(2) {
-        let [(kname, kbytes, ktimes), (_, cbytes, ctimes)] = pair else { continue };
+        let [(kname, kbytes, ktimes), (_, cbytes, ctimes)] = pair else {
+            continue;
+        };
         let (km, cm) = (median(ktimes), median(ctimes));
         let (kbw, cbw) = (kbytes / km / 1e9, cbytes / cm / 1e9);
-        println!("{:<26} {:>10.3} {:>10.0} {:>7.0}%", kname, km * 1e3, kbw, 100.0 * kbw / cbw);
-        println!("{:<26} {:>10.3} {:>10.0}", kname.replace("fwd+bwd", "copy"), cm * 1e3, cbw);
+        println!(
+            "{:<26} {:>10.3} {:>10.0} {:>7.0}%",
+            kname,
+            km * 1e3,
+            kbw,
+            100.0 * kbw / cbw
+        );
+        println!(
+            "{:<26} {:>10.3} {:>10.0}",
+            kname.replace("fwd+bwd", "copy"),
+            cm * 1e3,
+            cbw
+        );
     }
 }

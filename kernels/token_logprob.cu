@@ -25,42 +25,60 @@ __device__ __forceinline__ void finish_row(RowStats acc, float target_logit, lon
     }
 }
 
+// Elements before the first 16-byte boundary of a row (rows of odd length
+// start at any 4- or 2-byte offset); `per` elements make 16 bytes.
+__device__ __forceinline__ int head_len(const void* p, int per, int v) {
+    int bytes = (int)((16 - ((unsigned long long)p & 15)) & 15);
+    int h = bytes / (16 / per);
+    return h < v ? h : v;
+}
+
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
                       float* __restrict__ logp, double* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
     RowStats acc = {-P3O_INF, 0.0f};
-    if ((v & 3) == 0) {
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        int v4 = v >> 2;
-        int i = threadIdx.x;
-        // Four independent 16-byte loads in flight per thread.
-        for (; i + 3 * TOKEN_BLOCK < v4; i += 4 * TOKEN_BLOCK) {
-            float4 q[4];
+    int head = head_len(x, 4, v);
+    int v4 = (v - head) >> 2;
+    const float4* x4 = reinterpret_cast<const float4*>(x + head);
+    int i = threadIdx.x;
+    // Four independent 16-byte loads in flight per thread.
+    for (; i + 3 * TOKEN_BLOCK < v4; i += 4 * TOKEN_BLOCK) {
+        float4 q[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) q[k] = __ldg(x4 + i + k * TOKEN_BLOCK);
+        for (int k = 0; k < 4; ++k) q[k] = __ldg(x4 + i + k * TOKEN_BLOCK);
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                stats_add(acc, q[k].x);
-                stats_add(acc, q[k].y);
-                stats_add(acc, q[k].z);
-                stats_add(acc, q[k].w);
-            }
+        for (int k = 0; k < 4; ++k) {
+            stats_add(acc, q[k].x);
+            stats_add(acc, q[k].y);
+            stats_add(acc, q[k].z);
+            stats_add(acc, q[k].w);
         }
-        for (; i < v4; i += TOKEN_BLOCK) {
-            float4 q = __ldg(x4 + i);
-            stats_add(acc, q.x);
-            stats_add(acc, q.y);
-            stats_add(acc, q.z);
-            stats_add(acc, q.w);
-        }
-    } else {
-        for (int i = threadIdx.x; i < v; i += TOKEN_BLOCK) stats_add(acc, __ldg(x + i));
     }
+    for (; i < v4; i += TOKEN_BLOCK) {
+        float4 q = __ldg(x4 + i);
+        stats_add(acc, q.x);
+        stats_add(acc, q.y);
+        stats_add(acc, q.z);
+        stats_add(acc, q.w);
+    }
+    // The unaligned head and the tail: fewer than 8 elements in all.
+    int rest = v - head - 4 * v4;
+    if ((int)threadIdx.x < head) stats_add(acc, __ldg(x + threadIdx.x));
+    if ((int)threadIdx.x < rest) stats_add(acc, __ldg(x + head + 4 * v4 + threadIdx.x));
     long long t = targets[row];
     // An out-of-range target is never read: its row gets logp = NaN.
     finish_row(acc, (t >= 0 && t < v) ? x[t] : P3O_NAN, row, logp, lse);
+}
+
+__device__ __forceinline__ void stats_add_bf16x8(RowStats& acc, uint4 q) {
+    unsigned int w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        stats_add(acc, __uint_as_float(w[j] << 16));
+        stats_add(acc, __uint_as_float(w[j] & 0xffff0000u));
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
@@ -69,47 +87,34 @@ token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
     RowStats acc = {-P3O_INF, 0.0f};
-    if ((v & 7) == 0) {
-        // Eight bf16 per 16-byte load.
-        const uint4* x8 = reinterpret_cast<const uint4*>(x);
-        int v8 = v >> 3;
-        int i = threadIdx.x;
-        for (; i + TOKEN_BLOCK < v8; i += 2 * TOKEN_BLOCK) {
-            uint4 q[2];
-            q[0] = __ldg(x8 + i);
-            q[1] = __ldg(x8 + i + TOKEN_BLOCK);
+    // Eight bf16 per 16-byte load, four loads in flight.
+    int head = head_len(x, 8, v);
+    int v8 = (v - head) >> 3;
+    const uint4* x8 = reinterpret_cast<const uint4*>(x + head);
+    int i = threadIdx.x;
+    for (; i + 3 * TOKEN_BLOCK < v8; i += 4 * TOKEN_BLOCK) {
+        uint4 q[4];
 #pragma unroll
-            for (int k = 0; k < 2; ++k) {
-                unsigned int w[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+        for (int k = 0; k < 4; ++k) q[k] = __ldg(x8 + i + k * TOKEN_BLOCK);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    stats_add(acc, __uint_as_float(w[j] << 16));
-                    stats_add(acc, __uint_as_float(w[j] & 0xffff0000u));
-                }
-            }
-        }
-        for (; i < v8; i += TOKEN_BLOCK) {
-            uint4 q = __ldg(x8 + i);
-            unsigned int w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                stats_add(acc, __uint_as_float(w[j] << 16));
-                stats_add(acc, __uint_as_float(w[j] & 0xffff0000u));
-            }
-        }
-    } else {
-        for (int i = threadIdx.x; i < v; i += TOKEN_BLOCK) stats_add(acc, bf16_to_f32(x[i]));
+        for (int k = 0; k < 4; ++k) stats_add_bf16x8(acc, q[k]);
     }
+    for (; i < v8; i += TOKEN_BLOCK) stats_add_bf16x8(acc, __ldg(x8 + i));
+    int rest = v - head - 8 * v8;
+    if ((int)threadIdx.x < head) stats_add(acc, bf16_to_f32(x[threadIdx.x]));
+    if ((int)threadIdx.x < rest) stats_add(acc, bf16_to_f32(x[head + 8 * v8 + threadIdx.x]));
     long long t = targets[row];
     finish_row(acc, (t >= 0 && t < v) ? bf16_to_f32(x[t]) : P3O_NAN, row, logp, lse);
 }
 
 // ---- backward --------------------------------------------------------------
 
-// x - lse is formed in float64 (exact for float32 x), then exponentiated in
-// float32.
-__device__ __forceinline__ float token_grad(float x, float g, double l, bool is_target) {
-    float d = (float)((double)x - l);
+// exp(x - lse) with lse = hi + lo split into two floats once per row: x - hi
+// is exact whenever x is within a factor 2 of hi (Sterbenz), which covers
+// every x whose softmax value float32 can hold, so no per-element float64
+// arithmetic is needed.
+__device__ __forceinline__ float token_grad(float x, float g, float hi, float lo, bool is_target) {
+    float d = (x - hi) - lo;
     return g * ((is_target ? 1.0f : 0.0f) - exp2f(d * P3O_LOG2E));
 }
 
@@ -122,23 +127,29 @@ token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restr
     float* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
     double l = lse[row];
+    float hi = (float)l;
+    float lo = (float)(l - (double)hi);
     long long t = targets[row];
-    if ((v & 3) == 0) {
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        float4* o4 = reinterpret_cast<float4*>(out);
-        int v4 = v >> 2;
-        for (int i = threadIdx.x; i < v4; i += TOKEN_BLOCK) {
-            float4 q = __ldg(x4 + i);
-            int b = 4 * i;
-            float4 r;
-            r.x = token_grad(q.x, g, l, b == t);
-            r.y = token_grad(q.y, g, l, b + 1 == t);
-            r.z = token_grad(q.z, g, l, b + 2 == t);
-            r.w = token_grad(q.w, g, l, b + 3 == t);
-            o4[i] = r;
-        }
-    } else {
-        for (int i = threadIdx.x; i < v; i += TOKEN_BLOCK) out[i] = token_grad(__ldg(x + i), g, l, i == t);
+    // Vector accesses need the input and output rows equally misaligned.
+    bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
+    int head = vec ? head_len(x, 4, v) : v;
+    int v4 = (v - head) >> 2;
+    const float4* x4 = reinterpret_cast<const float4*>(x + head);
+    float4* o4 = reinterpret_cast<float4*>(out + head);
+    for (int i = threadIdx.x; i < v4; i += TOKEN_BLOCK) {
+        float4 q = __ldg(x4 + i);
+        long long b = head + 4LL * i;
+        float4 r;
+        r.x = token_grad(q.x, g, hi, lo, b == t);
+        r.y = token_grad(q.y, g, hi, lo, b + 1 == t);
+        r.z = token_grad(q.z, g, hi, lo, b + 2 == t);
+        r.w = token_grad(q.w, g, hi, lo, b + 3 == t);
+        o4[i] = r;
+    }
+    // Head (all of the row when not vectorised) and tail.
+    for (int i = threadIdx.x; i < head; i += TOKEN_BLOCK) out[i] = token_grad(__ldg(x + i), g, hi, lo, i == t);
+    for (int i = head + 4 * v4 + threadIdx.x; i < v; i += TOKEN_BLOCK) {
+        out[i] = token_grad(__ldg(x + i), g, hi, lo, i == t);
     }
 }
 
@@ -151,27 +162,31 @@ token_logprob_bwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
     p3o_bf16* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
     double l = lse[row];
+    float hi = (float)l;
+    float lo = (float)(l - (double)hi);
     long long t = targets[row];
-    if ((v & 7) == 0) {
-        const uint4* x8 = reinterpret_cast<const uint4*>(x);
-        uint4* o8 = reinterpret_cast<uint4*>(out);
-        int v8 = v >> 3;
-        for (int i = threadIdx.x; i < v8; i += TOKEN_BLOCK) {
-            uint4 q = __ldg(x8 + i);
-            unsigned int w[4] = {q.x, q.y, q.z, q.w};
-            unsigned int r[4];
-            int b = 8 * i;
+    bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
+    int head = vec ? head_len(x, 8, v) : v;
+    int v8 = (v - head) >> 3;
+    const uint4* x8 = reinterpret_cast<const uint4*>(x + head);
+    uint4* o8 = reinterpret_cast<uint4*>(out + head);
+    for (int i = threadIdx.x; i < v8; i += TOKEN_BLOCK) {
+        uint4 q = __ldg(x8 + i);
+        unsigned int w[4] = {q.x, q.y, q.z, q.w};
+        unsigned int r[4];
+        long long b = head + 8LL * i;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                float lo = token_grad(__uint_as_float(w[j] << 16), g, l, b + 2 * j == t);
-                float hi = token_grad(__uint_as_float(w[j] & 0xffff0000u), g, l, b + 2 * j + 1 == t);
-                r[j] = (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
-            }
-            o8[i] = make_uint4(r[0], r[1], r[2], r[3]);
+        for (int j = 0; j < 4; ++j) {
+            float lo_v = token_grad(__uint_as_float(w[j] << 16), g, hi, lo, b + 2 * j == t);
+            float hi_v = token_grad(__uint_as_float(w[j] & 0xffff0000u), g, hi, lo, b + 2 * j + 1 == t);
+            r[j] = (unsigned int)f32_to_bf16(lo_v) | ((unsigned int)f32_to_bf16(hi_v) << 16);
         }
-    } else {
-        for (int i = threadIdx.x; i < v; i += TOKEN_BLOCK) {
-            out[i] = f32_to_bf16(token_grad(bf16_to_f32(x[i]), g, l, i == t));
-        }
+        o8[i] = make_uint4(r[0], r[1], r[2], r[3]);
+    }
+    for (int i = threadIdx.x; i < head; i += TOKEN_BLOCK) {
+        out[i] = f32_to_bf16(token_grad(bf16_to_f32(x[i]), g, hi, lo, i == t));
+    }
+    for (int i = head + 8 * v8 + threadIdx.x; i < v; i += TOKEN_BLOCK) {
+        out[i] = f32_to_bf16(token_grad(bf16_to_f32(x[i]), g, hi, lo, i == t));
     }
 }

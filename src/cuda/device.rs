@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::Ptx;
 
-use super::nvrtc::{compile, KERNEL_FILES};
 use super::CudaError;
+use super::nvrtc::{KERNEL_FILES, compile};
 
 /// Kernel entry points, by the names in `kernels/*.cu`.
 pub const KERNEL_NAMES: [&str; 9] = [
@@ -57,22 +57,36 @@ impl Gpu {
     /// per process and device, then cached.
     pub fn new(ordinal: usize) -> Result<Gpu, CudaError> {
         if !driver_present() {
-            return Err(CudaError::NoDevice("the CUDA driver library (libcuda.so.1) is not installed".into()));
+            return Err(CudaError::NoDevice(
+                "the CUDA driver library (libcuda.so.1) is not installed".into(),
+            ));
         }
-        let count = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
+        let count =
+            CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
         if ordinal >= count.max(0) as usize {
-            return Err(CudaError::NoDevice(format!("device {ordinal} requested, {count} present")));
+            return Err(CudaError::NoDevice(format!(
+                "device {ordinal} requested, {count} present"
+            )));
         }
         let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = format!("compute_{major}{minor}");
         let kernels = cached_kernels(&ctx, ordinal, &arch)?;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, kernels, arch })
+        Ok(Gpu {
+            ctx,
+            stream,
+            kernels,
+            arch,
+        })
     }
 }
 
-fn cached_kernels(ctx: &Arc<CudaContext>, ordinal: usize, arch: &str) -> Result<Arc<Kernels>, CudaError> {
+fn cached_kernels(
+    ctx: &Arc<CudaContext>,
+    ordinal: usize,
+    arch: &str,
+) -> Result<Arc<Kernels>, CudaError> {
     static CACHE: Mutex<Vec<(usize, Arc<Kernels>)>> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, k)) = cache.iter().find(|(o, _)| *o == ordinal) {
@@ -88,7 +102,9 @@ fn cached_kernels(ctx: &Arc<CudaContext>, ordinal: usize, arch: &str) -> Result<
         }
     }
     if let Some(missing) = KERNEL_NAMES.iter().find(|n| !functions.contains_key(*n)) {
-        return Err(CudaError::Input(format!("kernel {missing} is in no kernel file")));
+        return Err(CudaError::Input(format!(
+            "kernel {missing} is in no kernel file"
+        )));
     }
     let kernels = Arc::new(Kernels { functions });
     cache.push((ordinal, kernels.clone()));

@@ -11,9 +11,15 @@ use super::CudaError;
 
 /// Every kernel file, embedded in the binary, with its name.
 pub const KERNEL_FILES: [(&str, &str); 4] = [
-    ("token_logprob.cu", include_str!("../../kernels/token_logprob.cu")),
+    (
+        "token_logprob.cu",
+        include_str!("../../kernels/token_logprob.cu"),
+    ),
     ("sequence.cu", include_str!("../../kernels/sequence.cu")),
-    ("pair_losses.cu", include_str!("../../kernels/pair_losses.cu")),
+    (
+        "pair_losses.cu",
+        include_str!("../../kernels/pair_losses.cu"),
+    ),
     ("gae.cu", include_str!("../../kernels/gae.cu")),
 ];
 
@@ -86,16 +92,27 @@ pub fn compile(file: &str, arch: &str) -> Result<String, CudaError> {
         .iter()
         .find(|(name, _)| *name == file)
         .ok_or_else(|| CudaError::Input(format!("no kernel file {file}")))?;
-    let fail = |log: String| CudaError::Compile { file: file.to_string(), arch: arch.to_string(), log };
-    let source = CString::new(format!("{COMMON}\n#line 1 \"{file}\"\n{body}")).map_err(|e| fail(e.to_string()))?;
+    let fail = |log: String| CudaError::Compile {
+        file: file.to_string(),
+        arch: arch.to_string(),
+        log,
+    };
+    let source = CString::new(format!("{COMMON}\n#line 1 \"{file}\"\n{body}"))
+        .map_err(|e| fail(e.to_string()))?;
     let name = CString::new(file).map_err(|e| fail(e.to_string()))?;
-    let program = nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
-    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    let program =
+        nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+    ];
     // SAFETY: `program` is a live NVRTC program created above; it is
     // destroyed exactly once, after its log and PTX have been copied out.
     unsafe {
         let compiled = nvrtc::compile_program(program, &options);
-        let log = nvrtc::get_program_log(program).map(|raw| c_chars_to_string(&raw)).unwrap_or_default();
+        let log = nvrtc::get_program_log(program)
+            .map(|raw| c_chars_to_string(&raw))
+            .unwrap_or_default();
         let ptx = compiled.and_then(|()| nvrtc::get_ptx(program));
         let _ = nvrtc::destroy_program(program);
         match ptx {
@@ -107,6 +124,10 @@ pub fn compile(file: &str, arch: &str) -> Result<String, CudaError> {
 }
 
 fn c_chars_to_string(raw: &[std::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

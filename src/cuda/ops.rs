@@ -74,17 +74,31 @@ pub struct PairOutputs {
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
-    if cond { Ok(()) } else { Err(CudaError::Input(what())) }
+    if cond {
+        Ok(())
+    } else {
+        Err(CudaError::Input(what()))
+    }
 }
 
 fn grid(blocks: usize, threads: u32) -> Result<LaunchConfig, CudaError> {
-    check(blocks >= 1 && blocks <= i32::MAX as usize, || format!("{blocks} blocks do not fit one launch"))?;
-    Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+    check(blocks >= 1 && blocks <= i32::MAX as usize, || {
+        format!("{blocks} blocks do not fit one launch")
+    })?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn rows(len: usize, v: usize) -> Result<usize, CudaError> {
-    check(v >= 1 && v <= i32::MAX as usize, || format!("vocabulary size {v} out of range"))?;
-    check(len % v == 0 && len > 0, || format!("logits length {len} is not a positive multiple of V = {v}"))?;
+    check(v >= 1 && v <= i32::MAX as usize, || {
+        format!("vocabulary size {v} out of range")
+    })?;
+    check(len % v == 0 && len > 0, || {
+        format!("logits length {len} is not a positive multiple of V = {v}")
+    })?;
     Ok(len / v)
 }
 
@@ -100,9 +114,17 @@ impl Gpu {
         lse: &mut CudaSlice<f64>,
     ) -> Result<(), CudaError> {
         let n = rows(logits.len(), v)?;
-        check(targets.len() == n && logp.len() == n && lse.len() == n, || {
-            format!("N = {n}: targets {}, logp {}, lse {}", targets.len(), logp.len(), lse.len())
-        })?;
+        check(
+            targets.len() == n && logp.len() == n && lse.len() == n,
+            || {
+                format!(
+                    "N = {n}: targets {}, logp {}, lse {}",
+                    targets.len(),
+                    logp.len(),
+                    lse.len()
+                )
+            },
+        )?;
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(T::FWD));
         launch.arg(logits).arg(targets).arg(logp).arg(lse).arg(&v32);
@@ -125,12 +147,30 @@ impl Gpu {
         grad_logits: &mut CudaSlice<T>,
     ) -> Result<(), CudaError> {
         let n = rows(logits.len(), v)?;
-        check(targets.len() == n && lse.len() == n && grad_logp.len() == n && grad_logits.len() == logits.len(), || {
-            format!("N = {n}, V = {v}: targets {}, lse {}, grad_logp {}, grad_logits {}", targets.len(), lse.len(), grad_logp.len(), grad_logits.len())
-        })?;
+        check(
+            targets.len() == n
+                && lse.len() == n
+                && grad_logp.len() == n
+                && grad_logits.len() == logits.len(),
+            || {
+                format!(
+                    "N = {n}, V = {v}: targets {}, lse {}, grad_logp {}, grad_logits {}",
+                    targets.len(),
+                    lse.len(),
+                    grad_logp.len(),
+                    grad_logits.len()
+                )
+            },
+        )?;
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(T::BWD));
-        launch.arg(logits).arg(targets).arg(lse).arg(grad_logp).arg(grad_logits).arg(&v32);
+        launch
+            .arg(logits)
+            .arg(targets)
+            .arg(lse)
+            .arg(grad_logp)
+            .arg(grad_logits)
+            .arg(&v32);
         // SAFETY: arguments match (logits, targets, lse, grad_logp,
         // grad_logits, v); all buffers were checked to hold N rows of V.
         unsafe { launch.launch(grid(n, TOKEN_BLOCK)?) }?;
@@ -148,12 +188,21 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
         let b = rows(a.len(), t_len)?;
-        check(mask.len() == a.len() && out.len() == b && c.is_none_or(|c| c.len() == a.len()), || {
-            format!("B = {b}, T = {t_len}: mask {}, out {}", mask.len(), out.len())
-        })?;
+        check(
+            mask.len() == a.len() && out.len() == b && c.is_none_or(|c| c.len() == a.len()),
+            || {
+                format!(
+                    "B = {b}, T = {t_len}: mask {}, out {}",
+                    mask.len(),
+                    out.len()
+                )
+            },
+        )?;
         let t32 = t_len as i32;
         let null: u64 = 0;
-        let mut launch = self.stream.launch_builder(self.kernels.get("masked_seq_sum"));
+        let mut launch = self
+            .stream
+            .launch_builder(self.kernels.get("masked_seq_sum"));
         launch.arg(a);
         match c {
             Some(c) => launch.arg(c),
@@ -183,17 +232,35 @@ impl Gpu {
             other => return Err(CudaError::Input(format!("no pair kernel for {other}"))),
         };
         let n = x.lp[0].len();
-        let lens = [&x.lp[1], &x.lp_old[0], &x.lp_old[1], &x.lp_ref[0], &x.lp_ref[1], &out.loss, &out.grad[0], &out.grad[1]]
-            .map(|s| s.len());
-        check(n >= 1 && lens.iter().all(|&l| l == n) && x.reward.iter().all(|r| r.len() == n), || {
-            format!("pair buffers differ in length: {n} vs {lens:?}")
-        })?;
-        let n32 = i32::try_from(n).map_err(|_| CudaError::Input(format!("{n} pairs do not fit one launch")))?;
+        let lens = [
+            &x.lp[1],
+            &x.lp_old[0],
+            &x.lp_old[1],
+            &x.lp_ref[0],
+            &x.lp_ref[1],
+            &out.loss,
+            &out.grad[0],
+            &out.grad[1],
+        ]
+        .map(|s| s.len());
+        check(
+            n >= 1 && lens.iter().all(|&l| l == n) && x.reward.iter().all(|r| r.len() == n),
+            || format!("pair buffers differ in length: {n} vs {lens:?}"),
+        )?;
+        let n32 = i32::try_from(n)
+            .map_err(|_| CudaError::Input(format!("{n} pairs do not fit one launch")))?;
         let mut launch = self.stream.launch_builder(self.kernels.get(name));
         launch
-            .arg(&x.lp[0]).arg(&x.lp[1]).arg(&x.lp_old[0]).arg(&x.lp_old[1])
-            .arg(&x.lp_ref[0]).arg(&x.lp_ref[1]).arg(&x.reward[0]).arg(&x.reward[1])
-            .arg(&beta).arg(&epsilon);
+            .arg(&x.lp[0])
+            .arg(&x.lp[1])
+            .arg(&x.lp_old[0])
+            .arg(&x.lp_old[1])
+            .arg(&x.lp_ref[0])
+            .arg(&x.lp_ref[1])
+            .arg(&x.reward[0])
+            .arg(&x.reward[1])
+            .arg(&beta)
+            .arg(&epsilon);
         let [g1, g2] = &mut out.grad;
         launch.arg(&mut out.loss).arg(g1).arg(g2).arg(&n32);
         // SAFETY: arguments match PAIR_ARGS in kernels/pair_losses.cu; every
@@ -217,12 +284,24 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         let b = rows(rewards.len(), t_len)?;
         let n = rewards.len();
-        check(values.len() == n && mask.len() == n && adv.len() == n && ret.len() == n, || {
-            format!("B = {b}, T = {t_len}: every buffer must hold {n} elements")
-        })?;
+        check(
+            values.len() == n && mask.len() == n && adv.len() == n && ret.len() == n,
+            || format!("B = {b}, T = {t_len}: every buffer must hold {n} elements"),
+        )?;
         let (b32, t32) = (b as i32, t_len as i32);
-        let mut launch = self.stream.launch_builder(self.kernels.get("gae_reverse_scan"));
-        launch.arg(rewards).arg(values).arg(mask).arg(adv).arg(ret).arg(&gamma).arg(&lambda).arg(&b32).arg(&t32);
+        let mut launch = self
+            .stream
+            .launch_builder(self.kernels.get("gae_reverse_scan"));
+        launch
+            .arg(rewards)
+            .arg(values)
+            .arg(mask)
+            .arg(adv)
+            .arg(ret)
+            .arg(&gamma)
+            .arg(&lambda)
+            .arg(&b32)
+            .arg(&t32);
         // SAFETY: arguments match gae_reverse_scan; threads past B return.
         unsafe { launch.launch(grid(b.div_ceil(GAE_BLOCK as usize), GAE_BLOCK)?) }?;
         Ok(())
