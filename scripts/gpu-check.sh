@@ -15,12 +15,14 @@ bundle=gpu-bundle
 case "${1:-}" in
 bundle)
     rm -rf "$bundle" && mkdir -p "$bundle"
+    # The executable of the named test or bench target, from cargo's JSON.
     exe() { python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'; }
-    cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json | exe | while read -r f; do cp "$f" "$bundle/cuda_kernels"; done
-    cargo bench --features cuda --bench cuda_logprob --no-run --message-format=json | exe | while read -r f; do cp "$f" "$bundle/cuda_logprob"; done
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"; }
+    cp "$(cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$bundle/cuda_kernels"
+    cp "$(cargo bench --features cuda --bench cuda_logprob --no-run --message-format=json | exe cuda_logprob)" "$bundle/cuda_logprob"
     strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob
     cp benches/torch_eager_logprob.py "$bundle/"
     # The project's pinned NVRTC, for a machine whose own copy is missing or
@@ -58,13 +60,13 @@ run)
     ls "$P3O_NVRTC_DIR" | grep nvrtc | tee -a "$out/device.txt"
     status=0
     "$bundle/cuda_kernels" --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
-    "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
-    python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
+    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
+    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     echo
     echo "== summary ($(cat "$out/device.txt" | head -1))"
     grep -E "^test result" "$out/tests.log" || true
-    sed -n '/^kernel (N = 16384)/,$p' "$out/bench.log"
-    cat "$out/eager.log"
+    sed -n '/^kernel (N = 16384)/,$p' "$out/bench.log" 2>/dev/null || true
+    cat "$out/eager.log" 2>/dev/null || true
     exit $status
     ;;
 *)
