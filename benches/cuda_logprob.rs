@@ -70,7 +70,7 @@ fn bench_dtype<T: LogitElement>(
             .unwrap();
         let g: CudaSlice<f32> = gpu.stream.memcpy_stod(&vec![1.0f32; N]).unwrap();
         let mut logp = gpu.stream.alloc_zeros::<f32>(N).unwrap();
-        let mut lse = gpu.stream.alloc_zeros::<f64>(N).unwrap();
+        let mut lse = gpu.stream.alloc_zeros::<f32>(2 * N).unwrap();
         let mut grad = gpu.stream.alloc_zeros::<T>(elems).unwrap();
 
         let kernel_bytes = 3.0 * elems as f64 * b;

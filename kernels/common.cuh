@@ -19,7 +19,10 @@ __device__ __forceinline__ p3o_bf16 f32_to_bf16(float f) {
     return (p3o_bf16)(u >> 16);
 }
 
-// Running (max, sum of exp(x - max)) of an online softmax.
+// Running statistics of an online softmax: the maximum m and the sum of
+// exp(x - m) over every element except one copy of the maximum (whose term is
+// exactly 1). Keeping that 1 out of the float32 sum keeps 1 - softmax(max)
+// = rest / (1 + rest) exact even when it is far below float32's epsilon.
 struct RowStats {
     float m;
     float s;
@@ -27,7 +30,7 @@ struct RowStats {
 
 __device__ __forceinline__ void stats_add(RowStats& a, float x) {
     if (x > a.m) {
-        a.s = a.s * exp2f((a.m - x) * P3O_LOG2E) + 1.0f;
+        a.s = (a.s + 1.0f) * exp2f((a.m - x) * P3O_LOG2E);  // 0 for the first element
         a.m = x;
     } else {
         a.s += exp2f((x - a.m) * P3O_LOG2E);
@@ -35,12 +38,11 @@ __device__ __forceinline__ void stats_add(RowStats& a, float x) {
 }
 
 __device__ __forceinline__ RowStats stats_merge(RowStats a, RowStats b) {
-    float m = fmaxf(a.m, b.m);
-    if (m == -P3O_INF) return a;
-    RowStats r;
-    r.m = m;
-    r.s = a.s * exp2f((a.m - m) * P3O_LOG2E) + b.s * exp2f((b.m - m) * P3O_LOG2E);
-    return r;
+    RowStats hi = a.m >= b.m ? a : b;
+    RowStats lo = a.m >= b.m ? b : a;
+    if (lo.m == -P3O_INF) return hi;  // lo is empty
+    hi.s += (lo.s + 1.0f) * exp2f((lo.m - hi.m) * P3O_LOG2E);
+    return hi;
 }
 
 // Merges the stats of every thread of the block; all threads get the result.

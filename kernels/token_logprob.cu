@@ -1,27 +1,30 @@
 // Log-probability of sampled tokens under a logits matrix, and its backward.
 // Spec: [C-TOKEN-LOGPROB]. logp[n] = x[n, t_n] - lse[n] with
 // lse[n] = log sum_v exp(x[n, v]); d logp[n] / d x[n, v] = [v = t_n] - softmax.
+// lse is stored as two float32 per row, lse = hi + lo with hi the row maximum
+// and lo = log1p(rest) (see RowStats), so that x - lse is exact to float32
+// rounding for every x near the maximum, and 1 - softmax(target) is formed as
+// -expm1(x_t - lse) without cancellation.
 //
 // One block per row, TOKEN_BLOCK threads, 16-byte loads when the row length
 // allows. Memory traffic per row of V elements of size b:
 //   fwd: reads V*b (one pass, online softmax) + 8 bytes of target, writes 12
-//        bytes (logp float32, lse float64);
+//        bytes (logp, lse hi and lo);
 //   bwd: reads V*b logits + 20 bytes (target, lse, upstream gradient), writes
 //        V*b gradient. No N x V intermediate exists in either direction.
-// lse is kept in float64: with logits near 1e4 a float32 lse would be off by
-// up to half an ulp (5e-4), and so would every softmax value rebuilt from it.
 
 #define TOKEN_BLOCK 256
 
 // ---- forward ---------------------------------------------------------------
 
 __device__ __forceinline__ void finish_row(RowStats acc, float target_logit, long long row,
-                                           float* __restrict__ logp, double* __restrict__ lse) {
+                                           float* __restrict__ logp, float* __restrict__ lse) {
     acc = stats_block_reduce(acc);
     if (threadIdx.x == 0) {
-        double l = (double)acc.m + log((double)acc.s);
-        lse[row] = l;
-        logp[row] = (float)((double)target_logit - l);
+        float lo = log1pf(acc.s);
+        lse[2 * row] = acc.m;
+        lse[2 * row + 1] = lo;
+        logp[row] = (target_logit - acc.m) - lo;
     }
 }
 
@@ -35,7 +38,7 @@ __device__ __forceinline__ int head_len(const void* p, int per, int v) {
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
-                      float* __restrict__ logp, double* __restrict__ lse, int v) {
+                      float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
     RowStats acc = {-P3O_INF, 0.0f};
@@ -83,7 +86,7 @@ __device__ __forceinline__ void stats_add_bf16x8(RowStats& acc, uint4 q) {
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __restrict__ targets,
-                       float* __restrict__ logp, double* __restrict__ lse, int v) {
+                       float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
     RowStats acc = {-P3O_INF, 0.0f};
@@ -109,26 +112,24 @@ token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
 
 // ---- backward --------------------------------------------------------------
 
-// exp(x - lse) with lse = hi + lo split into two floats once per row: x - hi
-// is exact whenever x is within a factor 2 of hi (Sterbenz), which covers
-// every x whose softmax value float32 can hold, so no per-element float64
-// arithmetic is needed.
+// g ([target] - exp(x - lse)) with lse = hi + lo: x - hi is exact whenever x
+// is within a factor 2 of hi (Sterbenz), which covers every x whose softmax
+// value float32 can hold; the target's 1 - p is -expm1(x - lse).
 __device__ __forceinline__ float token_grad(float x, float g, float hi, float lo, bool is_target) {
     float d = (x - hi) - lo;
-    return g * ((is_target ? 1.0f : 0.0f) - exp2f(d * P3O_LOG2E));
+    return is_target ? -g * expm1f(d) : -g * exp2f(d * P3O_LOG2E);
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
-                      const double* __restrict__ lse, const float* __restrict__ grad_logp,
+                      const float* __restrict__ lse, const float* __restrict__ grad_logp,
                       float* __restrict__ grad_logits, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
     float* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
-    double l = lse[row];
-    float hi = (float)l;
-    float lo = (float)(l - (double)hi);
+    float hi = lse[2 * row];
+    float lo = lse[2 * row + 1];
     long long t = targets[row];
     // Vector accesses need the input and output rows equally misaligned.
     bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
@@ -155,15 +156,14 @@ token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restr
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
 token_logprob_bwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __restrict__ targets,
-                       const double* __restrict__ lse, const float* __restrict__ grad_logp,
+                       const float* __restrict__ lse, const float* __restrict__ grad_logp,
                        p3o_bf16* __restrict__ grad_logits, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
     p3o_bf16* out = grad_logits + row * (long long)v;
     float g = grad_logp[row];
-    double l = lse[row];
-    float hi = (float)l;
-    float lo = (float)(l - (double)hi);
+    float hi = lse[2 * row];
+    float lo = lse[2 * row + 1];
     long long t = targets[row];
     bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
     int head = vec ? head_len(x, 8, v) : v;

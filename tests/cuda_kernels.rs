@@ -97,7 +97,7 @@ fn token_case<T: LogitElement>(
     let d_targets = upload(gpu, &targets);
     let d_g = upload(gpu, &g);
     let mut logp = poisoned(gpu, n, f32::NAN);
-    let mut lse = poisoned(gpu, n, f64::NAN);
+    let mut lse = poisoned(gpu, 2 * n, f32::NAN);
     let mut grad = gpu
         .stream
         .memcpy_stod(&vec![quantise(f32::NAN); n * v])
@@ -124,7 +124,8 @@ fn token_case<T: LogitElement>(
             want_logp,
             F32_VS_F64,
         );
-        assert_scalar(&format!("{ctx} lse"), r, lse[r], want_lse, F32_VS_F64);
+        let got_lse = f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]);
+        assert_scalar(&format!("{ctx} lse"), r, got_lse, want_lse, F32_VS_F64);
         let want = token_logprob_grad(&row, t, want_lse, f64::from(g[r]));
         let scale_row = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let worst = grad[r * v..(r + 1) * v]
@@ -390,7 +391,7 @@ fn launch_checks_shapes() {
     let logits = upload(&gpu, &[0.0f32; 10]);
     let targets = upload(&gpu, &[0i64; 3]);
     let mut logp = poisoned(&gpu, 3, f32::NAN);
-    let mut lse = poisoned(&gpu, 3, f64::NAN);
+    let mut lse = poisoned(&gpu, 6, f32::NAN);
     assert!(matches!(
         gpu.token_logprob_fwd(&logits, &targets, 4, &mut logp, &mut lse),
         Err(CudaError::Input(_))
@@ -399,7 +400,7 @@ fn launch_checks_shapes() {
     let logits = upload(&gpu, &[0.0f32; 8]);
     let targets = upload(&gpu, &[1i64, 9]);
     let mut logp = poisoned(&gpu, 2, 0.0f32);
-    let mut lse = poisoned(&gpu, 2, 0.0f64);
+    let mut lse = poisoned(&gpu, 4, 0.0f32);
     gpu.token_logprob_fwd(&logits, &targets, 4, &mut logp, &mut lse)
         .unwrap();
     let logp = download(&gpu, &logp);

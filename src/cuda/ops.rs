@@ -103,15 +103,17 @@ fn rows(len: usize, v: usize) -> Result<usize, CudaError> {
 }
 
 impl Gpu {
-    /// [C-TOKEN-LOGPROB] forward: `logp[n]` and `lse[n]` of an `[N, V]`
-    /// row-major logits matrix at `targets[n]`.
+    /// [C-TOKEN-LOGPROB] forward: `logp[n]` and the log-sum-exp of an
+    /// `[N, V]` row-major logits matrix at `targets[n]`. `lse` holds `2N`
+    /// floats, `lse[n] = lse[2n] + lse[2n+1]` (the row maximum and
+    /// `log1p` of the rest, see `kernels/token_logprob.cu`).
     pub fn token_logprob_fwd<T: LogitElement>(
         &self,
         logits: &CudaSlice<T>,
         targets: &CudaSlice<i64>,
         v: usize,
         logp: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f64>,
+        lse: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
         let n = rows(logits.len(), v)?;
         check(
@@ -141,7 +143,7 @@ impl Gpu {
         &self,
         logits: &CudaSlice<T>,
         targets: &CudaSlice<i64>,
-        lse: &CudaSlice<f64>,
+        lse: &CudaSlice<f32>,
         grad_logp: &CudaSlice<f32>,
         v: usize,
         grad_logits: &mut CudaSlice<T>,

@@ -10,12 +10,13 @@ pub fn token_logprob(row: &[f64], target: usize) -> (f64, f64) {
 }
 
 /// `d loss / d x[v] = g ([v = t] - softmax(x)[v])` ([C-TOKEN-LOGPROB]), given
-/// the row's `lse` and the upstream gradient `g = d loss / d logp`.
+/// the row's `lse` and the upstream gradient `g = d loss / d logp`. The
+/// target's `1 - softmax` is the sum of the other softmax values, so it keeps
+/// full relative precision when the target holds nearly all the mass.
 pub fn token_logprob_grad(row: &[f64], target: usize, lse: f64, g: f64) -> Vec<f64> {
-    row.iter()
-        .enumerate()
-        .map(|(v, &x)| g * (f64::from(u8::from(v == target)) - (x - lse).exp()))
-        .collect()
+    let mut grad: Vec<f64> = row.iter().map(|&x| -g * (x - lse).exp()).collect();
+    grad[target] = -(grad.iter().sum::<f64>() - grad[target]);
+    grad
 }
 
 /// `sum_t mask[t] (a[t] - c[t])`, `c` absent meaning zero ([C-SEQ-LOGPROB]).
