@@ -117,7 +117,7 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         let n = rows(logits.len(), v)?;
         check(
-            targets.len() == n && logp.len() == n && lse.len() == n,
+            targets.len() == n && logp.len() == n && lse.len() == 2 * n,
             || {
                 format!(
                     "N = {n}: targets {}, logp {}, lse {}",
@@ -151,7 +151,7 @@ impl Gpu {
         let n = rows(logits.len(), v)?;
         check(
             targets.len() == n
-                && lse.len() == n
+                && lse.len() == 2 * n
                 && grad_logp.len() == n
                 && grad_logits.len() == logits.len(),
             || {
