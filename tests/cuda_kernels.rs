@@ -36,6 +36,17 @@ fn kernels_compile_sm90() {
     compile_all("compute_90");
 }
 
+/// The compile check has teeth: a warning (an unused variable) fails it.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn kernels_compile_rejects_warnings() {
+    let src = "extern \"C\" __global__ void k(float* p) { int unused = 3; p[0] = 1.0f; }";
+    match p3o::cuda::nvrtc::compile_source("warning.cu", src, "compute_90") {
+        Err(CudaError::Compile { log, .. }) => assert!(log.contains("warning"), "{log}"),
+        other => panic!("expected a compile error, got {:?}", other.map(|p| p.len())),
+    }
+}
+
 /// The device, or `None` after printing why the test is skipped.
 fn gpu() -> Option<Gpu> {
     match Gpu::new(0) {

@@ -87,11 +87,17 @@ pub fn ensure_loaded() -> Result<(), CudaError> {
 /// Compiles one kernel file to PTX for a virtual architecture such as
 /// `compute_90`. A non-empty compiler log (a warning) is an error.
 pub fn compile(file: &str, arch: &str) -> Result<String, CudaError> {
-    ensure_loaded()?;
     let (_, body) = KERNEL_FILES
         .iter()
         .find(|(name, _)| *name == file)
         .ok_or_else(|| CudaError::Input(format!("no kernel file {file}")))?;
+    compile_source(file, body, arch)
+}
+
+/// Compiles `body` (with the shared header prepended) to PTX; a non-empty
+/// compiler log is an error.
+pub fn compile_source(file: &str, body: &str, arch: &str) -> Result<String, CudaError> {
+    ensure_loaded()?;
     let fail = |log: String| CudaError::Compile {
         file: file.to_string(),
         arch: arch.to_string(),

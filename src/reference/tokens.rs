@@ -15,7 +15,12 @@ pub fn token_logprob(row: &[f64], target: usize) -> (f64, f64) {
 /// full relative precision when the target holds nearly all the mass.
 pub fn token_logprob_grad(row: &[f64], target: usize, lse: f64, g: f64) -> Vec<f64> {
     let mut grad: Vec<f64> = row.iter().map(|&x| -g * (x - lse).exp()).collect();
-    grad[target] = -grad.iter().enumerate().filter(|&(v, _)| v != target).map(|(_, &d)| d).sum::<f64>();
+    grad[target] = -grad
+        .iter()
+        .enumerate()
+        .filter(|&(v, _)| v != target)
+        .map(|(_, &d)| d)
+        .sum::<f64>();
     grad
 }
 
