@@ -1,0 +1,152 @@
+//! Batched sampling with a KV cache: left-padded prompts, temperature,
+//! top-k, top-p, per-row EOS stop, and the log-probs of the sampled tokens.
+
+use tch::{Device, Kind, Tensor};
+
+use super::model::{positions_from_mask, LanguageModel};
+use super::{Result, TorchError};
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: i64,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub eos_token_id: Option<i64>,
+    pub pad_token_id: i64,
+    /// Recompute the whole sequence each step instead of using the cache
+    /// (the slow twin the cached path is tested against).
+    pub use_cache: bool,
+}
+
+/// Sampled responses, one row per prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// Response tokens, the EOS token included when produced.
+    pub response_ids: Vec<Vec<i64>>,
+    /// `log pi(token | prefix)` of each response token under the model's
+    /// unmodified distribution (temperature 1, no truncation), as the
+    /// policy-gradient ratios need.
+    pub token_logprobs: Vec<Vec<f32>>,
+}
+
+/// Left-pads `rows` with `pad` into `[b, T]` ids and a 0/1 mask.
+pub fn left_pad(rows: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * t);
+    let mut mask = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        let padding = t - r.len();
+        ids.extend(std::iter::repeat_n(pad, padding).chain(r.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, r.len())));
+    }
+    let shape = [rows.len() as i64, t as i64];
+    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+}
+
+/// Applies temperature, top-k and top-p to float logits `[b, V]`; removed
+/// entries become `-inf`.
+fn process_logits(logits: &Tensor, o: &GenerateOptions) -> Tensor {
+    let mut x = logits / o.temperature;
+    if let Some(k) = o.top_k.filter(|&k| k > 0 && k < x.size()[1]) {
+        let (top, _) = x.topk(k, -1, true, true);
+        let kth = top.narrow(-1, k - 1, 1);
+        x = x.masked_fill(&x.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if let Some(p) = o.top_p.filter(|&p| p < 1.0) {
+        let (sorted, index) = x.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        // Drop a token when the mass before it already reaches p (the first
+        // token always stays).
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let drop_sorted = before.ge(p);
+        let drop = drop_sorted.scatter(-1, &index, &drop_sorted);
+        x = x.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    x
+}
+
+/// Generates up to `max_new_tokens` after each prompt.
+pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions) -> Result<Generation> {
+    if prompts.is_empty() {
+        return Ok(Generation { response_ids: vec![], token_logprobs: vec![] });
+    }
+    let vocab = model.config.vocab_size();
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(TorchError::Input(format!("prompt {i} is empty")));
+        }
+        if let Some(&bad) = p.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(TorchError::Input(format!("prompt {i}: token id {bad} outside the vocabulary (0..{vocab})")));
+        }
+        let needed = p.len() as i64 + o.max_new_tokens;
+        if needed > model.config.max_positions() {
+            return Err(TorchError::Input(format!(
+                "prompt {i}: {} tokens + {} new exceed the model's {} positions",
+                p.len(),
+                o.max_new_tokens,
+                model.config.max_positions()
+            )));
+        }
+    }
+    if o.temperature < 0.0 || !o.temperature.is_finite() {
+        return Err(TorchError::Input(format!("temperature {} must be finite and >= 0", o.temperature)));
+    }
+    tch::manual_seed(o.seed as i64);
+    let device = model.device();
+    let b = prompts.len();
+    let (mut ids, mut mask) = left_pad(prompts, o.pad_token_id, device);
+    let mut cache = o.use_cache.then(|| model.new_cache());
+    let mut alive = vec![true; b];
+    let mut out_ids = vec![Vec::new(); b];
+    let mut out_lp = vec![Vec::new(); b];
+    // The tokens fed at the next step (all of them at first, or without a cache).
+    let mut step_ids = ids.shallow_clone();
+    tch::no_grad(|| -> Result<()> {
+        for _ in 0..o.max_new_tokens {
+            let positions = positions_from_mask(&mask);
+            let t = step_ids.size()[1];
+            let step_pos = positions.narrow(1, positions.size()[1] - t, t);
+            let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut());
+            let last = model.logits(&hidden.narrow(1, t - 1, 1))?.squeeze_dim(1).to_kind(Kind::Float);
+            let lp = last.log_softmax(-1, Kind::Float);
+            let next = if o.temperature == 0.0 {
+                last.argmax(-1, false)
+            } else {
+                process_logits(&last, o).softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(-1)
+            };
+            let next_lp = lp.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
+            let next_v: Vec<i64> = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
+            let lp_v: Vec<f32> = Vec::<f32>::try_from(&next_lp.to_device(Device::Cpu))?;
+            let mut fed = Vec::with_capacity(b);
+            let mut valid = Vec::with_capacity(b);
+            for r in 0..b {
+                if alive[r] {
+                    out_ids[r].push(next_v[r]);
+                    out_lp[r].push(lp_v[r]);
+                    if Some(next_v[r]) == o.eos_token_id {
+                        alive[r] = false;
+                    }
+                    fed.push(next_v[r]);
+                    valid.push(1i64);
+                } else {
+                    fed.push(o.pad_token_id);
+                    valid.push(0);
+                }
+            }
+            if alive.iter().all(|a| !a) {
+                break;
+            }
+            let fed = Tensor::from_slice(&fed).view([b as i64, 1]).to_device(device);
+            let valid = Tensor::from_slice(&valid).view([b as i64, 1]).to_device(device);
+            ids = Tensor::cat(&[&ids, &fed], 1);
+            mask = Tensor::cat(&[&mask, &valid], 1);
+            step_ids = if o.use_cache { fed } else { ids.shallow_clone() };
+        }
+        Ok(())
+    })?;
+    Ok(Generation { response_ids: out_ids, token_logprobs: out_lp })
+}
