@@ -8,7 +8,9 @@ fn main() {
     }
     // Exported by torch-sys (links = "tch") to crates that depend on it directly.
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!("cargo:warning=DEP_TCH_LIBTORCH_LIB is not set; binaries will need LD_LIBRARY_PATH");
+        println!(
+            "cargo:warning=DEP_TCH_LIBTORCH_LIB is not set; binaries will need LD_LIBRARY_PATH"
+        );
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

@@ -7,7 +7,7 @@ pub mod bandit;
 pub mod case;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-#[cfg(feature = "torch")]
-pub mod torch;
 pub mod reference;
 pub mod tolerance;
+#[cfg(feature = "torch")]
+pub mod torch;

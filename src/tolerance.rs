@@ -37,3 +37,11 @@ pub const F32_VS_F64: f64 = 1e-5;
 /// rounding to nearest: at most 2^-9 relative, doubled for the float32
 /// arithmetic before it).
 pub const BF16_VS_F64: f64 = 1.0 / 256.0;
+
+/// The tch models against HF transformers on the committed fixtures, float32:
+/// max absolute error of logits and rewards.
+pub const HF_F32: f64 = 1e-4;
+
+/// Cached against uncached generation (the same float32 model): log-probs of
+/// the sampled tokens.
+pub const CACHE_VS_RECOMPUTE: f64 = 1e-5;

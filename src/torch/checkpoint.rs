@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::{file_error, Result, TorchError};
+use super::{Result, TorchError, file_error};
 
 /// The safetensors files of a checkpoint directory.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -19,14 +19,23 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index)
-        .map_err(|_| file_error(dir, "neither model.safetensors nor model.safetensors.index.json is here"))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_error(&index, format!("malformed JSON: {e}")))?;
+    let text = std::fs::read_to_string(&index).map_err(|_| {
+        file_error(
+            dir,
+            "neither model.safetensors nor model.safetensors.index.json is here",
+        )
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| file_error(&index, format!("malformed JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| file_error(&index, "no `weight_map` object"))?;
-    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(|f| dir.join(f))
+        .collect();
     files.sort();
     files.dedup();
     Ok(files)
@@ -65,27 +74,42 @@ pub fn load_into(vs: &VarStore, dir: &Path) -> Result<()> {
         // race, and can at worst give wrong weights, which the shape checks
         // below do not hide.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_error(&path, e))?;
-        let tensors = SafeTensors::deserialize(&map).map_err(|e| file_error(&path, format!("corrupt safetensors: {e}")))?;
-        for (name, view) in tensors.tensors() {
+        let tensors = SafeTensors::deserialize(&map)
+            .map_err(|e| file_error(&path, format!("corrupt safetensors: {e}")))?;
+        let mut entries = tensors.tensors();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, view) in entries {
             // Tensors the model has no variable for (recomputed buffers, a tied
             // `lm_head.weight`, another head) are skipped.
-            let Some(var) = wanted.remove(&name) else { continue };
+            let Some(var) = wanted.remove(&name) else {
+                continue;
+            };
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if shape != var.size() {
                 return Err(TorchError::Tensor {
                     name,
-                    message: format!("shape {:?} in {} but the model expects {:?}", shape, path.display(), var.size()),
+                    message: format!(
+                        "shape {:?} in {} but the model expects {:?}",
+                        shape,
+                        path.display(),
+                        var.size()
+                    ),
                 });
             }
-            let kind = kind_of(view.dtype())
-                .ok_or_else(|| TorchError::Tensor { name: name.clone(), message: format!("unsupported dtype {:?}", view.dtype()) })?;
+            let kind = kind_of(view.dtype()).ok_or_else(|| TorchError::Tensor {
+                name: name.clone(),
+                message: format!("unsupported dtype {:?}", view.dtype()),
+            })?;
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_device(device);
             let mut var = var;
             tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
         }
     }
     if let Some(missing) = wanted.keys().min() {
-        return Err(TorchError::Tensor { name: missing.clone(), message: format!("missing from the checkpoint in {}", dir.display()) });
+        return Err(TorchError::Tensor {
+            name: missing.clone(),
+            message: format!("missing from the checkpoint in {}", dir.display()),
+        });
     }
     Ok(())
 }
@@ -98,18 +122,29 @@ pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()>
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(vars.len());
     for (name, t) in vars {
         let t = t.to_device(Device::Cpu).contiguous();
-        let dtype = dtype_of(t.kind()).ok_or_else(|| TorchError::Tensor { name: name.clone(), message: format!("cannot save kind {:?}", t.kind()) })?;
+        let dtype = dtype_of(t.kind()).ok_or_else(|| TorchError::Tensor {
+            name: name.clone(),
+            message: format!("cannot save kind {:?}", t.kind()),
+        })?;
         let numel = t.numel();
         let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
         t.f_copy_data_u8(&mut bytes, numel)?;
-        buffers.push((name, dtype, t.size().iter().map(|&d| d as usize).collect(), bytes));
+        buffers.push((
+            name,
+            dtype,
+            t.size().iter().map(|&d| d as usize).collect(),
+            bytes,
+        ));
     }
     let views: Vec<(String, TensorView)> = buffers
         .iter()
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| TorchError::Tensor { name: name.clone(), message: e.to_string() })
+                .map_err(|e| TorchError::Tensor {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })
         })
         .collect::<Result<_>>()?;
     let weights = dir.join("model.safetensors");
@@ -120,7 +155,11 @@ pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()>
     std::fs::rename(&tmp, &weights).map_err(|e| file_error(&weights, e))?;
     let cfg = dir.join("config.json");
     let tmp = dir.join(".config.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(config).expect("a JSON value serialises")).map_err(|e| file_error(&tmp, e))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(config).expect("a JSON value serialises"),
+    )
+    .map_err(|e| file_error(&tmp, e))?;
     std::fs::rename(&tmp, &cfg).map_err(|e| file_error(&cfg, e))?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{file_error, Result, TorchError};
+use super::{Result, TorchError, file_error};
 
 /// GPT-NeoX (Pythia) hyper-parameters, HF field names.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -14,8 +14,12 @@ pub struct GptNeoxConfig {
     pub num_hidden_layers: i64,
     pub num_attention_heads: i64,
     pub intermediate_size: i64,
+    /// Share of each head's channels that are rotated. Older configs call it
+    /// `rotary_pct`, transformers 5 `rope_parameters.partial_rotary_factor`;
+    /// [`ModelConfig::from_json`] resolves both.
     #[serde(default = "default_rotary_pct")]
     pub rotary_pct: f64,
+    /// `rotary_emb_base`, or `rope_parameters.rope_theta`.
     #[serde(default = "default_rotary_base")]
     pub rotary_emb_base: f64,
     pub max_position_embeddings: i64,
@@ -90,47 +94,91 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_error(&path, format!("malformed JSON: {e}")))?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| file_error(&path, format!("malformed JSON: {e}")))?;
         let mut cfg = ModelConfig::from_json(raw).map_err(|e| match e {
             TorchError::Input(m) => file_error(&path, m),
             other => other,
         })?;
         let gen_path = dir.join("generation_config.json");
         if let Ok(text) = std::fs::read_to_string(&gen_path) {
-            let generation: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| file_error(&gen_path, format!("malformed JSON: {e}")))?;
-            cfg.eos_token_id = cfg.eos_token_id.or_else(|| token_id(&generation, "eos_token_id"));
-            cfg.pad_token_id = cfg.pad_token_id.or_else(|| token_id(&generation, "pad_token_id"));
-            cfg.bos_token_id = cfg.bos_token_id.or_else(|| token_id(&generation, "bos_token_id"));
+            let generation: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| file_error(&gen_path, format!("malformed JSON: {e}")))?;
+            cfg.eos_token_id = cfg
+                .eos_token_id
+                .or_else(|| token_id(&generation, "eos_token_id"));
+            cfg.pad_token_id = cfg
+                .pad_token_id
+                .or_else(|| token_id(&generation, "pad_token_id"));
+            cfg.bos_token_id = cfg
+                .bos_token_id
+                .or_else(|| token_id(&generation, "bos_token_id"));
         }
         Ok(cfg)
     }
 
     pub fn from_json(raw: serde_json::Value) -> Result<ModelConfig> {
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("(missing)").to_string();
-        let parse_err = |e: serde_json::Error| TorchError::Input(format!("{model_type} config: {e}"));
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(missing)")
+            .to_string();
+        let parse_err =
+            |e: serde_json::Error| TorchError::Input(format!("{model_type} config: {e}"));
         let arch = match model_type.as_str() {
             "gpt_neox" => {
-                let c: GptNeoxConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let mut c: GptNeoxConfig =
+                    serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if let Some(rope) = raw.get("rope_parameters").filter(|r| r.is_object()) {
+                    let kind = rope
+                        .get("rope_type")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("default");
+                    if kind != "default" {
+                        return Err(TorchError::Unsupported(format!(
+                            "gpt_neox rope_type `{kind}` (only `default`)"
+                        )));
+                    }
+                    if let Some(f) = rope.get("partial_rotary_factor").and_then(|v| v.as_f64()) {
+                        c.rotary_pct = f;
+                    }
+                    if let Some(theta) = rope.get("rope_theta").and_then(|v| v.as_f64()) {
+                        c.rotary_emb_base = theta;
+                    }
+                }
                 if c.hidden_size % c.num_attention_heads != 0 {
-                    return Err(TorchError::Input("hidden_size is not a multiple of num_attention_heads".into()));
+                    return Err(TorchError::Input(
+                        "hidden_size is not a multiple of num_attention_heads".into(),
+                    ));
                 }
                 if c.hidden_act != "gelu" {
-                    return Err(TorchError::Unsupported(format!("gpt_neox hidden_act `{}` (only `gelu`)", c.hidden_act)));
+                    return Err(TorchError::Unsupported(format!(
+                        "gpt_neox hidden_act `{}` (only `gelu`)",
+                        c.hidden_act
+                    )));
                 }
                 Architecture::GptNeox(c)
             }
             "gpt2" => {
                 let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
                 if c.n_embd % c.n_head != 0 {
-                    return Err(TorchError::Input("n_embd is not a multiple of n_head".into()));
+                    return Err(TorchError::Input(
+                        "n_embd is not a multiple of n_head".into(),
+                    ));
                 }
                 if c.activation_function != "gelu_new" && c.activation_function != "gelu" {
-                    return Err(TorchError::Unsupported(format!("gpt2 activation `{}`", c.activation_function)));
+                    return Err(TorchError::Unsupported(format!(
+                        "gpt2 activation `{}`",
+                        c.activation_function
+                    )));
                 }
                 Architecture::Gpt2(c)
             }
-            other => return Err(TorchError::Unsupported(format!("model_type `{other}` (supported: gpt_neox, gpt2)"))),
+            other => {
+                return Err(TorchError::Unsupported(format!(
+                    "model_type `{other}` (supported: gpt_neox, gpt2)"
+                )));
+            }
         };
         Ok(ModelConfig {
             arch,

@@ -1,9 +1,11 @@
 //! Batched sampling with a KV cache: left-padded prompts, temperature,
 //! top-k, top-p, per-row EOS stop, and the log-probs of the sampled tokens.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::model::{positions_from_mask, LanguageModel};
+use super::model::{LanguageModel, positions_from_mask};
 use super::{Result, TorchError};
 
 /// How to sample.
@@ -14,6 +16,9 @@ pub struct GenerateOptions {
     pub temperature: f64,
     pub top_k: Option<i64>,
     pub top_p: Option<f64>,
+    /// Seeds this call's own ChaCha8 stream (one uniform per row and step),
+    /// so results do not depend on libtorch's global generator or on other
+    /// threads.
     pub seed: u64,
     pub eos_token_id: Option<i64>,
     pub pad_token_id: i64,
@@ -44,7 +49,10 @@ pub fn left_pad(rows: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor)
         mask.extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, r.len())));
     }
     let shape = [rows.len() as i64, t as i64];
-    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
 }
 
 /// Applies temperature, top-k and top-p to float logits `[b, V]`; removed
@@ -69,10 +77,39 @@ fn process_logits(logits: &Tensor, o: &GenerateOptions) -> Tensor {
     x
 }
 
+/// Inverse-CDF sampling of one token per row of `probs: [b, V]` with the
+/// uniforms `u` (in `[0, 1)`): the number of cumulative probabilities at or
+/// below `u`, clamped to the last token with mass.
+fn sample_inverse_cdf(probs: &Tensor, u: &[f64]) -> Tensor {
+    let cdf = probs.cumsum(-1, Kind::Double);
+    let total = cdf.narrow(-1, cdf.size()[1] - 1, 1);
+    let u = Tensor::from_slice(u)
+        .to_device(probs.device())
+        .unsqueeze(-1)
+        * &total;
+    let index = cdf
+        .le_tensor(&u)
+        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64);
+    // Never pick a token whose probability is zero (u landing on a flat end).
+    let last_nonzero = probs
+        .gt(0.0)
+        .to_kind(Kind::Int64)
+        .cumsum(-1, Kind::Int64)
+        .argmax(-1, false);
+    index.minimum(&last_nonzero)
+}
+
 /// Generates up to `max_new_tokens` after each prompt.
-pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions) -> Result<Generation> {
+pub fn generate(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    o: &GenerateOptions,
+) -> Result<Generation> {
     if prompts.is_empty() {
-        return Ok(Generation { response_ids: vec![], token_logprobs: vec![] });
+        return Ok(Generation {
+            response_ids: vec![],
+            token_logprobs: vec![],
+        });
     }
     let vocab = model.config.vocab_size();
     for (i, p) in prompts.iter().enumerate() {
@@ -80,7 +117,9 @@ pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions
             return Err(TorchError::Input(format!("prompt {i} is empty")));
         }
         if let Some(&bad) = p.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(TorchError::Input(format!("prompt {i}: token id {bad} outside the vocabulary (0..{vocab})")));
+            return Err(TorchError::Input(format!(
+                "prompt {i}: token id {bad} outside the vocabulary (0..{vocab})"
+            )));
         }
         let needed = p.len() as i64 + o.max_new_tokens;
         if needed > model.config.max_positions() {
@@ -93,9 +132,12 @@ pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions
         }
     }
     if o.temperature < 0.0 || !o.temperature.is_finite() {
-        return Err(TorchError::Input(format!("temperature {} must be finite and >= 0", o.temperature)));
+        return Err(TorchError::Input(format!(
+            "temperature {} must be finite and >= 0",
+            o.temperature
+        )));
     }
-    tch::manual_seed(o.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let device = model.device();
     let b = prompts.len();
     let (mut ids, mut mask) = left_pad(prompts, o.pad_token_id, device);
@@ -111,12 +153,16 @@ pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions
             let t = step_ids.size()[1];
             let step_pos = positions.narrow(1, positions.size()[1] - t, t);
             let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut());
-            let last = model.logits(&hidden.narrow(1, t - 1, 1))?.squeeze_dim(1).to_kind(Kind::Float);
+            let last = model
+                .logits(&hidden.narrow(1, t - 1, 1))?
+                .squeeze_dim(1)
+                .to_kind(Kind::Float);
             let lp = last.log_softmax(-1, Kind::Float);
             let next = if o.temperature == 0.0 {
                 last.argmax(-1, false)
             } else {
-                process_logits(&last, o).softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(-1)
+                let u: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
+                sample_inverse_cdf(&process_logits(&last, o).softmax(-1, Kind::Double), &u)
             };
             let next_lp = lp.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
             let next_v: Vec<i64> = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
@@ -140,13 +186,24 @@ pub fn generate(model: &LanguageModel, prompts: &[Vec<i64>], o: &GenerateOptions
             if alive.iter().all(|a| !a) {
                 break;
             }
-            let fed = Tensor::from_slice(&fed).view([b as i64, 1]).to_device(device);
-            let valid = Tensor::from_slice(&valid).view([b as i64, 1]).to_device(device);
+            let fed = Tensor::from_slice(&fed)
+                .view([b as i64, 1])
+                .to_device(device);
+            let valid = Tensor::from_slice(&valid)
+                .view([b as i64, 1])
+                .to_device(device);
             ids = Tensor::cat(&[&ids, &fed], 1);
             mask = Tensor::cat(&[&mask, &valid], 1);
-            step_ids = if o.use_cache { fed } else { ids.shallow_clone() };
+            step_ids = if o.use_cache {
+                fed
+            } else {
+                ids.shallow_clone()
+            };
         }
         Ok(())
     })?;
-    Ok(Generation { response_ids: out_ids, token_logprobs: out_lp })
+    Ok(Generation {
+        response_ids: out_ids,
+        token_logprobs: out_lp,
+    })
 }

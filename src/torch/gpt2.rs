@@ -1,12 +1,12 @@
 //! GPT-2, HF parameter names under `transformer.`; the LM head is tied to
 //! the token embedding.
 
-use tch::nn::Path;
 use tch::Tensor;
+use tch::nn::Path;
 
 use super::config::Gpt2Config;
 use super::kv_cache::KvCache;
-use super::layers::{attend, attention_mask, Conv1D, Embedding, LayerNorm};
+use super::layers::{Conv1D, Embedding, LayerNorm, attend, attention_mask};
 
 pub struct Gpt2Attention {
     pub c_attn: Conv1D,
@@ -15,7 +15,12 @@ pub struct Gpt2Attention {
 }
 
 impl Gpt2Attention {
-    fn forward(&self, x: &Tensor, key_valid: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        key_valid: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden states are [b, t, h]");
         let d = h / self.heads;
         let qkv = self.c_attn.forward(x).split(h, -1);
@@ -26,7 +31,8 @@ impl Gpt2Attention {
             None => (k, v),
         };
         let out = attend(&q, &k, &v, &attention_mask(key_valid, t));
-        self.c_proj.forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
+        self.c_proj
+            .forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
     }
 }
 
@@ -44,9 +50,20 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    fn forward(&self, x: &Tensor, key_valid: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        key_valid: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let h = x + self.attn.forward(&self.ln_1.forward(x), key_valid, cache);
-        let m = self.mlp.c_proj.forward(&self.mlp.c_fc.forward(&self.ln_2.forward(&h)).gelu(self.mlp.approximate));
+        let m = self.mlp.c_proj.forward(
+            &self
+                .mlp
+                .c_fc
+                .forward(&self.ln_2.forward(&h))
+                .gelu(self.mlp.approximate),
+        );
         h + m
     }
 }
@@ -63,7 +80,11 @@ impl Gpt2Model {
     /// `p` is the `transformer` path.
     pub fn new(p: Path, c: &Gpt2Config) -> Gpt2Model {
         let inner = c.n_inner.unwrap_or(4 * c.n_embd);
-        let approximate = if c.activation_function == "gelu_new" { "tanh" } else { "none" };
+        let approximate = if c.activation_function == "gelu_new" {
+            "tanh"
+        } else {
+            "none"
+        };
         let h = (0..c.n_layer)
             .map(|i| {
                 let bp = &p / "h" / i;
@@ -91,7 +112,13 @@ impl Gpt2Model {
         }
     }
 
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, key_valid: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let mut x = self.wte.forward(ids) + self.wpe.forward(positions);
         for (i, block) in self.h.iter().enumerate() {
             x = block.forward(&x, key_valid, cache.as_deref_mut().map(|c| (c, i)));

@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 
 use super::config::GptNeoxConfig;
 use super::kv_cache::KvCache;
-use super::layers::{attend, attention_mask, Embedding, LayerNorm, Linear};
+use super::layers::{Embedding, LayerNorm, Linear, attend, attention_mask};
 
 pub struct GptNeoxAttention {
     pub query_key_value: Linear,
@@ -20,7 +20,12 @@ impl GptNeoxAttention {
     fn new(p: Path, c: &GptNeoxConfig) -> Self {
         let head_dim = c.hidden_size / c.num_attention_heads;
         GptNeoxAttention {
-            query_key_value: Linear::new(&p / "query_key_value", c.hidden_size, 3 * c.hidden_size, c.attention_bias),
+            query_key_value: Linear::new(
+                &p / "query_key_value",
+                c.hidden_size,
+                3 * c.hidden_size,
+                c.attention_bias,
+            ),
             dense: Linear::new(&p / "dense", c.hidden_size, c.hidden_size, c.attention_bias),
             heads: c.num_attention_heads,
             head_dim,
@@ -37,8 +42,14 @@ impl GptNeoxAttention {
             return x.shallow_clone();
         }
         let device = x.device();
-        let exponent = Tensor::arange_start_step(0, r, 2, (Kind::Int64, device)).to_kind(Kind::Float) / r as f64;
-        let inv_freq = Tensor::from(self.rotary_base).to_device(device).to_kind(Kind::Float).pow(&exponent).reciprocal();
+        let exponent = Tensor::arange_start_step(0, r, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / r as f64;
+        let inv_freq = Tensor::from(self.rotary_base)
+            .to_device(device)
+            .to_kind(Kind::Float)
+            .pow(&exponent)
+            .reciprocal();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [b, t, r/2]
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, r]
         let (cos, sin) = (emb.cos().to_kind(x.kind()), emb.sin().to_kind(x.kind()));
@@ -49,9 +60,19 @@ impl GptNeoxAttention {
         Tensor::cat(&[&x_rot * &cos + rotated * &sin, x_pass], -1)
     }
 
-    fn forward(&self, x: &Tensor, positions: &Tensor, key_valid: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden states are [b, t, h]");
-        let qkv = self.query_key_value.forward(x).view([b, t, self.heads, 3 * self.head_dim]).transpose(1, 2);
+        let qkv = self
+            .query_key_value
+            .forward(x)
+            .view([b, t, self.heads, 3 * self.head_dim])
+            .transpose(1, 2);
         let parts = qkv.chunk(3, -1);
         let q = self.rotary(&parts[0], positions);
         let k = self.rotary(&parts[1], positions);
@@ -61,7 +82,8 @@ impl GptNeoxAttention {
             None => (k, v),
         };
         let out = attend(&q, &k, &v, &attention_mask(key_valid, t));
-        self.dense.forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
+        self.dense
+            .forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
     }
 }
 
@@ -72,7 +94,8 @@ pub struct GptNeoxMlp {
 
 impl GptNeoxMlp {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.dense_4h_to_h.forward(&self.dense_h_to_4h.forward(x).gelu("none"))
+        self.dense_4h_to_h
+            .forward(&self.dense_h_to_4h.forward(x).gelu("none"))
     }
 }
 
@@ -85,8 +108,19 @@ pub struct GptNeoxLayer {
 }
 
 impl GptNeoxLayer {
-    fn forward(&self, x: &Tensor, positions: &Tensor, key_valid: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
-        let attn = self.attention.forward(&self.input_layernorm.forward(x), positions, key_valid, cache);
+    fn forward(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let attn = self.attention.forward(
+            &self.input_layernorm.forward(x),
+            positions,
+            key_valid,
+            cache,
+        );
         if self.parallel_residual {
             x + attn + self.mlp.forward(&self.post_attention_layernorm.forward(x))
         } else {
@@ -111,12 +145,30 @@ impl GptNeoxModel {
             .map(|i| {
                 let lp = &p / "layers" / i;
                 GptNeoxLayer {
-                    input_layernorm: LayerNorm::new(&lp / "input_layernorm", c.hidden_size, c.layer_norm_eps),
-                    post_attention_layernorm: LayerNorm::new(&lp / "post_attention_layernorm", c.hidden_size, c.layer_norm_eps),
+                    input_layernorm: LayerNorm::new(
+                        &lp / "input_layernorm",
+                        c.hidden_size,
+                        c.layer_norm_eps,
+                    ),
+                    post_attention_layernorm: LayerNorm::new(
+                        &lp / "post_attention_layernorm",
+                        c.hidden_size,
+                        c.layer_norm_eps,
+                    ),
                     attention: GptNeoxAttention::new(&lp / "attention", c),
                     mlp: GptNeoxMlp {
-                        dense_h_to_4h: Linear::new(&lp / "mlp" / "dense_h_to_4h", c.hidden_size, c.intermediate_size, true),
-                        dense_4h_to_h: Linear::new(&lp / "mlp" / "dense_4h_to_h", c.intermediate_size, c.hidden_size, true),
+                        dense_h_to_4h: Linear::new(
+                            &lp / "mlp" / "dense_h_to_4h",
+                            c.hidden_size,
+                            c.intermediate_size,
+                            true,
+                        ),
+                        dense_4h_to_h: Linear::new(
+                            &lp / "mlp" / "dense_4h_to_h",
+                            c.intermediate_size,
+                            c.hidden_size,
+                            true,
+                        ),
                     },
                     parallel_residual: c.use_parallel_residual,
                 }
@@ -125,14 +177,29 @@ impl GptNeoxModel {
         GptNeoxModel {
             embed_in: Embedding::new(&p / "embed_in", c.vocab_size, c.hidden_size),
             layers,
-            final_layer_norm: LayerNorm::new(&p / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
+            final_layer_norm: LayerNorm::new(
+                &p / "final_layer_norm",
+                c.hidden_size,
+                c.layer_norm_eps,
+            ),
         }
     }
 
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, key_valid: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let mut x = self.embed_in.forward(ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, positions, key_valid, cache.as_deref_mut().map(|c| (c, i)));
+            x = layer.forward(
+                &x,
+                positions,
+                key_valid,
+                cache.as_deref_mut().map(|c| (c, i)),
+            );
         }
         self.final_layer_norm.forward(&x)
     }

@@ -9,7 +9,9 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(layers: usize) -> KvCache {
-        KvCache { layers: (0..layers).map(|_| None).collect() }
+        KvCache {
+            layers: (0..layers).map(|_| None).collect(),
+        }
     }
 
     /// Appends this step's keys and values of `layer` and returns all of them.
@@ -24,7 +26,10 @@ impl KvCache {
 
     /// Cached positions so far.
     pub fn len(&self) -> i64 {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.size()[2])
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,8 +1,8 @@
 //! The building blocks, as named structs whose tensors carry HF parameter
 //! names (their path in the `VarStore`).
 
-use tch::nn::{Init, Path};
 use tch::Tensor;
+use tch::nn::{Init, Path};
 
 /// `y = x W^T + b` with `W: [out, in]` (torch `nn.Linear`).
 pub struct Linear {
@@ -31,7 +31,10 @@ pub struct Conv1D {
 
 impl Conv1D {
     pub fn new(p: Path, in_dim: i64, out_dim: i64) -> Conv1D {
-        Conv1D { weight: p.var("weight", &[in_dim, out_dim], Init::Const(0.0)), bias: p.var("bias", &[out_dim], Init::Const(0.0)) }
+        Conv1D {
+            weight: p.var("weight", &[in_dim, out_dim], Init::Const(0.0)),
+            bias: p.var("bias", &[out_dim], Init::Const(0.0)),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -47,11 +50,18 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(p: Path, dim: i64, eps: f64) -> LayerNorm {
-        LayerNorm { weight: p.var("weight", &[dim], Init::Const(1.0)), bias: p.var("bias", &[dim], Init::Const(0.0)), eps }
+        LayerNorm {
+            weight: p.var("weight", &[dim], Init::Const(1.0)),
+            bias: p.var("bias", &[dim], Init::Const(0.0)),
+            eps,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let dim = *x.size().last().expect("a tensor with at least one dimension");
+        let dim = *x
+            .size()
+            .last()
+            .expect("a tensor with at least one dimension");
         x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
@@ -62,7 +72,9 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(p: Path, count: i64, dim: i64) -> Embedding {
-        Embedding { weight: p.var("weight", &[count, dim], Init::Const(0.0)) }
+        Embedding {
+            weight: p.var("weight", &[count, dim], Init::Const(0.0)),
+        }
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {
@@ -77,12 +89,14 @@ impl Embedding {
 pub fn attention_mask(key_valid: &Tensor, queries: i64) -> Tensor {
     let keys = key_valid.size()[1];
     let device = key_valid.device();
-    let q_pos = Tensor::arange_start(keys - queries, keys, (tch::Kind::Int64, device)).view([queries, 1]);
+    let q_pos =
+        Tensor::arange_start(keys - queries, keys, (tch::Kind::Int64, device)).view([queries, 1]);
     let k_pos = Tensor::arange(keys, (tch::Kind::Int64, device)).view([1, keys]);
     let causal = k_pos.le_tensor(&q_pos); // [t, T]
     let diagonal = k_pos.eq_tensor(&q_pos);
     let valid = key_valid.to_kind(tch::Kind::Bool).view([-1, 1, 1, keys]);
-    (causal.unsqueeze(0).unsqueeze(0).logical_and(&valid)).logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
+    (causal.unsqueeze(0).unsqueeze(0).logical_and(&valid))
+        .logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
 }
 
 /// Scaled dot-product attention of `[b, h, t, d]` queries over `[b, h, T, d]`

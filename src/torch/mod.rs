@@ -35,5 +35,8 @@ pub enum TorchError {
 pub type Result<T> = std::result::Result<T, TorchError>;
 
 pub(crate) fn file_error(path: &std::path::Path, message: impl std::fmt::Display) -> TorchError {
-    TorchError::File { path: path.display().to_string(), message: message.to_string() }
+    TorchError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }

@@ -8,8 +8,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint;
 use super::config::{Architecture, ModelConfig};
-use super::gpt2::Gpt2Model;
 use super::gpt_neox::GptNeoxModel;
+use super::gpt2::Gpt2Model;
 use super::kv_cache::KvCache;
 use super::layers::Linear;
 use super::{Result, TorchError};
@@ -48,12 +48,20 @@ impl LanguageModel {
         let (body, embed_out) = match &config.arch {
             Architecture::GptNeox(c) => (
                 Body::GptNeox(GptNeoxModel::new(&root / "gpt_neox", c)),
-                (head == Head::Lm).then(|| Linear::new(&root / "embed_out", hidden, c.vocab_size, false)),
+                (head == Head::Lm)
+                    .then(|| Linear::new(&root / "embed_out", hidden, c.vocab_size, false)),
             ),
             Architecture::Gpt2(c) => (Body::Gpt2(Gpt2Model::new(&root / "transformer", c)), None),
         };
         let score = (head == Head::Score).then(|| Linear::new(&root / "score", hidden, 1, false));
-        LanguageModel { vs, config, head, body, embed_out, score }
+        LanguageModel {
+            vs,
+            config,
+            head,
+            body,
+            embed_out,
+            score,
+        }
     }
 
     /// Loads `dir/config.json` and the safetensors weights (single file or
@@ -89,7 +97,13 @@ impl LanguageModel {
     /// Final hidden states `[b, t, h]` of `ids: [b, t]` at `positions: [b, t]`,
     /// with `key_valid: [b, T]` marking the non-padding keys of the whole
     /// sequence so far (the cache's `T - t` and these `t`).
-    pub fn hidden(&self, ids: &Tensor, positions: &Tensor, key_valid: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         match &self.body {
             Body::GptNeox(m) => m.forward(ids, positions, key_valid, cache),
             Body::Gpt2(m) => m.forward(ids, positions, key_valid, cache),
@@ -101,13 +115,18 @@ impl LanguageModel {
         match (&self.body, &self.embed_out) {
             (_, Some(head)) => Ok(head.forward(hidden)),
             (Body::Gpt2(m), None) if self.head == Head::Lm => Ok(hidden.matmul(&m.wte.weight.tr())),
-            _ => Err(TorchError::Input("this model has a reward head, not an LM head".into())),
+            _ => Err(TorchError::Input(
+                "this model has a reward head, not an LM head".into(),
+            )),
         }
     }
 
     /// The reward head's scalar at every position `[b, t]`.
     pub fn scores(&self, hidden: &Tensor) -> Result<Tensor> {
-        let score = self.score.as_ref().ok_or_else(|| TorchError::Input("this model has no reward head".into()))?;
+        let score = self
+            .score
+            .as_ref()
+            .ok_or_else(|| TorchError::Input("this model has no reward head".into()))?;
         Ok(score.forward(hidden).squeeze_dim(-1))
     }
 }

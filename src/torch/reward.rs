@@ -3,8 +3,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::model::{positions_from_mask, LanguageModel};
 use super::Result;
+use super::model::{LanguageModel, positions_from_mask};
 
 /// One reward per row of `ids: [b, T]` with `attention_mask: [b, T]`.
 pub fn rewards(model: &LanguageModel, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
@@ -12,7 +12,8 @@ pub fn rewards(model: &LanguageModel, ids: &Tensor, attention_mask: &Tensor) -> 
     let hidden = model.hidden(ids, &positions, attention_mask, None);
     let scores = model.scores(&hidden)?;
     let t = ids.size()[1];
-    let index = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0) * attention_mask.to_kind(Kind::Int64);
+    let index = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0)
+        * attention_mask.to_kind(Kind::Int64);
     let last = index.argmax(-1, true);
     Ok(scores.gather(-1, &last, false).squeeze_dim(-1))
 }

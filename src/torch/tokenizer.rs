@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::config::ModelConfig;
-use super::{file_error, Result, TorchError};
+use super::{Result, TorchError, file_error};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -18,20 +18,33 @@ impl Tokenizer {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
-        Ok(Tokenizer { inner, eos_token_id: config.eos_token_id, pad_token_id: config.pad_token_id.or(config.eos_token_id) })
+        Ok(Tokenizer {
+            inner,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id.or(config.eos_token_id),
+        })
     }
 
     /// Token ids of `text`, no special tokens added.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self.inner.encode(text, false).map_err(|e| TorchError::Input(format!("cannot tokenize: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TorchError::Input(format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids
             .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| TorchError::Input(format!("token id {i} is negative or too large"))))
+            .map(|&i| {
+                u32::try_from(i).map_err(|_| {
+                    TorchError::Input(format!("token id {i} is negative or too large"))
+                })
+            })
             .collect::<Result<_>>()?;
-        self.inner.decode(&ids, false).map_err(|e| TorchError::Input(format!("cannot decode: {e}")))
+        self.inner
+            .decode(&ids, false)
+            .map_err(|e| TorchError::Input(format!("cannot decode: {e}")))
     }
 }

@@ -1,0 +1,322 @@
+//! The tch language-model stack against HF transformers (fixtures made by
+//! tests/fixtures/make_fixtures.py), and against itself (cache vs none).
+#![cfg(feature = "torch")]
+
+use std::path::{Path, PathBuf};
+
+use p3o::tolerance::{CACHE_VS_RECOMPUTE, HF_F32};
+use p3o::torch::generate::{GenerateOptions, generate, left_pad};
+use p3o::torch::logprobs::next_token_logprobs;
+use p3o::torch::model::positions_from_mask;
+use p3o::torch::reward::rewards;
+use p3o::torch::{Head, LanguageModel, TorchError};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+fn load(name: &str, head: Head) -> LanguageModel {
+    LanguageModel::load(&fixture(name), head, Device::Cpu, Kind::Float).unwrap()
+}
+
+/// Logits of one unpadded sequence, `[t, V]`.
+fn logits(model: &LanguageModel, ids: &[i64]) -> Tensor {
+    let x = Tensor::from_slice(ids).unsqueeze(0);
+    let mask = x.ones_like();
+    let hidden = model.hidden(&x, &positions_from_mask(&mask), &mask, None);
+    model.logits(&hidden).unwrap().squeeze_dim(0)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+fn greedy(eos: i64, max_new: i64) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: max_new,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+        eos_token_id: Some(eos),
+        pad_token_id: eos,
+        use_cache: true,
+    }
+}
+
+/// Logits and greedy continuations of every causal-LM fixture equal HF's.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn causal_lms_match_transformers() {
+    for name in [
+        "neox-parallel",
+        "neox-serial",
+        "gpt2",
+        "neox-sharded",
+        "neox-bf16",
+    ] {
+        let model = load(name, Head::Lm);
+        let exp = expected(name);
+        let eos = model.config.eos_token_id.unwrap();
+        for (i, prompt) in exp["prompt_ids"].as_array().unwrap().iter().enumerate() {
+            let prompt = ids_of(prompt);
+            let want: Vec<f32> = exp["logits"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                })
+                .collect();
+            let want = Tensor::from_slice(&want).view([prompt.len() as i64, -1]);
+            let err = max_abs_diff(&logits(&model, &prompt), &want);
+            assert!(
+                err <= HF_F32,
+                "{name} prompt {i}: max |logits - HF| = {err}"
+            );
+            let g = generate(&model, &[prompt], &greedy(eos, 12)).unwrap();
+            assert_eq!(
+                g.response_ids[0],
+                ids_of(&exp["greedy_ids"][i]),
+                "{name} prompt {i}: greedy continuation"
+            );
+        }
+    }
+}
+
+/// Rewards at the last non-padding token of right-padded batches equal HF's.
+#[test]
+fn reward_models_match_transformers() {
+    for name in ["neox-reward", "gpt2-reward"] {
+        let model = load(name, Head::Score);
+        let exp = expected(name);
+        let rows: Vec<Vec<i64>> = exp["ids"].as_array().unwrap().iter().map(ids_of).collect();
+        let width = rows.iter().map(Vec::len).max().unwrap();
+        let pad = model.config.pad_token_id.unwrap();
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, width - r.len()))
+            })
+            .collect();
+        let mask: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| {
+                std::iter::repeat_n(1, r.len()).chain(std::iter::repeat_n(0, width - r.len()))
+            })
+            .collect();
+        let shape = [rows.len() as i64, width as i64];
+        let got = rewards(
+            &model,
+            &Tensor::from_slice(&ids).view(shape),
+            &Tensor::from_slice(&mask).view(shape),
+        )
+        .unwrap();
+        let want: Vec<f32> = exp["rewards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let err = max_abs_diff(&got, &Tensor::from_slice(&want));
+        assert!(err <= HF_F32, "{name}: max |reward - HF| = {err}");
+        // Left padding gives the same rewards: positions follow the mask.
+        let (lids, lmask) = left_pad(&rows, pad, Device::Cpu);
+        let left = rewards(&model, &lids, &lmask).unwrap();
+        assert!(
+            max_abs_diff(&left, &got) <= HF_F32,
+            "{name}: left padding changes the reward"
+        );
+    }
+}
+
+/// Cached generation of a left-padded batch gives the same tokens and
+/// log-probs as recomputing the whole sequence each step, and those
+/// log-probs are the model's log-probs of the sampled tokens.
+// spec: C-SEQ-LOGPROB
+#[test]
+fn cached_generation_equals_recomputation() {
+    for name in ["neox-parallel", "gpt2"] {
+        let model = load(name, Head::Lm);
+        let eos = model.config.eos_token_id.unwrap();
+        let prompts: Vec<Vec<i64>> = expected(name)["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids_of)
+            .collect();
+        let sampled = GenerateOptions {
+            temperature: 1.0,
+            top_k: Some(50),
+            top_p: Some(0.95),
+            seed: 7,
+            eos_token_id: None,
+            ..greedy(eos, 10)
+        };
+        let cached = generate(&model, &prompts, &sampled).unwrap();
+        let plain = generate(
+            &model,
+            &prompts,
+            &GenerateOptions {
+                use_cache: false,
+                ..sampled.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(cached.response_ids, plain.response_ids, "{name}: tokens");
+        for (a, b) in cached
+            .token_logprobs
+            .iter()
+            .flatten()
+            .zip(plain.token_logprobs.iter().flatten())
+        {
+            assert!(
+                (a - b).abs() as f64 <= CACHE_VS_RECOMPUTE,
+                "{name}: log-prob {a} vs {b}"
+            );
+        }
+        // The same seed gives the same sample.
+        assert_eq!(generate(&model, &prompts, &sampled).unwrap(), cached);
+        // Scoring prompt + response with one forward pass agrees.
+        for (r, prompt) in prompts.iter().enumerate() {
+            let full: Vec<i64> = prompt
+                .iter()
+                .chain(&cached.response_ids[r])
+                .copied()
+                .collect();
+            let x = Tensor::from_slice(&full).unsqueeze(0);
+            let lp = next_token_logprobs(&model, &x, &x.ones_like())
+                .unwrap()
+                .squeeze_dim(0);
+            let resp = lp.narrow(
+                0,
+                prompt.len() as i64 - 1,
+                cached.response_ids[r].len() as i64,
+            );
+            let got = Vec::<f32>::try_from(&resp).unwrap();
+            for (a, b) in got.iter().zip(&cached.token_logprobs[r]) {
+                assert!(
+                    (a - b).abs() as f64 <= CACHE_VS_RECOMPUTE,
+                    "{name} row {r}: scored {a} vs sampled {b}"
+                );
+            }
+        }
+    }
+}
+
+/// Saving writes HF layout that loads back to identical logits.
+#[test]
+fn save_and_reload_round_trip() {
+    let model = load("neox-serial", Head::Lm);
+    let dir = std::env::temp_dir().join(format!("p3o-save-{}", std::process::id()));
+    model.save(&dir).unwrap();
+    let again = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float).unwrap();
+    let prompt = [5i64, 17, 42, 99];
+    assert_eq!(
+        max_abs_diff(&logits(&model, &prompt), &logits(&again, &prompt)),
+        0.0
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bad checkpoints are clear errors naming the tensor, file or field.
+#[test]
+fn checkpoint_errors() {
+    let err =
+        |r: Result<LanguageModel, TorchError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let tmp = std::env::temp_dir().join(format!("p3o-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A reward checkpoint has no LM head.
+    let e = err(LanguageModel::load(
+        &fixture("neox-reward"),
+        Head::Lm,
+        Device::Cpu,
+        Kind::Float,
+    ));
+    assert!(
+        e.contains("embed_out.weight") && e.contains("missing"),
+        "{e}"
+    );
+    // A config that disagrees with the weights.
+    let mut cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("neox-parallel").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["vocab_size"] = 321.into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        fixture("neox-parallel").join("model.safetensors"),
+        tmp.join("model.safetensors"),
+    )
+    .unwrap();
+    let e = err(LanguageModel::load(
+        &tmp,
+        Head::Lm,
+        Device::Cpu,
+        Kind::Float,
+    ));
+    // Tensors are checked in name order, so the untied head comes first.
+    assert!(
+        e.contains("tensor `embed_out.weight`")
+            && e.contains("[320, 32]")
+            && e.contains("[321, 32]"),
+        "{e}"
+    );
+    // Corrupt weights.
+    cfg["vocab_size"] = 320.into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), b"not a safetensors file").unwrap();
+    let e = err(LanguageModel::load(
+        &tmp,
+        Head::Lm,
+        Device::Cpu,
+        Kind::Float,
+    ));
+    assert!(e.contains("corrupt safetensors"), "{e}");
+    // An unsupported architecture.
+    cfg["model_type"] = "llama".into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let e = err(LanguageModel::load(
+        &tmp,
+        Head::Lm,
+        Device::Cpu,
+        Kind::Float,
+    ));
+    assert!(
+        e.contains("unsupported model") && e.contains("llama"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+    // Prompts too long for the positions, and unknown token ids.
+    let model = load("gpt2", Head::Lm);
+    let e = generate(&model, &[vec![1; 60]], &greedy(0, 8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exceed") && e.contains("64 positions"), "{e}");
+    let e = generate(&model, &[vec![1, 9999]], &greedy(0, 8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("9999"), "{e}");
+}
