@@ -9,6 +9,8 @@ use p3o::bandit::{BanditConfig, run_all, summary_table, trajectory_table};
 use p3o::case::run_line;
 use p3o::reference::shift::RewardShift;
 
+mod lm;
+
 #[derive(Parser)]
 #[command(
     name = "p3o",
@@ -29,6 +31,15 @@ enum Command {
     /// Train P3O-V1, P3O-V2, PPO and online DPO on a seeded random contextual
     /// bandit and report exact KL(pi || pi_ref) and expected reward per step.
     Bandit(BanditArgs),
+    /// Per-token and total log-probs of responses under an HF model (JSON
+    /// Lines: {"prompt_ids"|"prompt", "response_ids"|"response"}).
+    Logprobs(lm::ModelArgs),
+    /// Sample continuations of prompts from an HF model (JSON Lines in:
+    /// {"prompt_ids"|"prompt"}; out: {"response_ids", "response"}).
+    Generate(lm::GenerateArgs),
+    /// Score prompt + response with an HF reward model (JSON Lines in as for
+    /// logprobs; out: {"reward"}).
+    Reward(lm::ModelArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +116,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Reference => reference(),
         Command::Bandit(args) => bandit(args),
+        Command::Logprobs(args) => lm::logprobs(args),
+        Command::Generate(args) => lm::generate(args),
+        Command::Reward(args) => lm::reward(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +134,7 @@ fn main() -> ExitCode {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// Bad input: exit status 2 ([C-ERRORS]).
     Input(String),
     Io(io::Error),

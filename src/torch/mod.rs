@@ -7,6 +7,7 @@ pub mod config;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod jsonl;
 pub mod kv_cache;
 pub mod layers;
 pub mod logprobs;
