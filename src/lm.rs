@@ -236,6 +236,16 @@ mod imp {
         let lines = input_lines(&a.model.input)?;
         let l = load(&a.model, Head::Lm)?;
         let inputs = parse_all(&l, &lines, false)?;
+        let max = l.model.config.max_positions();
+        for ((n, _), x) in lines.iter().zip(&inputs) {
+            if x.prompt.len() as i64 + a.max_new_tokens > max {
+                return Err(Failure::Input(format!(
+                    "line {n}: {} prompt tokens + {} new exceed the model's {max} positions",
+                    x.prompt.len(),
+                    a.max_new_tokens
+                )));
+            }
+        }
         let eos = l
             .tokenizer
             .as_ref()
