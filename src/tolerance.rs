@@ -45,3 +45,8 @@ pub const HF_F32: f64 = 1e-4;
 /// Cached against uncached generation (the same float32 model): log-probs of
 /// the sampled tokens.
 pub const CACHE_VS_RECOMPUTE: f64 = 1e-5;
+
+/// As `HF_F32` with the model computing in bfloat16 (weights and activations
+/// rounded to 8 significant bits), against HF's float32 logits; the fixtures'
+/// logits are of order 10.
+pub const HF_BF16: f64 = 0.25;
