@@ -5,12 +5,17 @@
 #      a CUDA device is present ('skipped: no CUDA device' elsewhere);
 #   3. feature `torch`: the LM stack against HF fixtures (libtorch installed
 #      by scripts/setup-torch.sh into ~/.cache/p3o).
+# Ends with one line adding up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked 2>&1 | tee -a "$log"
 scripts/setup-cuda.sh
-cargo test --locked --features cuda --test cuda_kernels -- --nocapture
+cargo test --locked --features cuda --test cuda_kernels -- --nocapture 2>&1 | tee -a "$log"
 scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
-cargo test --locked --features torch
+cargo test --locked --features torch --tests 2>&1 | tee -a "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"

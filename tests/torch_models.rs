@@ -230,7 +230,9 @@ fn cached_generation_equals_recomputation() {
 #[test]
 fn save_and_reload_round_trip() {
     let model = load("neox-serial", Head::Lm);
-    let dir = std::env::temp_dir().join(format!("p3o-save-{}", std::process::id()));
+    // Kept under the target directory so that it can be opened with HF
+    // transformers by hand.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("saved-neox-serial");
     model.save(&dir).unwrap();
     let again = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float).unwrap();
     let prompt = [5i64, 17, 42, 99];
@@ -238,7 +240,6 @@ fn save_and_reload_round_trip() {
         max_abs_diff(&logits(&model, &prompt), &logits(&again, &prompt)),
         0.0
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Bad checkpoints are clear errors naming the tensor, file or field.
