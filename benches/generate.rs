@@ -6,16 +6,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use p3o::torch::generate::{generate, GenerateOptions};
+use p3o::torch::generate::{GenerateOptions, generate};
 use p3o::torch::{Head, LanguageModel};
 use tch::{Device, Kind};
 
 fn main() {
     let dir = std::env::var_os("P3O_BENCH_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models/pythia-14m-random"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models/pythia-14m-random")
+        });
     let Ok(text) = std::fs::read_to_string(dir.join("bench_prompts.json")) else {
-        println!("no benchmark model in {}: run `python3 benches/hf_generate.py` first", dir.display());
+        println!(
+            "no benchmark model in {}: run `python3 benches/hf_generate.py` first",
+            dir.display()
+        );
         return;
     };
     let spec: serde_json::Value = serde_json::from_str(&text).expect("bench_prompts.json is JSON");
@@ -23,15 +28,27 @@ fn main() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
         .collect();
     let new = spec["max_new_tokens"].as_i64().unwrap();
-    let threads: i32 = std::env::var("P3O_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads: i32 = std::env::var("P3O_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     tch::set_num_threads(threads);
-    let model = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float).expect("the benchmark model loads");
+    let model = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float)
+        .expect("the benchmark model loads");
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("generate_pythia14m_shape");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements((prompts.len() as i64 * new) as u64));
     for use_cache in [true, false] {
         let o = GenerateOptions {
@@ -45,9 +62,10 @@ fn main() {
             use_cache,
         };
         let name = if use_cache { "kv_cache" } else { "no_cache" };
-        group.bench_function(format!("{name}/{}x{new}/{threads}threads", prompts.len()), |b| {
-            b.iter(|| generate(&model, &prompts, &o).unwrap())
-        });
+        group.bench_function(
+            format!("{name}/{}x{new}/{threads}threads", prompts.len()),
+            |b| b.iter(|| generate(&model, &prompts, &o).unwrap()),
+        );
     }
     group.finish();
     c.final_summary();

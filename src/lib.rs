@@ -11,3 +11,5 @@ pub mod reference;
 pub mod tolerance;
 #[cfg(feature = "torch")]
 pub mod torch;
+#[cfg(feature = "torch")]
+pub mod train;

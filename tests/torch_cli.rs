@@ -12,16 +12,27 @@ fn p3o(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn model(name: &str) -> String {
-    format!("{}/tests/fixtures/models/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/models/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn lines(o: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Text and id inputs agree; the total is the sum of the token log-probs.
@@ -29,15 +40,29 @@ fn lines(o: &Output) -> Vec<serde_json::Value> {
 #[test]
 fn logprobs_of_text_and_ids_agree() {
     let m = model("neox-parallel");
-    let text = p3o(&["logprobs", "--model", &m], "{\"prompt\":\"the policy\",\"response\":\" samples\"}\n");
-    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let text = p3o(
+        &["logprobs", "--model", &m],
+        "{\"prompt\":\"the policy\",\"response\":\" samples\"}\n",
+    );
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
     let t = &lines(&text)[0];
     let tok = tokenizers::Tokenizer::from_file(format!("{m}/tokenizer.json")).unwrap();
     let ids = |s: &str| tok.encode(s, false).unwrap().get_ids().to_vec();
-    let line = serde_json::json!({"prompt_ids": ids("the policy"), "response_ids": ids(" samples")}).to_string();
+    let line =
+        serde_json::json!({"prompt_ids": ids("the policy"), "response_ids": ids(" samples")})
+            .to_string();
     let by_ids = &lines(&p3o(&["logprobs", "--model", &m], &line))[0];
     assert_eq!(t, by_ids);
-    let tokens: Vec<f64> = t["token_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let tokens: Vec<f64> = t["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(tokens.len(), ids(" samples").len());
     assert!((tokens.iter().sum::<f64>() - t["logprob"].as_f64().unwrap()).abs() < 1e-9);
 }
@@ -47,12 +72,39 @@ fn logprobs_of_text_and_ids_agree() {
 #[test]
 fn generate_greedy_and_seeded() {
     let m = model("gpt2");
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{m}/expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{m}/expected.json")).unwrap())
+            .unwrap();
     let input = format!("{{\"prompt_ids\":{}}}\n", exp["prompt_ids"][0]);
-    let out = p3o(&["generate", "--model", &m, "--max-new-tokens", "12", "--temperature", "0"], &input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p3o(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ],
+        &input,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lines(&out)[0]["response_ids"], exp["greedy_ids"][0]);
-    let args = ["generate", "--model", &m, "--max-new-tokens", "8", "--top-p", "0.9", "--seed", "5"];
+    let args = [
+        "generate",
+        "--model",
+        &m,
+        "--max-new-tokens",
+        "8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+    ];
     let input = "{\"prompt\":\"the quick\"}\n{\"prompt\":\"a reward model\"}\n";
     let (a, b) = (p3o(&args, input), p3o(&args, input));
     assert!(a.status.success());
@@ -64,15 +116,24 @@ fn generate_greedy_and_seeded() {
 #[test]
 fn reward_command() {
     let m = model("neox-reward");
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{m}/expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{m}/expected.json")).unwrap())
+            .unwrap();
     let ids = exp["ids"][0].as_array().unwrap();
     let (p, r) = ids.split_at(2);
     let line = serde_json::json!({"prompt_ids": p, "response_ids": r}).to_string();
     let out = p3o(&["reward", "--model", &m], &line);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = lines(&out)[0]["reward"].as_f64().unwrap();
     let want = exp["rewards"][0].as_f64().unwrap();
-    assert!((got - want).abs() <= p3o::tolerance::HF_F32, "{got} vs {want}");
+    assert!(
+        (got - want).abs() <= p3o::tolerance::HF_F32,
+        "{got} vs {want}"
+    );
 }
 
 /// Bad input: one line naming the line and field, exit status 2.
@@ -81,10 +142,22 @@ fn lm_command_errors() {
     let m = model("gpt2");
     let cases: [(&[&str], &str); 7] = [
         (&["logprobs", "--model", &m], "{\"prompt_ids\":[1,2]}\n"),
-        (&["logprobs", "--model", &m], "{\"prompt_ids\":[1,2],\"response_ids\":[3,400]}\n"),
-        (&["logprobs", "--model", &m], "{\"prompt_ids\":[1],\"response_ids\":[2]}\nnot json\n"),
-        (&["generate", "--model", &m, "--max-new-tokens", "10"], &format!("{{\"prompt_ids\":{:?}}}\n", vec![1; 60])),
-        (&["generate", "--model", &m, "--max-new-tokens", "0"], "{\"prompt\":\"a\"}\n"),
+        (
+            &["logprobs", "--model", &m],
+            "{\"prompt_ids\":[1,2],\"response_ids\":[3,400]}\n",
+        ),
+        (
+            &["logprobs", "--model", &m],
+            "{\"prompt_ids\":[1],\"response_ids\":[2]}\nnot json\n",
+        ),
+        (
+            &["generate", "--model", &m, "--max-new-tokens", "10"],
+            &format!("{{\"prompt_ids\":{:?}}}\n", vec![1; 60]),
+        ),
+        (
+            &["generate", "--model", &m, "--max-new-tokens", "0"],
+            "{\"prompt\":\"a\"}\n",
+        ),
         (&["reward", "--model", &m], "{\"prompt\":\"a\"}\n"),
         (&["logprobs", "--model", "/nonexistent-model"], ""),
     ];

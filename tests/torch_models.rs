@@ -330,12 +330,27 @@ fn worst_logit_error(device: Device, kind: Kind) -> f64 {
         let exp = expected(name);
         for (i, prompt) in exp["prompt_ids"].as_array().unwrap().iter().enumerate() {
             let prompt = ids_of(prompt);
-            let want: Vec<f32> = exp["logits"][i].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+            let want: Vec<f32> = exp["logits"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                })
+                .collect();
             let want = Tensor::from_slice(&want).view([prompt.len() as i64, -1]);
             let x = Tensor::from_slice(&prompt).unsqueeze(0).to_device(device);
             let mask = x.ones_like();
-            let got = model.logits(&model.hidden(&x, &positions_from_mask(&mask), &mask, None)).unwrap();
-            let got = got.squeeze_dim(0).to_kind(Kind::Float).to_device(Device::Cpu);
+            let got = model
+                .logits(&model.hidden(&x, &positions_from_mask(&mask), &mask, None))
+                .unwrap();
+            let got = got
+                .squeeze_dim(0)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu);
             worst = worst.max(max_abs_diff(&got, &want));
         }
     }
@@ -361,5 +376,8 @@ fn cuda_models_match_transformers() {
     let bf16_err = worst_logit_error(Device::Cuda(0), Kind::BFloat16);
     println!("cuda: max |logits - HF| f32 {f32_err}, bf16 {bf16_err}");
     assert!(f32_err <= HF_F32, "f32 on cuda: {f32_err}");
-    assert!(bf16_err <= p3o::tolerance::HF_BF16, "bf16 on cuda: {bf16_err}");
+    assert!(
+        bf16_err <= p3o::tolerance::HF_BF16,
+        "bf16 on cuda: {bf16_err}"
+    );
 }

@@ -164,3 +164,22 @@ pub fn config(file: &'static str) -> ProptestConfig {
         ..ProptestConfig::default()
     }
 }
+
+/// Distance (in the clipped quantity) under which a finite difference may
+/// cross a kink of [C-CLIP]; such points are skipped.
+pub const KINK_MARGIN: f64 = 1e-3;
+
+pub fn near_kink(alg: Algorithm, h: &Hyper, lp: [f64; 2], lp_old: [f64; 2]) -> bool {
+    let rho = [0, 1].map(|i| (lp[i] - lp_old[i]).exp());
+    let near = |q: f64, edge: f64| (q - edge).abs() < KINK_MARGIN * (1.0 + edge.abs());
+    match alg {
+        Algorithm::P3oV1 | Algorithm::Ppo => rho
+            .iter()
+            .any(|&r| near(r, 1.0 - h.epsilon) || near(r, 1.0 + h.epsilon)),
+        Algorithm::P3oV2 => {
+            let (l, l_old) = (lp[0] - lp[1], lp_old[0] - lp_old[1]);
+            near(l, l_old - h.epsilon) || near(l, l_old + h.epsilon)
+        }
+        _ => false,
+    }
+}

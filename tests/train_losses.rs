@@ -1,0 +1,148 @@
+//! The tch training losses against the float64 reference: loss and gradient
+//! with respect to the sequence log-probs, on random pairs where clipping is
+//! active, in float64 and float32.
+#![cfg(feature = "torch")]
+
+mod common;
+
+use common::*;
+use p3o::reference::{Algorithm, Hyper, PairConsts, PairVars, pair_loss};
+use p3o::tolerance::F32_VS_F64;
+use p3o::train::losses::{PairBatch, pair_loss as tch_pair_loss};
+use proptest::prelude::*;
+use tch::{Kind, Tensor};
+
+/// Loss and `d loss / d lp_i` per pair from tch, in `kind`.
+fn tch_eval(
+    alg: Algorithm,
+    h: &Hyper,
+    pairs: &[(PairConsts, PairVars)],
+    kind: Kind,
+) -> (f64, Vec<[f64; 2]>) {
+    let col = |f: &dyn Fn(&(PairConsts, PairVars)) -> f64| {
+        Tensor::from_slice(&pairs.iter().map(f).collect::<Vec<f64>>())
+    };
+    let lp = [0, 1].map(|i| col(&|p| p.1.lp[i]).to_kind(kind).set_requires_grad(true));
+    let lp_old = [0, 1].map(|i| col(&|p| p.0.lp_old[i]).to_kind(kind));
+    let lp_ref = [0, 1].map(|i| col(&|p| p.0.lp_ref[i]).to_kind(kind));
+    let reward = [0, 1].map(|i| col(&|p| p.0.reward[i]));
+    let batch = PairBatch {
+        lp: [&lp[0], &lp[1]],
+        lp_old: [&lp_old[0], &lp_old[1]],
+        lp_ref: [&lp_ref[0], &lp_ref[1]],
+        reward: [&reward[0], &reward[1]],
+    };
+    let loss = tch_pair_loss(alg, h, &batch).unwrap();
+    loss.backward();
+    let g = lp.map(|t| Vec::<f64>::try_from(&t.grad().to_kind(Kind::Double)).unwrap());
+    (
+        loss.double_value(&[]),
+        (0..pairs.len()).map(|n| [g[0][n], g[1][n]]).collect(),
+    )
+}
+
+/// The inputs as `kind` would hold them (so that float32 rounding of the
+/// inputs is not counted as kernel error).
+fn rounded(pairs: &[(PairConsts, PairVars)], kind: Kind) -> Vec<(PairConsts, PairVars)> {
+    let r = |v: f64| {
+        if kind == Kind::Float {
+            v as f32 as f64
+        } else {
+            v
+        }
+    };
+    pairs
+        .iter()
+        .map(|(c, v)| {
+            (
+                PairConsts {
+                    reward: c.reward,
+                    lp_old: c.lp_old.map(r),
+                    lp_ref: c.lp_ref.map(r),
+                },
+                PairVars {
+                    lp: v.lp.map(r),
+                    value: v.value,
+                },
+            )
+        })
+        .collect()
+}
+
+fn check(
+    alg: Algorithm,
+    h: &Hyper,
+    pairs: &[(PairConsts, PairVars)],
+    kind: Kind,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    let pairs = rounded(pairs, kind);
+    prop_assume!(
+        pairs
+            .iter()
+            .all(|(c, v)| !near_kink(alg, h, v.lp, c.lp_old))
+    );
+    let n = pairs.len() as f64;
+    let want: Vec<_> = pairs
+        .iter()
+        .map(|(c, v)| pair_loss(alg, h, c, *v))
+        .collect();
+    let want_loss = want.iter().map(|o| o.loss).sum::<f64>() / n;
+    let (loss, grads) = tch_eval(alg, h, &pairs, kind);
+    prop_assert!(
+        (loss - want_loss).abs() <= tol * want_loss.abs().max(1.0),
+        "{alg} loss {loss} vs {want_loss}"
+    );
+    for (k, (g, w)) in grads.iter().zip(&want).enumerate() {
+        for i in 0..2 {
+            let w = w.grad.lp[i] / n;
+            prop_assert!(
+                (g[i] - w).abs() <= tol * w.abs().max(1.0 / n),
+                "{alg} pair {k} d/dlp{}: {} vs {w}",
+                i + 1,
+                g[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn pairs() -> impl Strategy<Value = Vec<(PairConsts, PairVars)>> {
+    prop::collection::vec(pair_point(), 1..=12)
+}
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/train_losses.txt"))]
+
+    // spec: C-P3O-V1 C-P3O-V2 C-DPO C-PPG C-VPG C-CLIP C-SHAPED-REWARD
+    #[test]
+    fn tch_pair_losses_match_reference_f64(p in pairs(), h in hyper(), unclipped in any::<bool>()) {
+        let h = if unclipped { Hyper { epsilon: f64::INFINITY, ..h } } else { h };
+        for alg in [Algorithm::P3oV1, Algorithm::P3oV2, Algorithm::Dpo, Algorithm::Ppg, Algorithm::Vpg] {
+            check(alg, &h, &p, Kind::Double, 1e-12)?;
+        }
+    }
+
+    // spec: C-P3O-V1 C-P3O-V2 C-DPO
+    #[test]
+    fn tch_pair_losses_match_reference_f32(p in pairs(), h in hyper()) {
+        for alg in [Algorithm::P3oV1, Algorithm::P3oV2, Algorithm::Dpo] {
+            check(alg, &h, &p, Kind::Float, F32_VS_F64)?;
+        }
+    }
+}
+
+/// The strategy puts clipping to work: a fixed draw has clipped pairs.
+#[test]
+fn clipping_is_exercised() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let h = Hyper::default();
+    let mut clipped = 0;
+    for _ in 0..200 {
+        let (c, v) =
+            proptest::strategy::ValueTree::current(&pair_point().new_tree(&mut runner).unwrap());
+        let out = pair_loss(Algorithm::P3oV1, &h, &c, v);
+        clipped += usize::from(out.grad.lp.contains(&0.0));
+    }
+    assert!(clipped > 40, "only {clipped} of 200 pairs clipped");
+}
