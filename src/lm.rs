@@ -49,6 +49,25 @@ pub struct GenerateArgs {
 }
 
 #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// TOML config (every key optional; README lists them).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output directory: metrics.jsonl, checkpoints/, final/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Override a config key, e.g. --set algorithm=p3o-v1 --set lr=1e-3.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Add delta(prompt) to every reward: const:C or random:A[:SEED].
+    #[arg(long)]
+    reward_shift: Option<p3o::reference::shift::RewardShift>,
+    /// Continue from the last complete checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
 /// Reads the input lines (file or standard input), numbered from 1, skipping
 /// blank ones.
 fn input_lines(path: &Option<PathBuf>) -> Result<Vec<(usize, String)>, Failure> {
@@ -85,6 +104,10 @@ mod imp {
     }
 
     pub fn reward(_: ModelArgs) -> Result<(), Failure> {
+        unavailable()
+    }
+
+    pub fn train(_: TrainArgs) -> Result<(), Failure> {
         unavailable()
     }
 }
@@ -229,6 +252,40 @@ mod imp {
         out.flush().map_err(Failure::Io)
     }
 
+    pub fn train(a: TrainArgs) -> Result<(), Failure> {
+        use p3o::train::config::TrainConfig;
+        use p3o::train::trainer::{TrainError, Trainer};
+        let cfg = TrainConfig::load(a.config.as_deref(), &a.set)
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        if !a.resume && a.out.join("metrics.jsonl").exists() {
+            return Err(Failure::Input(format!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                a.out.display()
+            )));
+        }
+        let to_failure = |e: TrainError| match e {
+            TrainError::Input(m) => Failure::Input(m),
+            TrainError::Torch(t) => Failure::Input(t.to_string()),
+            TrainError::Stopped(m) => Failure::Io(io::Error::other(m)),
+            TrainError::Io(e) => Failure::Io(e),
+        };
+        let mut trainer = Trainer::new(cfg.clone(), &a.out, a.reward_shift).map_err(to_failure)?;
+        if a.resume {
+            match trainer.resume().map_err(to_failure)? {
+                Some(n) => eprintln!("resuming from step {n}"),
+                None => eprintln!("no checkpoint in {}; starting afresh", a.out.display()),
+            }
+        }
+        let last = trainer.run().map_err(to_failure)?;
+        println!("{last}");
+        eprintln!(
+            "metrics: {}  final policy: {}",
+            a.out.join("metrics.jsonl").display(),
+            a.out.join("final").display()
+        );
+        Ok(())
+    }
+
     pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
         if a.max_new_tokens < 1 {
             return Err(Failure::Input("--max-new-tokens must be at least 1".into()));
@@ -291,4 +348,4 @@ mod imp {
     }
 }
 
-pub use imp::{generate, logprobs, reward};
+pub use imp::{generate, logprobs, reward, train};

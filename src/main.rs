@@ -40,6 +40,9 @@ enum Command {
     /// Score prompt + response with an HF reward model (JSON Lines in as for
     /// logprobs; out: {"reward"}).
     Reward(lm::ModelArgs),
+    /// RLHF training with P3O-V1, P3O-V2 or online DPO; with no --config, a
+    /// built-in tiny task that runs on a CPU in minutes.
+    Train(lm::TrainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Logprobs(args) => lm::logprobs(args),
         Command::Generate(args) => lm::generate(args),
         Command::Reward(args) => lm::reward(args),
+        Command::Train(args) => lm::train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,6 +74,24 @@ impl RewardShift {
         }
     }
 
+    /// `delta` of a prompt given by its text: `C`, or for `random:A[:SEED]`
+    /// the first uniform draw in `[-A, A]` of a ChaCha8 stream seeded with
+    /// the 64-bit FNV-1a hash of the text mixed with `SEED` (so the same
+    /// prompt always gets the same shift).
+    pub fn delta_for_text(&self, text: &str) -> f64 {
+        match *self {
+            RewardShift::Const(c) => c,
+            RewardShift::Random { amplitude, seed } => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in text.bytes() {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                let mut rng = ChaCha8Rng::seed_from_u64(h ^ seed.rotate_left(32));
+                amplitude * (2.0 * rng.random::<f64>() - 1.0)
+            }
+        }
+    }
+
     /// `r + delta`: every reward of context `x` shifted by `delta(x)`.
     pub fn apply(&self, rewards: &Array2<f64>) -> Array2<f64> {
         shift_rewards(rewards, &self.deltas(rewards.nrows()))

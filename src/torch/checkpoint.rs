@@ -119,8 +119,44 @@ pub fn load_into(vs: &VarStore, dir: &Path) -> Result<()> {
 pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(vars.len());
-    for (name, t) in vars {
+    let vars: Vec<(String, Tensor)> = vars.into_iter().collect();
+    write_tensors(&vars, &dir.join("model.safetensors"))?;
+    let cfg = dir.join("config.json");
+    let tmp = dir.join(".config.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(config).expect("a JSON value serialises"),
+    )
+    .map_err(|e| file_error(&tmp, e))?;
+    std::fs::rename(&tmp, &cfg).map_err(|e| file_error(&cfg, e))?;
+    Ok(())
+}
+
+/// Every tensor of one safetensors file, on `device`, by name.
+pub fn read_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let tensors = SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_error(path, format!("corrupt safetensors: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in tensors.tensors() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| TorchError::Tensor {
+            name: name.clone(),
+            message: format!("unsupported dtype {:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        out.insert(
+            name,
+            Tensor::f_from_data_size(view.data(), &shape, kind)?.to_device(device),
+        );
+    }
+    Ok(out)
+}
+
+/// Writes named tensors to one safetensors file at `path` (through a
+/// temporary name and a rename).
+pub fn write_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
         let t = t.to_device(Device::Cpu).contiguous();
         let dtype = dtype_of(t.kind()).ok_or_else(|| TorchError::Tensor {
             name: name.clone(),
@@ -130,7 +166,7 @@ pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()>
         let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
         t.f_copy_data_u8(&mut bytes, numel)?;
         buffers.push((
-            name,
+            name.clone(),
             dtype,
             t.size().iter().map(|&d| d as usize).collect(),
             bytes,
@@ -147,19 +183,10 @@ pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()>
                 })
         })
         .collect::<Result<_>>()?;
-    let weights = dir.join("model.safetensors");
-    let tmp = dir.join(".model.safetensors.tmp");
+    let tmp = path.with_extension("safetensors.tmp");
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, &weights).map_err(|e| file_error(&weights, e))?;
-    let cfg = dir.join("config.json");
-    let tmp = dir.join(".config.json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(config).expect("a JSON value serialises"),
-    )
-    .map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, &cfg).map_err(|e| file_error(&cfg, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))?;
     Ok(())
 }

@@ -1,5 +1,11 @@
-//! Feature `torch`: the RLHF trainer behind `p3o train`. So far: the
-//! sequence-level losses, each one function of log-prob tensors that matches
-//! its spec clause and is differential-tested against `crate::reference`.
+//! Feature `torch`: the RLHF trainer behind `p3o train` (P3O-V1, P3O-V2,
+//! online DPO; PPO is not implemented yet). Losses are one function of
+//! log-prob tensors per algorithm, differential-tested against
+//! `crate::reference`.
 
+pub mod builtin;
+pub mod config;
+pub mod data;
 pub mod losses;
+pub mod optim;
+pub mod trainer;

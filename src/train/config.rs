@@ -1,0 +1,216 @@
+//! The configuration of `p3o train`: a TOML file (every key optional, the
+//! built-in default otherwise) and `--set key=value` overrides.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::builtin::{BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
+use crate::reference::Algorithm;
+
+/// Every key of a training config, with its default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// `p3o-v1`, `p3o-v2`, `dpo` (or `ppo`, not yet implemented).
+    pub algorithm: String,
+    /// Training steps (one rollout each).
+    pub steps: usize,
+    pub seed: u64,
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
+    /// KL coefficient of the shaped reward; DPO's beta.
+    pub beta: f64,
+    /// Clip half-width ([C-CLIP]).
+    pub epsilon: f64,
+    /// Prompts per step (P3O and DPO sample two responses for each).
+    pub batch_size: usize,
+    /// Passes over each rollout.
+    pub epochs: usize,
+    /// Pairs per minibatch.
+    pub minibatch_size: usize,
+    /// Minibatches whose gradients are summed before one optimizer step.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up steps (optimizer steps).
+    pub warmup_steps: usize,
+    /// `constant`, `linear` or `cosine` decay after warm-up.
+    pub lr_schedule: String,
+    pub max_new_tokens: i64,
+    pub temperature: f64,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f64>,
+    /// An HF directory or `builtin:tiny-neox`.
+    pub policy: String,
+    /// An HF directory; empty means a frozen copy of the initial policy.
+    pub reference: String,
+    /// An HF reward-model directory or `builtin:vowels`.
+    pub reward: String,
+    /// JSON Lines of prompts (`{"prompt"}`, TL;DR `{"prompt", "label"}`, or
+    /// Anthropic HH `{"chosen", "rejected"}`), or `builtin`.
+    pub prompts: String,
+    /// Held-out prompts in the same formats; empty means the built-in eval
+    /// prompts with the built-in task, else the last tenth of `prompts`.
+    pub eval_prompts: String,
+    /// Evaluate every this many steps (0 disables).
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Stop after this many skipped updates in a row.
+    pub max_nonfinite: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `f32` or `bf16` (weights and optimizer state stay float32).
+    pub dtype: String,
+    /// CPU threads of libtorch (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            algorithm: "p3o-v2".into(),
+            steps: 100,
+            seed: 0,
+            lr: 1e-3,
+            beta: 0.1,
+            epsilon: 0.2,
+            batch_size: 16,
+            epochs: 2,
+            minibatch_size: 8,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            warmup_steps: 5,
+            lr_schedule: "constant".into(),
+            max_new_tokens: 16,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            policy: BUILTIN_MODEL.into(),
+            reference: String::new(),
+            reward: BUILTIN_REWARD.into(),
+            prompts: BUILTIN_PROMPTS.into(),
+            eval_prompts: String::new(),
+            eval_every: 10,
+            checkpoint_every: 10,
+            max_nonfinite: 3,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl TrainConfig {
+    /// Reads an optional TOML file, applies `key=value` overrides (values in
+    /// TOML syntax; a bare word is taken as a string) and checks the result.
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<TrainConfig, ConfigError> {
+        let mut table = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for s in sets {
+            let (key, value) = s
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("--set `{s}`: expected key=value")))?;
+            let key = key.trim();
+            let value = value.trim();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            table.insert(key.to_string(), parsed);
+        }
+        let cfg: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().message().to_string();
+                if key == "." {
+                    ConfigError(format!("config: {message}"))
+                } else {
+                    ConfigError(format!("config key `{key}`: {message}"))
+                }
+            })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        Algorithm::from_name(&self.algorithm).expect("checked by TrainConfig::check")
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
+        match Algorithm::from_name(&self.algorithm) {
+            Some(Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) => {}
+            Some(Algorithm::Ppo) => {
+                return bad(
+                    "algorithm",
+                    "`ppo` is not implemented in this version of p3o train yet".into(),
+                );
+            }
+            _ => {
+                return bad(
+                    "algorithm",
+                    format!("`{}` (expected p3o-v1, p3o-v2 or dpo)", self.algorithm),
+                );
+            }
+        }
+        for (key, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("epochs", self.epochs),
+            ("minibatch_size", self.minibatch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v) in [
+            ("lr", self.lr),
+            ("beta", self.beta),
+            ("max_grad_norm", self.max_grad_norm),
+            ("weight_decay", self.weight_decay),
+            ("temperature", self.temperature),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(key, format!("{v} must be finite and >= 0"));
+            }
+        }
+        if !(self.epsilon > 0.0) {
+            return bad("epsilon", format!("{} must be positive", self.epsilon));
+        }
+        if self.max_new_tokens < 1 {
+            return bad("max_new_tokens", "must be at least 1".into());
+        }
+        if !["constant", "linear", "cosine"].contains(&self.lr_schedule.as_str()) {
+            return bad(
+                "lr_schedule",
+                format!(
+                    "`{}` (expected constant, linear or cosine)",
+                    self.lr_schedule
+                ),
+            );
+        }
+        if !["f32", "bf16"].contains(&self.dtype.as_str()) {
+            return bad("dtype", format!("`{}` (expected f32 or bf16)", self.dtype));
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad("top_p", "must be in (0, 1]".into());
+        }
+        Ok(())
+    }
+}

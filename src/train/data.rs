@@ -1,0 +1,46 @@
+//! Prompt datasets: JSON Lines of plain prompts (`{"prompt"}`, also the
+//! TL;DR format with its `label`), or Anthropic HH pairs
+//! (`{"chosen", "rejected"}`, the prompt being the dialogue up to the last
+//! "Assistant:" turn).
+
+use std::path::Path;
+
+/// One prompt per line of `path`; a malformed line is an error naming it.
+pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |m: String| format!("{} line {}: {m}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(format!("malformed JSON: {e}")))?;
+        out.push(prompt_of(&v).map_err(at)?);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no prompts", path.display()));
+    }
+    Ok(out)
+}
+
+fn prompt_of(v: &serde_json::Value) -> Result<String, String> {
+    if let Some(p) = v.get("prompt") {
+        return p
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "field `prompt`: expected a string".into());
+    }
+    if let Some(c) = v.get("chosen") {
+        let c = c.as_str().ok_or("field `chosen`: expected a string")?;
+        let marker = "\n\nAssistant:";
+        let end = c
+            .rfind(marker)
+            .ok_or("field `chosen`: no \"\\n\\nAssistant:\" turn (Anthropic HH format)")?;
+        return Ok(c[..end + marker.len()].to_string());
+    }
+    Err(
+        "expected a `prompt` field (plain or TL;DR format) or `chosen` (Anthropic HH format)"
+            .into(),
+    )
+}

@@ -1,0 +1,721 @@
+//! The training loop of `p3o train` for P3O-V1, P3O-V2 and online DPO:
+//! rollouts of two responses per prompt, KL-shaped float64 rewards, several
+//! epochs of minibatches over each rollout, AdamW, metrics, checkpoints.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use super::builtin::{self, BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
+use super::config::TrainConfig;
+use super::data::load_prompts;
+use super::losses::{PairBatch, pair_loss};
+use super::optim::{AdamW, learning_rate};
+use crate::reference::shift::RewardShift;
+use crate::reference::{Hyper, PairConsts, PairVars};
+use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
+use crate::torch::generate::{GenerateOptions, generate, left_pad};
+use crate::torch::logprobs::next_token_logprobs;
+use crate::torch::reward::rewards as model_rewards;
+use crate::torch::tokenizer::Tokenizer;
+use crate::torch::{Head, LanguageModel, TorchError};
+
+/// A failure of `p3o train`: bad input (exit status 2) or a run that had to
+/// stop.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Stopped(String),
+    #[error(transparent)]
+    Torch(#[from] TorchError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum RewardSource {
+    Vowels,
+    Model(LanguageModel),
+}
+
+/// Everything a run holds.
+pub struct Trainer {
+    cfg: TrainConfig,
+    out: PathBuf,
+    policy: LanguageModel,
+    reference: LanguageModel,
+    reward: RewardSource,
+    tokenizer: Tokenizer,
+    tokenizer_json: String,
+    prompts: Vec<String>,
+    eval_prompts: Vec<String>,
+    shift: Option<RewardShift>,
+    opt: AdamW,
+    /// Steps completed.
+    step: usize,
+    nonfinite_in_row: usize,
+    nonfinite_total: usize,
+}
+
+fn device_of(s: &str) -> Result<Device, TrainError> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| {
+                TrainError::Input(format!(
+                    "config key `device`: `{s}` (expected cpu, cuda or cuda:N)"
+                ))
+            }),
+    }
+}
+
+/// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
+fn derive_seed(seed: u64, purpose: u64, step: u64, epoch: u64) -> u64 {
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ step.rotate_left(21)
+        ^ epoch.rotate_left(42);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Trainer {
+    /// Loads models, tokenizer, prompts and reward; fails before any training
+    /// on bad input.
+    pub fn new(
+        cfg: TrainConfig,
+        out: &Path,
+        shift: Option<RewardShift>,
+    ) -> Result<Trainer, TrainError> {
+        let device = device_of(&cfg.device)?;
+        if let Device::Cuda(n) = device {
+            if n >= tch::Cuda::device_count() as usize {
+                return Err(TrainError::Input(format!(
+                    "config key `device`: {} CUDA device(s) available",
+                    tch::Cuda::device_count()
+                )));
+            }
+        }
+        if cfg.threads > 0 {
+            tch::set_num_threads(cfg.threads as i32);
+        }
+        let load_model = |spec: &str, head: Head| -> Result<LanguageModel, TrainError> {
+            if spec == BUILTIN_MODEL {
+                return Ok(builtin::tiny_model(cfg.seed, device)?);
+            }
+            let dir = Path::new(spec);
+            if !dir.join("config.json").is_file() {
+                return Err(TrainError::Input(format!(
+                    "model `{spec}`: no config.json there (an HF directory or {BUILTIN_MODEL})"
+                )));
+            }
+            Ok(LanguageModel::load(dir, head, device, Kind::Float)?)
+        };
+        let policy = load_model(&cfg.policy, Head::Lm)?;
+        let reference = load_model(
+            if cfg.reference.is_empty() {
+                &cfg.policy
+            } else {
+                &cfg.reference
+            },
+            Head::Lm,
+        )?;
+        for (_, mut t) in reference.vs.variables() {
+            let _ = t.requires_grad_(false);
+        }
+        let (tokenizer, tokenizer_json) = if cfg.policy == BUILTIN_MODEL {
+            let text = builtin::tokenizer_json();
+            let inner: tokenizers::Tokenizer = text
+                .parse()
+                .map_err(|e| TrainError::Input(format!("built-in tokenizer: {e}")))?;
+            let dir = std::env::temp_dir().join(format!("p3o-tok-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            inner
+                .save(dir.join("tokenizer.json"), false)
+                .map_err(|e| TrainError::Input(e.to_string()))?;
+            let t = Tokenizer::load(&dir, &policy.config)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            (t, text)
+        } else {
+            let dir = Path::new(&cfg.policy);
+            let text = std::fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
+                TrainError::Input(format!("{}: {e}", dir.join("tokenizer.json").display()))
+            })?;
+            (Tokenizer::load(dir, &policy.config)?, text)
+        };
+        let reward = if cfg.reward == BUILTIN_REWARD {
+            RewardSource::Vowels
+        } else {
+            let dir = Path::new(&cfg.reward);
+            if !dir.join("config.json").is_file() {
+                return Err(TrainError::Input(format!(
+                    "config key `reward`: `{}` is neither {BUILTIN_REWARD} nor an HF directory",
+                    cfg.reward
+                )));
+            }
+            RewardSource::Model(LanguageModel::load(dir, Head::Score, device, Kind::Float)?)
+        };
+        let (prompts, eval_prompts) = if cfg.prompts == BUILTIN_PROMPTS {
+            let train: Vec<String> = builtin::TRAIN_PROMPTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let eval = if cfg.eval_prompts.is_empty() {
+                builtin::EVAL_PROMPTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                load_prompts(Path::new(&cfg.eval_prompts)).map_err(TrainError::Input)?
+            };
+            (train, eval)
+        } else {
+            let all = load_prompts(Path::new(&cfg.prompts)).map_err(TrainError::Input)?;
+            if cfg.eval_prompts.is_empty() {
+                let cut = all.len() - (all.len() / 10).max(1).min(all.len() - 1);
+                let (a, b) = all.split_at(cut.max(1));
+                (
+                    a.to_vec(),
+                    if b.is_empty() { a.to_vec() } else { b.to_vec() },
+                )
+            } else {
+                (
+                    all,
+                    load_prompts(Path::new(&cfg.eval_prompts)).map_err(TrainError::Input)?,
+                )
+            }
+        };
+        let max = policy.config.max_positions();
+        for p in prompts.iter().chain(&eval_prompts) {
+            let n = tokenizer.encode(p)?.len() as i64;
+            if n == 0 || n + cfg.max_new_tokens > max {
+                return Err(TrainError::Input(format!(
+                    "prompt {p:?}: {n} tokens + max_new_tokens {} do not fit the model's {max} positions (or the prompt is empty)",
+                    cfg.max_new_tokens
+                )));
+            }
+        }
+        let mut policy = policy;
+        if cfg.dtype == "bf16" {
+            policy.vs.bfloat16();
+        }
+        let opt = AdamW::new(&policy.vs, cfg.weight_decay);
+        Ok(Trainer {
+            cfg,
+            out: out.to_path_buf(),
+            policy,
+            reference,
+            reward,
+            tokenizer,
+            tokenizer_json,
+            prompts,
+            eval_prompts,
+            shift,
+            opt,
+            step: 0,
+            nonfinite_in_row: 0,
+            nonfinite_total: 0,
+        })
+    }
+
+    fn hyper(&self) -> Hyper {
+        Hyper {
+            beta: self.cfg.beta,
+            epsilon: self.cfg.epsilon,
+            vf_coef: 1.0,
+        }
+    }
+
+    /// Sequence log-probs `[n]` of `responses[i]` after `prompts[i]` under
+    /// `model` (with the graph when gradients are on), and the token count.
+    fn sequence_logprobs(
+        model: &LanguageModel,
+        prompts: &[Vec<i64>],
+        responses: &[Vec<i64>],
+    ) -> Result<Tensor, TrainError> {
+        let rows: Vec<Vec<i64>> = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| p.iter().chain(r).copied().collect())
+            .collect();
+        let (ids, mask) = left_pad(&rows, 0, model.device());
+        let lp = next_token_logprobs(model, &ids, &mask)?; // [n, T-1]
+        let t = lp.size()[1];
+        let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
+        let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + t; // first response index
+        let cols = Tensor::arange(t, (Kind::Int64, model.device())).unsqueeze(0);
+        let resp_mask = cols.ge_tensor(&start.unsqueeze(1)).to_kind(lp.kind());
+        Ok((lp * resp_mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
+    }
+
+    fn rewards_of(
+        &self,
+        prompt_ids: &[Vec<i64>],
+        responses: &[Vec<i64>],
+    ) -> Result<Vec<f64>, TrainError> {
+        match &self.reward {
+            RewardSource::Vowels => responses
+                .iter()
+                .map(|r| {
+                    let body: Vec<i64> = r
+                        .iter()
+                        .copied()
+                        .filter(|&t| Some(t) != self.tokenizer.eos_token_id)
+                        .collect();
+                    Ok(builtin::vowel_reward(
+                        &self.tokenizer.decode(&body)?,
+                        self.cfg.max_new_tokens,
+                    ))
+                })
+                .collect(),
+            RewardSource::Model(m) => {
+                let rows: Vec<Vec<i64>> = prompt_ids
+                    .iter()
+                    .zip(responses)
+                    .map(|(p, r)| p.iter().chain(r).copied().collect())
+                    .collect();
+                let (ids, mask) = left_pad(&rows, 0, m.device());
+                let r = tch::no_grad(|| model_rewards(m, &ids, &mask))?;
+                Ok(
+                    Vec::<f64>::try_from(&r.to_kind(Kind::Double).to_device(Device::Cpu))
+                        .map_err(TorchError::from)?,
+                )
+            }
+        }
+    }
+
+    fn sample(&self, prompt_ids: &[Vec<i64>], seed: u64) -> Result<Vec<Vec<i64>>, TrainError> {
+        let o = GenerateOptions {
+            max_new_tokens: self.cfg.max_new_tokens,
+            temperature: self.cfg.temperature,
+            top_k: self.cfg.top_k,
+            top_p: self.cfg.top_p,
+            seed,
+            eos_token_id: self.tokenizer.eos_token_id,
+            pad_token_id: self.tokenizer.pad_token_id.unwrap_or(0),
+            use_cache: true,
+        };
+        Ok(generate(&self.policy, prompt_ids, &o)?.response_ids)
+    }
+
+    /// The prompts of step `step`: a seeded permutation of the prompt set per
+    /// pass over it.
+    fn batch_prompts(&self, step: usize) -> Vec<String> {
+        let n = self.prompts.len();
+        (0..self.cfg.batch_size)
+            .map(|i| {
+                let j = step * self.cfg.batch_size + i;
+                let mut order: Vec<usize> = (0..n).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+                    self.cfg.seed,
+                    1,
+                    (j / n) as u64,
+                    0,
+                )));
+                self.prompts[order[j % n]].clone()
+            })
+            .collect()
+    }
+
+    /// One step: rollout, then epochs of minibatch updates. Returns the
+    /// metrics line.
+    fn train_step(&mut self, total_opt_steps: usize) -> Result<serde_json::Value, TrainError> {
+        let started = Instant::now();
+        let step = self.step;
+        let alg = self.cfg.algorithm();
+        let h = self.hyper();
+        let texts = self.batch_prompts(step);
+        let mut prompt_ids = Vec::with_capacity(2 * texts.len());
+        for t in &texts {
+            let ids = self.tokenizer.encode(t)?;
+            prompt_ids.push(ids.clone());
+            prompt_ids.push(ids);
+        }
+        let pair_texts: Vec<String> = texts.iter().flat_map(|t| [t.clone(), t.clone()]).collect();
+        let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let lp_old =
+            tch::no_grad(|| Self::sequence_logprobs(&self.policy, &prompt_ids, &responses))?
+                .to_kind(Kind::Float);
+        let lp_ref =
+            tch::no_grad(|| Self::sequence_logprobs(&self.reference, &prompt_ids, &responses))?
+                .to_kind(Kind::Float);
+        let raw = self.rewards_of(&prompt_ids, &responses)?;
+        let shifted: Vec<f64> = raw
+            .iter()
+            .zip(&pair_texts)
+            .map(|(r, t)| r + self.shift.map_or(0.0, |s| s.delta_for_text(t)))
+            .collect();
+        if shifted.iter().any(|r| !r.is_finite()) {
+            self.nonfinite_total += 1;
+            self.nonfinite_in_row += 1;
+            self.check_nonfinite()?;
+            self.step += 1;
+            return Ok(
+                json!({"step": step + 1, "algorithm": alg.name(), "skipped": "non-finite reward"}),
+            );
+        }
+        let device = self.policy.device();
+        let pairs = texts.len();
+        let lp_old_v =
+            Vec::<f32>::try_from(&lp_old.to_device(Device::Cpu)).map_err(TorchError::from)?;
+        let lp_ref_v =
+            Vec::<f32>::try_from(&lp_ref.to_device(Device::Cpu)).map_err(TorchError::from)?;
+
+        let (mut losses, mut norms, mut clipped, mut entries, mut ratio_sum, mut ratio_n) =
+            (Vec::new(), Vec::new(), 0usize, 0usize, 0.0, 0usize);
+        let mut accumulated = 0;
+        self.opt.zero_grad();
+        for epoch in 0..self.cfg.epochs {
+            let mut order: Vec<usize> = (0..pairs).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+                self.cfg.seed,
+                3,
+                step as u64,
+                epoch as u64,
+            )));
+            for mb in order.chunks(self.cfg.minibatch_size) {
+                let rows: Vec<usize> = mb.iter().flat_map(|&p| [2 * p, 2 * p + 1]).collect();
+                let pick =
+                    |v: &Vec<Vec<i64>>| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
+                let lp_new =
+                    Self::sequence_logprobs(&self.policy, &pick(&prompt_ids), &pick(&responses))?;
+                let col = |src: &[f32], side: usize| {
+                    Tensor::from_slice(&mb.iter().map(|&p| src[2 * p + side]).collect::<Vec<f32>>())
+                        .to_device(device)
+                };
+                let idx = |side: usize| {
+                    Tensor::from_slice(
+                        &(0..mb.len())
+                            .map(|k| (2 * k + side) as i64)
+                            .collect::<Vec<i64>>(),
+                    )
+                    .to_device(device)
+                };
+                let lp = [
+                    lp_new.index_select(0, &idx(0)),
+                    lp_new.index_select(0, &idx(1)),
+                ];
+                let old = [col(&lp_old_v, 0), col(&lp_old_v, 1)];
+                let refs = [col(&lp_ref_v, 0), col(&lp_ref_v, 1)];
+                let rew = [0, 1].map(|side| {
+                    Tensor::from_slice(
+                        &mb.iter()
+                            .map(|&p| shifted[2 * p + side])
+                            .collect::<Vec<f64>>(),
+                    )
+                    .to_device(device)
+                });
+                let batch = PairBatch {
+                    lp: [&lp[0], &lp[1]],
+                    lp_old: [&old[0], &old[1]],
+                    lp_ref: [&refs[0], &refs[1]],
+                    reward: [&rew[0], &rew[1]],
+                };
+                let loss = pair_loss(alg, &h, &batch)?;
+                let loss_v = loss.double_value(&[]);
+                // Clip statistics by the reference's own rule ([C-CLIP]).
+                let lp_v = [0, 1].map(|s| {
+                    Vec::<f32>::try_from(&lp[s].detach().to_device(Device::Cpu)).unwrap_or_default()
+                });
+                for (k, &p) in mb.iter().enumerate() {
+                    let consts = PairConsts {
+                        reward: [shifted[2 * p], shifted[2 * p + 1]],
+                        lp_old: [f64::from(lp_old_v[2 * p]), f64::from(lp_old_v[2 * p + 1])],
+                        lp_ref: [f64::from(lp_ref_v[2 * p]), f64::from(lp_ref_v[2 * p + 1])],
+                    };
+                    let vars = PairVars {
+                        lp: [f64::from(lp_v[0][k]), f64::from(lp_v[1][k])],
+                        value: 0.0,
+                    };
+                    let unclipped = crate::reference::pair_loss(
+                        alg,
+                        &Hyper {
+                            epsilon: f64::INFINITY,
+                            ..h
+                        },
+                        &consts,
+                        vars,
+                    );
+                    let with_clip = crate::reference::pair_loss(alg, &h, &consts, vars);
+                    for s in 0..2 {
+                        entries += 1;
+                        clipped +=
+                            usize::from(unclipped.grad.lp[s] != 0.0 && with_clip.grad.lp[s] == 0.0);
+                        ratio_sum += (vars.lp[s] - consts.lp_old[s]).exp();
+                        ratio_n += 1;
+                    }
+                }
+                if !loss_v.is_finite() {
+                    self.opt.zero_grad();
+                    accumulated = 0;
+                    self.nonfinite_total += 1;
+                    self.nonfinite_in_row += 1;
+                    self.check_nonfinite()?;
+                    continue;
+                }
+                (loss / self.cfg.grad_accum as f64).backward();
+                losses.push(loss_v);
+                accumulated += 1;
+                if accumulated == self.cfg.grad_accum {
+                    self.apply_update(total_opt_steps, &mut norms)?;
+                    accumulated = 0;
+                }
+            }
+        }
+        if accumulated > 0 {
+            self.apply_update(total_opt_steps, &mut norms)?;
+        }
+        self.step += 1;
+        let n = raw.len() as f64;
+        let mean = raw.iter().sum::<f64>() / n;
+        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let kl: f64 = lp_old_v
+            .iter()
+            .zip(&lp_ref_v)
+            .map(|(a, b)| f64::from(a - b))
+            .sum::<f64>()
+            / n;
+        let tokens: usize = responses.iter().map(Vec::len).sum();
+        let entropy = -lp_old_v.iter().map(|&v| f64::from(v)).sum::<f64>() / tokens.max(1) as f64;
+        let mean_of = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        Ok(json!({
+            "step": self.step, "algorithm": alg.name(), "split": "train",
+            "reward_mean": mean, "reward_std": std, "kl_mean": kl, "entropy": entropy,
+            "clip_fraction": clipped as f64 / entries.max(1) as f64,
+            "ratio_mean": ratio_sum / ratio_n.max(1) as f64,
+            "response_length": tokens as f64 / n, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
+            "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
+            "samples_per_s": n / started.elapsed().as_secs_f64(),
+            "nonfinite_skipped": self.nonfinite_total,
+        }))
+    }
+
+    fn apply_update(
+        &mut self,
+        total_opt_steps: usize,
+        norms: &mut Vec<f64>,
+    ) -> Result<(), TrainError> {
+        let norm = self.opt.clip_grad_norm(self.cfg.max_grad_norm);
+        if !norm.is_finite() {
+            self.opt.zero_grad();
+            self.nonfinite_total += 1;
+            self.nonfinite_in_row += 1;
+            return self.check_nonfinite();
+        }
+        self.nonfinite_in_row = 0;
+        norms.push(norm);
+        let lr = learning_rate(
+            self.cfg.lr,
+            &self.cfg.lr_schedule,
+            self.cfg.warmup_steps,
+            self.opt.step as usize,
+            total_opt_steps,
+        );
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        Ok(())
+    }
+
+    fn check_nonfinite(&self) -> Result<(), TrainError> {
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite.max(1) {
+            return Err(TrainError::Stopped(format!(
+                "stopped at step {}: {} updates in a row had a non-finite reward, loss or gradient (max_nonfinite = {})",
+                self.step + 1,
+                self.nonfinite_in_row,
+                self.cfg.max_nonfinite
+            )));
+        }
+        Ok(())
+    }
+
+    /// Mean reward (unshifted) and sequence KL to the reference on the eval
+    /// prompts, one sampled response each with a fixed seed.
+    fn evaluate(&self) -> Result<serde_json::Value, TrainError> {
+        let ids: Vec<Vec<i64>> = self
+            .eval_prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<_, _>>()?;
+        let responses = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
+        let lp = tch::no_grad(|| Self::sequence_logprobs(&self.policy, &ids, &responses))?;
+        let lp_ref = tch::no_grad(|| Self::sequence_logprobs(&self.reference, &ids, &responses))?;
+        let kl = (lp.to_kind(Kind::Double) - lp_ref.to_kind(Kind::Double))
+            .mean(Kind::Double)
+            .double_value(&[]);
+        let r = self.rewards_of(&ids, &responses)?;
+        Ok(
+            json!({"step": self.step, "algorithm": self.cfg.algorithm, "split": "eval",
+                  "reward_mean": r.iter().sum::<f64>() / r.len() as f64, "kl_mean": kl}),
+        )
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join("checkpoints")
+    }
+
+    /// Writes `checkpoints/step-N` through a temporary directory and a rename.
+    fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let root = self.checkpoint_dir();
+        std::fs::create_dir_all(&root)?;
+        let dir = root.join(format!("step-{}", self.step));
+        let tmp = root.join(format!(".step-{}.tmp", self.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        self.save_model(&tmp)?;
+        write_tensors(&self.opt.state(), &tmp.join("optimizer.safetensors"))?;
+        let state = json!({"step": self.step, "optimizer_step": self.opt.step, "nonfinite_in_row": self.nonfinite_in_row,
+                           "nonfinite_total": self.nonfinite_total, "config": self.cfg});
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_string_pretty(&state).expect("JSON"),
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)?;
+        Ok(())
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<(), TrainError> {
+        self.policy.save(dir)?;
+        std::fs::write(dir.join("tokenizer.json"), &self.tokenizer_json)?;
+        Ok(())
+    }
+
+    /// Continues from the last complete checkpoint, if any; returns its step.
+    pub fn resume(&mut self) -> Result<Option<usize>, TrainError> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoint_dir()) else {
+            return Ok(None);
+        };
+        let last = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("step-"))
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .filter(|n| {
+                self.checkpoint_dir()
+                    .join(format!("step-{n}"))
+                    .join("state.json")
+                    .is_file()
+            })
+            .max();
+        let Some(n) = last else { return Ok(None) };
+        let dir = self.checkpoint_dir().join(format!("step-{n}"));
+        load_into(&self.policy.vs, &dir)?;
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            dir.join("state.json"),
+        )?)
+        .map_err(|e| TrainError::Input(format!("{}: {e}", dir.join("state.json").display())))?;
+        let tensors = read_tensors(&dir.join("optimizer.safetensors"), self.policy.device())?;
+        for (i, (name, _)) in self.opt.params.iter().enumerate() {
+            let get = |k: String| {
+                tensors.get(&k).ok_or_else(|| {
+                    TrainError::Input(format!("{}: optimizer state `{k}` missing", dir.display()))
+                })
+            };
+            self.opt.m[i] = get(format!("m.{name}"))?.shallow_clone();
+            self.opt.v[i] = get(format!("v.{name}"))?.shallow_clone();
+        }
+        self.opt.step = state["optimizer_step"].as_i64().unwrap_or(0);
+        self.step = n;
+        self.nonfinite_in_row = state["nonfinite_in_row"].as_u64().unwrap_or(0) as usize;
+        self.nonfinite_total = state["nonfinite_total"].as_u64().unwrap_or(0) as usize;
+        // Metrics written after that checkpoint by the interrupted run go.
+        let metrics = self.out.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&metrics) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= n)
+                })
+                .collect();
+            let tmp = self.out.join(".metrics.jsonl.tmp");
+            std::fs::write(
+                &tmp,
+                kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            )?;
+            std::fs::rename(&tmp, &metrics)?;
+        }
+        Ok(Some(n))
+    }
+
+    /// Runs to `cfg.steps`, appending metrics to `DIR/metrics.jsonl`, writing
+    /// checkpoints and finally `DIR/final`.
+    pub fn run(&mut self) -> Result<serde_json::Value, TrainError> {
+        std::fs::create_dir_all(&self.out)?;
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out.join("metrics.jsonl"))?;
+        let updates_per_step = self.cfg.epochs
+            * self
+                .cfg
+                .batch_size
+                .div_ceil(self.cfg.minibatch_size)
+                .div_ceil(self.cfg.grad_accum);
+        let total_opt_steps = updates_per_step * self.cfg.steps;
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(self.cfg.steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}",
+            )
+            .expect("a valid template"),
+        );
+        bar.set_position(self.step as u64);
+        let mut last = serde_json::Value::Null;
+        while self.step < self.cfg.steps {
+            let line = self.train_step(total_opt_steps)?;
+            writeln!(metrics, "{line}")?;
+            bar.set_message(format!(
+                "reward {:.3} kl {:.3}",
+                line["reward_mean"].as_f64().unwrap_or(f64::NAN),
+                line["kl_mean"].as_f64().unwrap_or(f64::NAN)
+            ));
+            bar.inc(1);
+            if self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0 {
+                writeln!(metrics, "{}", self.evaluate()?)?;
+            }
+            if self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0 {
+                metrics.flush()?;
+                self.save_checkpoint()?;
+            }
+            last = line;
+        }
+        bar.finish_and_clear();
+        metrics.flush()?;
+        self.save_model(&self.out.join("final"))?;
+        Ok(last)
+    }
+
+    /// The policy's parameters, by name (for tests).
+    pub fn policy_weights(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.policy.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

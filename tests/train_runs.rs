@@ -1,0 +1,223 @@
+//! `p3o train` end to end on the built-in task (CPU): Theorem 2 on whole
+//! runs, resume after SIGKILL, and bad configs.
+#![cfg(feature = "torch")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use p3o::reference::shift::RewardShift;
+use p3o::torch::checkpoint::read_tensors;
+use p3o::train::config::TrainConfig;
+use p3o::train::trainer::Trainer;
+use tch::{Device, Kind};
+
+fn tmp(name: &str) -> PathBuf {
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn small(alg: &str) -> Vec<String> {
+    [
+        "steps=4",
+        "batch_size=4",
+        "minibatch_size=2",
+        "max_new_tokens=8",
+        "eval_every=2",
+        "checkpoint_every=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("algorithm={alg}")])
+    .collect()
+}
+
+/// Largest |a - b| / max|a| over all parameters of two runs' final weights.
+fn relative_difference(a: &Path, b: &Path) -> f64 {
+    let ta = read_tensors(&a.join("final/model.safetensors"), Device::Cpu).unwrap();
+    let tb = read_tensors(&b.join("final/model.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(ta.len(), tb.len());
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (name, x) in &ta {
+        let y = &tb[name];
+        diff = diff.max((x - y).abs().max().to_kind(Kind::Double).double_value(&[]));
+        scale = scale.max(x.abs().max().to_kind(Kind::Double).double_value(&[]));
+    }
+    diff / scale
+}
+
+fn run(alg: &str, shift: Option<RewardShift>, out: &Path) {
+    let cfg = TrainConfig::load(None, &small(alg)).unwrap();
+    let mut t = Trainer::new(cfg, out, shift).unwrap();
+    t.run().unwrap();
+}
+
+/// Theorem 2 end to end: a run on r + delta(prompt) ends with the same
+/// weights as the run on r for P3O-V1, P3O-V2 and online DPO.
+// spec: C-THM2 C-REWARD-SHIFT
+#[test]
+fn shifted_runs_end_with_the_same_weights() {
+    let shift: RewardShift = "random:100:9".parse().unwrap();
+    for alg in ["p3o-v1", "p3o-v2", "dpo"] {
+        let (a, b) = (tmp(&format!("{alg}-plain")), tmp(&format!("{alg}-shifted")));
+        run(alg, None, &a);
+        run(alg, Some(shift), &b);
+        let d = relative_difference(&a, &b);
+        assert!(d < 1e-5, "{alg}: relative weight difference {d}");
+        // And training did move the weights.
+        let init = tmp(&format!("{alg}-zero-steps"));
+        let cfg = TrainConfig::load(
+            None,
+            &[small(alg), vec!["steps=1".into(), "lr=0".into()]].concat(),
+        )
+        .unwrap();
+        Trainer::new(cfg, &init, None).unwrap().run().unwrap();
+        assert!(
+            relative_difference(&a, &init) > 1e-4,
+            "{alg}: the weights did not move"
+        );
+    }
+}
+
+fn p3o(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_p3o"));
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// A run killed with SIGKILL after its first checkpoint and resumed ends
+/// with exactly the weights of an uninterrupted run.
+#[test]
+fn resume_after_sigkill_matches_an_uninterrupted_run() {
+    let sets: Vec<String> = [
+        "steps=6",
+        "batch_size=4",
+        "minibatch_size=2",
+        "max_new_tokens=8",
+        "checkpoint_every=2",
+        "eval_every=3",
+    ]
+    .iter()
+    .map(|s| format!("--set={s}"))
+    .collect();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            vec![
+                "train".to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            sets.clone(),
+        ]
+        .concat()
+    };
+    let whole = tmp("whole");
+    let st = p3o(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let cut = tmp("cut");
+    let mut child = p3o(&args(&cut).iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !cut.join("checkpoints/step-2/state.json").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut resumed = args(&cut);
+    resumed.push("--resume".into());
+    let out = p3o(&resumed.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        relative_difference(&whole, &cut),
+        0.0,
+        "resumed weights differ"
+    );
+    // The metrics hold each step once.
+    let text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+}
+
+/// Bad configs and inputs: a clear error and exit status 2 before training.
+#[test]
+fn bad_configs_are_refused() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        "algorithm = \"p3o-v1\"\nlearning_rate = 1e-3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prompts.jsonl"),
+        "{\"prompt\": \"the cat\"}\n{\"text\": 3}\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "--config".into(),
+            dir.join("bad.toml").display().to_string(),
+        ],
+        vec!["--set".into(), "algorithm=trpo".into()],
+        vec!["--set".into(), "steps=0".into()],
+        vec!["--set".into(), "lr=\"fast\"".into()],
+        vec!["--set".into(), "epsilon=-1".into()],
+        vec![
+            "--set".into(),
+            format!("prompts={}", dir.join("prompts.jsonl").display()),
+        ],
+        vec!["--set".into(), "policy=/nonexistent".into()],
+        vec!["--set".into(), "algorithm=ppo".into()],
+    ];
+    let mut report = String::new();
+    for extra in cases {
+        let mut args = vec![
+            "train".to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra);
+        let o: Output = p3o(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).replace(&dir.display().to_string(), "$DIR");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        report.push_str(&err);
+        assert!(
+            !out.join("metrics.jsonl").exists(),
+            "training started on a bad config"
+        );
+    }
+    insta::assert_snapshot!(report);
+}
