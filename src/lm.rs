@@ -48,7 +48,6 @@ pub struct GenerateArgs {
     batch_size: usize,
 }
 
-#[cfg_attr(not(feature = "torch"), allow(dead_code))]
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// TOML config (every key optional; README lists them).
@@ -70,6 +69,7 @@ pub struct TrainArgs {
 
 /// Reads the input lines (file or standard input), numbered from 1, skipping
 /// blank ones.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))]
 fn input_lines(path: &Option<PathBuf>) -> Result<Vec<(usize, String)>, Failure> {
     let reader: Box<dyn BufRead> = match path {
         Some(p) => Box::new(io::BufReader::new(

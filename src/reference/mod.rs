@@ -7,6 +7,7 @@ pub mod estimator;
 pub mod gae;
 pub mod losses;
 pub mod policy;
+pub mod ppo_tokens;
 pub mod shift;
 pub mod tokens;
 
