@@ -146,3 +146,75 @@ fn clipping_is_exercised() {
     }
     assert!(clipped > 40, "only {clipped} of 200 pairs clipped");
 }
+
+mod ppo {
+    use super::*;
+    use p3o::reference::ppo_tokens::{PpoHyper, PpoToken, ppo_token_loss};
+    use p3o::train::losses::{PpoBatch, ppo_loss};
+
+    fn token() -> impl Strategy<Value = (PpoToken, f64, f64)> {
+        (
+            -6.0..=0.0f64,
+            -1.0..=1.0f64,
+            -3.0..=3.0f64,
+            -3.0..=3.0f64,
+            -3.0..=3.0f64,
+            -1.0..=1.0f64,
+            any::<bool>(),
+        )
+            .prop_map(|(lp_old, step, v_old, adv, ret, v_step, valid)| {
+                (
+                    PpoToken {
+                        lp_old,
+                        value_old: v_old,
+                        advantage: adv,
+                        ret,
+                        mask: f64::from(u8::from(valid)),
+                    },
+                    lp_old + step,
+                    v_old + v_step,
+                )
+            })
+    }
+
+    /// Away from the kinks of either clip.
+    fn clear_of_kinks(t: &PpoToken, lp: f64, v: f64, h: &PpoHyper) -> bool {
+        let rho = (lp - t.lp_old).exp();
+        let far = |x: f64, e: f64| (x - e).abs() > 1e-3;
+        far(rho, 1.0 - h.epsilon)
+            && far(rho, 1.0 + h.epsilon)
+            && far(v, t.value_old - h.value_clip)
+            && far(v, t.value_old + h.value_clip)
+    }
+
+    proptest! {
+        #![proptest_config(config("tests/proptest-regressions/train_losses_ppo.txt"))]
+
+        /// Loss and gradients with respect to token log-probs and values
+        /// equal the float64 reference, in float64.
+        // spec: C-PPO-TOKEN C-CLIP
+        #[test]
+        fn tch_ppo_loss_matches_reference(tokens in prop::collection::vec(token(), 1..=16), eps in 0.05..=0.5f64, vf in 0.0..=2.0f64, vclip in 0.05..=1.0f64) {
+            let h = PpoHyper { epsilon: eps, vf_coef: vf, value_clip: vclip };
+            prop_assume!(tokens.iter().all(|(t, lp, v)| clear_of_kinks(t, *lp, *v, &h)));
+            let toks: Vec<PpoToken> = tokens.iter().map(|x| x.0).collect();
+            let lp: Vec<f64> = tokens.iter().map(|x| x.1).collect();
+            let v: Vec<f64> = tokens.iter().map(|x| x.2).collect();
+            let (want, g_lp, g_v) = ppo_token_loss(&toks, &lp, &v, &h);
+            let row = |f: &dyn Fn(&PpoToken) -> f64| Tensor::from_slice(&toks.iter().map(f).collect::<Vec<f64>>()).unsqueeze(0);
+            let lp_t = Tensor::from_slice(&lp).unsqueeze(0).set_requires_grad(true);
+            let v_t = Tensor::from_slice(&v).unsqueeze(0).set_requires_grad(true);
+            let (lp_old, v_old, adv, ret, mask) = (row(&|t| t.lp_old), row(&|t| t.value_old), row(&|t| t.advantage), row(&|t| t.ret), row(&|t| t.mask));
+            let b = PpoBatch { lp: &lp_t, value: &v_t, lp_old: &lp_old, value_old: &v_old, advantage: &adv, ret: &ret, mask: &mask };
+            let loss = ppo_loss(&b, &h).to_kind(Kind::Double);
+            loss.backward();
+            prop_assert!((loss.double_value(&[]) - want).abs() <= 1e-12 * want.abs().max(1.0), "loss {} vs {want}", loss.double_value(&[]));
+            let got_lp = Vec::<f64>::try_from(&lp_t.grad().squeeze_dim(0)).unwrap();
+            let got_v = Vec::<f64>::try_from(&v_t.grad().squeeze_dim(0)).unwrap();
+            for i in 0..toks.len() {
+                prop_assert!((got_lp[i] - g_lp[i]).abs() <= 1e-12, "d/dlp[{i}] {} vs {}", got_lp[i], g_lp[i]);
+                prop_assert!((got_v[i] - g_v[i]).abs() <= 1e-12, "d/dV[{i}] {} vs {}", got_v[i], g_v[i]);
+            }
+        }
+    }
+}

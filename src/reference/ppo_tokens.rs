@@ -21,7 +21,12 @@ pub struct PpoHyper {
 
 /// The loss averaged over valid tokens, and its gradient with respect to
 /// each token's log-prob and value.
-pub fn ppo_token_loss(tokens: &[PpoToken], lp: &[f64], value: &[f64], h: &PpoHyper) -> (f64, Vec<f64>, Vec<f64>) {
+pub fn ppo_token_loss(
+    tokens: &[PpoToken],
+    lp: &[f64],
+    value: &[f64],
+    h: &PpoHyper,
+) -> (f64, Vec<f64>, Vec<f64>) {
     let n: f64 = tokens.iter().map(|t| t.mask).sum::<f64>().max(1.0);
     let (mut loss, mut g_lp, mut g_v) = (0.0, vec![0.0; lp.len()], vec![0.0; lp.len()]);
     for (i, t) in tokens.iter().enumerate() {
@@ -44,7 +49,13 @@ pub fn ppo_token_loss(tokens: &[PpoToken], lp: &[f64], value: &[f64], h: &PpoHyp
         loss += t.mask * h.vf_coef * 0.5 * e1.max(e2) / n;
         // The clipped branch has gradient only inside the value band.
         let inside = v >= t.value_old - h.value_clip && v <= t.value_old + h.value_clip;
-        let dv = if e1 >= e2 { v - t.ret } else if inside { vc - t.ret } else { 0.0 };
+        let dv = if e1 >= e2 {
+            v - t.ret
+        } else if inside {
+            vc - t.ret
+        } else {
+            0.0
+        };
         g_v[i] = t.mask * h.vf_coef * dv / n;
     }
     (loss, g_lp, g_v)

@@ -88,3 +88,33 @@ pub fn pair_loss(alg: Algorithm, h: &Hyper, b: &PairBatch) -> Result<Tensor, Tor
     };
     Ok(per_pair.mean(per_pair.kind()))
 }
+
+/// A minibatch of PPO rollout rows, `[n, L]` tensors over response tokens
+/// (`mask` 1 on real tokens). `lp` and `value` carry gradients.
+pub struct PpoBatch<'a> {
+    pub lp: &'a Tensor,
+    pub value: &'a Tensor,
+    pub lp_old: &'a Tensor,
+    pub value_old: &'a Tensor,
+    pub advantage: &'a Tensor,
+    pub ret: &'a Tensor,
+    pub mask: &'a Tensor,
+}
+
+/// [C-PPO-TOKEN]: clipped surrogate plus clipped value loss, averaged over
+/// valid tokens; the twin of `crate::reference::ppo_tokens::ppo_token_loss`.
+pub fn ppo_loss(b: &PpoBatch, h: &crate::reference::ppo_tokens::PpoHyper) -> Tensor {
+    let kind = b.lp.kind();
+    let n = b.mask.sum(kind).clamp_min(1.0);
+    let rho = (b.lp - b.lp_old).exp();
+    let a = b.advantage;
+    let pg = (-a * &rho).maximum(&(-a * rho.clamp(1.0 - h.epsilon, 1.0 + h.epsilon)));
+    let clipped_value = b.value.clamp_tensor(
+        Some(&(b.value_old - h.value_clip)),
+        Some(&(b.value_old + h.value_clip)),
+    );
+    let e1 = (b.value - b.ret).square();
+    let e2 = (clipped_value - b.ret).square();
+    let vf = e1.maximum(&e2) * 0.5;
+    ((pg + vf * h.vf_coef) * b.mask).sum(kind) / n
+}
