@@ -56,7 +56,7 @@ fn run(alg: &str, shift: Option<RewardShift>, out: &Path) {
 
 /// Theorem 2 end to end: a run on r + delta(prompt) ends with the same
 /// weights as the run on r for P3O-V1, P3O-V2 and online DPO.
-// spec: C-THM2 C-REWARD-SHIFT
+// spec: C-THM2 C-REWARD-SHIFT C-PPO-TOKEN
 #[test]
 fn shifted_runs_end_with_the_same_weights() {
     let shift: RewardShift = "random:100:9".parse().unwrap();
@@ -91,6 +91,11 @@ fn p3o(args: &[&str]) -> Command {
 /// with exactly the weights of an uninterrupted run.
 #[test]
 fn resume_after_sigkill_matches_an_uninterrupted_run() {
+    resume_case("p3o-v2");
+    resume_case("ppo");
+}
+
+fn resume_case(alg: &str) {
     let sets: Vec<String> = [
         "steps=6",
         "batch_size=4",
@@ -101,6 +106,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     ]
     .iter()
     .map(|s| format!("--set={s}"))
+    .chain([format!("--set=algorithm={alg}")])
     .collect();
     let args = |out: &Path| -> Vec<String> {
         [
@@ -113,14 +119,14 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
         ]
         .concat()
     };
-    let whole = tmp("whole");
+    let whole = tmp(&format!("{alg}-whole"));
     let st = p3o(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());
 
-    let cut = tmp("cut");
+    let cut = tmp(&format!("{alg}-cut"));
     let mut child = p3o(&args(&cut).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -149,7 +155,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     assert_eq!(
         relative_difference(&whole, &cut),
         0.0,
-        "resumed weights differ"
+        "{alg}: resumed weights differ"
     );
     // The metrics hold each step once.
     let text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
@@ -192,7 +198,7 @@ fn bad_configs_are_refused() {
             format!("prompts={}", dir.join("prompts.jsonl").display()),
         ],
         vec!["--set".into(), "policy=/nonexistent".into()],
-        vec!["--set".into(), "algorithm=ppo".into()],
+        vec!["--set".into(), "reward_scaling=weird".into()],
     ];
     let mut report = String::new();
     for extra in cases {

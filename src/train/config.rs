@@ -12,7 +12,7 @@ use crate::reference::Algorithm;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// `p3o-v1`, `p3o-v2`, `dpo` (or `ppo`, not yet implemented).
+    /// `p3o-v1`, `p3o-v2`, `dpo` or `ppo`.
     pub algorithm: String,
     /// Training steps (one rollout each).
     pub steps: usize,
@@ -66,6 +66,19 @@ pub struct TrainConfig {
     pub dtype: String,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
+    /// PPO: discount of GAE.
+    pub gamma: f64,
+    /// PPO: lambda of GAE.
+    pub lam: f64,
+    /// PPO: weight of the value loss.
+    pub vf_coef: f64,
+    /// PPO: clip range of the value around its rollout value.
+    pub cliprange_value: f64,
+    /// PPO: whiten advantages over each rollout's valid tokens.
+    pub whiten_advantages: bool,
+    /// PPO: `none`, or `running` (scores divided by the running standard
+    /// deviation of all scores so far).
+    pub reward_scaling: String,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +113,12 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             dtype: "f32".into(),
             threads: 2,
+            gamma: 1.0,
+            lam: 0.95,
+            vf_coef: 0.5,
+            cliprange_value: 0.2,
+            whiten_advantages: true,
+            reward_scaling: "none".into(),
         }
     }
 }
@@ -154,18 +173,31 @@ impl TrainConfig {
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
         match Algorithm::from_name(&self.algorithm) {
-            Some(Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) => {}
-            Some(Algorithm::Ppo) => {
-                return bad(
-                    "algorithm",
-                    "`ppo` is not implemented in this version of p3o train yet".into(),
-                );
-            }
+            Some(Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo | Algorithm::Ppo) => {}
             _ => {
                 return bad(
                     "algorithm",
-                    format!("`{}` (expected p3o-v1, p3o-v2 or dpo)", self.algorithm),
+                    format!("`{}` (expected p3o-v1, p3o-v2, ppo or dpo)", self.algorithm),
                 );
+            }
+        }
+        if !["none", "running"].contains(&self.reward_scaling.as_str()) {
+            return bad(
+                "reward_scaling",
+                format!("`{}` (expected none or running)", self.reward_scaling),
+            );
+        }
+        for (key, v) in [("gamma", self.gamma), ("lam", self.lam)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} must be in [0, 1]"));
+            }
+        }
+        for (key, v) in [
+            ("vf_coef", self.vf_coef),
+            ("cliprange_value", self.cliprange_value),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(key, format!("{v} must be finite and >= 0"));
             }
         }
         for (key, v) in [

@@ -5,7 +5,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 /// Decoupled-weight-decay Adam (Loshchilov and Hutter), betas (0.9, 0.999),
-/// eps 1e-8, over the trainable variables of a `VarStore` in name order.
+/// eps 1e-8, over the trainable variables of some `VarStore`s in name order.
 pub struct AdamW {
     pub params: Vec<(String, Tensor)>,
     pub m: Vec<Tensor>,
@@ -20,10 +20,10 @@ const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
 
 impl AdamW {
-    pub fn new(vs: &VarStore, weight_decay: f64) -> AdamW {
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
+    pub fn new(stores: &[&VarStore], weight_decay: f64) -> AdamW {
+        let mut params: Vec<(String, Tensor)> = stores
+            .iter()
+            .flat_map(|vs| vs.variables())
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));

@@ -15,13 +15,17 @@ use tch::{Device, Kind, Tensor};
 use super::builtin::{self, BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
 use super::config::TrainConfig;
 use super::data::load_prompts;
-use super::losses::{PairBatch, pair_loss};
+use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
 use super::optim::{AdamW, learning_rate};
+use crate::reference::gae::gae;
+use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
-use crate::reference::{Hyper, PairConsts, PairVars};
+use crate::reference::{Algorithm, Hyper, PairConsts, PairVars};
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
 use crate::torch::generate::{GenerateOptions, generate, left_pad};
-use crate::torch::logprobs::next_token_logprobs;
+use crate::torch::layers::Linear;
+use crate::torch::logprobs::token_logprobs;
+use crate::torch::model::positions_from_mask;
 use crate::torch::reward::rewards as model_rewards;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel, TorchError};
@@ -38,6 +42,20 @@ pub enum TrainError {
     Torch(#[from] TorchError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A scalar head `v_head: Linear(hidden, 1)` in its own variable store.
+struct ValueHead {
+    vs: tch::nn::VarStore,
+    linear: Linear,
+}
+
+/// Per-token quantities of response windows `[n, L]`: log-probs, values
+/// (with a value head) and the mask of real tokens (responses right-aligned).
+struct TokenWindow {
+    lp: Tensor,
+    values: Option<Tensor>,
+    mask: Tensor,
 }
 
 enum RewardSource {
@@ -58,6 +76,11 @@ pub struct Trainer {
     eval_prompts: Vec<String>,
     shift: Option<RewardShift>,
     opt: AdamW,
+    /// PPO's value head on the policy's hidden states (weights `v_head.*`,
+    /// zero at the start).
+    value_head: Option<ValueHead>,
+    /// Running (count, mean, M2) of scores, for PPO's `reward_scaling`.
+    score_stats: (f64, f64, f64),
     /// Steps completed.
     step: usize,
     nonfinite_in_row: usize,
@@ -211,7 +234,16 @@ impl Trainer {
         if cfg.dtype == "bf16" {
             policy.vs.bfloat16();
         }
-        let opt = AdamW::new(&policy.vs, cfg.weight_decay);
+        let value_head = (cfg.algorithm() == Algorithm::Ppo).then(|| {
+            let vs = tch::nn::VarStore::new(device);
+            let linear = Linear::new(vs.root() / "v_head", policy.config.hidden_size(), 1, true);
+            ValueHead { vs, linear }
+        });
+        let mut stores = vec![&policy.vs];
+        if let Some(v) = &value_head {
+            stores.push(&v.vs);
+        }
+        let opt = AdamW::new(&stores, cfg.weight_decay);
         Ok(Trainer {
             cfg,
             out: out.to_path_buf(),
@@ -224,6 +256,8 @@ impl Trainer {
             eval_prompts,
             shift,
             opt,
+            value_head,
+            score_stats: (0.0, 0.0, 0.0),
             step: 0,
             nonfinite_in_row: 0,
             nonfinite_total: 0,
@@ -238,26 +272,53 @@ impl Trainer {
         }
     }
 
-    /// Sequence log-probs `[n]` of `responses[i]` after `prompts[i]` under
-    /// `model` (with the graph when gradients are on), and the token count.
-    fn sequence_logprobs(
+    /// Token log-probs (and values) of each response after its prompt,
+    /// computing the LM head only on the response positions.
+    fn token_window(
         model: &LanguageModel,
+        head: Option<&ValueHead>,
         prompts: &[Vec<i64>],
         responses: &[Vec<i64>],
-    ) -> Result<Tensor, TrainError> {
+    ) -> Result<TokenWindow, TrainError> {
         let rows: Vec<Vec<i64>> = prompts
             .iter()
             .zip(responses)
             .map(|(p, r)| p.iter().chain(r).copied().collect())
             .collect();
-        let (ids, mask) = left_pad(&rows, 0, model.device());
-        let lp = next_token_logprobs(model, &ids, &mask)?; // [n, T-1]
-        let t = lp.size()[1];
+        let (ids, attn) = left_pad(&rows, 0, model.device());
+        let t = ids.size()[1];
+        let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+        let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None);
+        // Position j's logits predict token j + 1: the window predicting the
+        // last l tokens starts at t - 1 - l (a prompt has at least one token).
+        let window = hidden.narrow(1, t - 1 - l, l);
+        let lp = token_logprobs(&model.logits(&window)?, &ids.narrow(1, t - l, l));
+        let values = head.map(|h| {
+            h.linear
+                .forward(&window.to_kind(h.linear.weight.kind()))
+                .squeeze_dim(-1)
+        });
         let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
-        let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + t; // first response index
-        let cols = Tensor::arange(t, (Kind::Int64, model.device())).unsqueeze(0);
-        let resp_mask = cols.ge_tensor(&start.unsqueeze(1)).to_kind(lp.kind());
-        Ok((lp * resp_mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
+        let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + l;
+        let mask = Tensor::arange(l, (Kind::Int64, model.device()))
+            .unsqueeze(0)
+            .ge_tensor(&start.unsqueeze(1))
+            .to_kind(Kind::Float);
+        Ok(TokenWindow {
+            lp: lp * &mask,
+            values: values.map(|v| v * &mask),
+            mask,
+        })
+    }
+
+    /// Sequence log-probs `[n]`: the masked sums of [`Self::token_window`].
+    fn sequence_logprobs(
+        model: &LanguageModel,
+        prompts: &[Vec<i64>],
+        responses: &[Vec<i64>],
+    ) -> Result<Tensor, TrainError> {
+        let w = Self::token_window(model, None, prompts, responses)?;
+        Ok(w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
     }
 
     fn rewards_of(
@@ -312,11 +373,11 @@ impl Trainer {
 
     /// The prompts of step `step`: a seeded permutation of the prompt set per
     /// pass over it.
-    fn batch_prompts(&self, step: usize) -> Vec<String> {
+    fn batch_prompts(&self, step: usize, count: usize) -> Vec<String> {
         let n = self.prompts.len();
-        (0..self.cfg.batch_size)
+        (0..count)
             .map(|i| {
-                let j = step * self.cfg.batch_size + i;
+                let j = step * count + i;
                 let mut order: Vec<usize> = (0..n).collect();
                 order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
                     self.cfg.seed,
@@ -332,11 +393,14 @@ impl Trainer {
     /// One step: rollout, then epochs of minibatch updates. Returns the
     /// metrics line.
     fn train_step(&mut self, total_opt_steps: usize) -> Result<serde_json::Value, TrainError> {
+        if self.value_head.is_some() {
+            return self.ppo_step(total_opt_steps);
+        }
         let started = Instant::now();
         let step = self.step;
         let alg = self.cfg.algorithm();
         let h = self.hyper();
-        let texts = self.batch_prompts(step);
+        let texts = self.batch_prompts(step, self.cfg.batch_size);
         let mut prompt_ids = Vec::with_capacity(2 * texts.len());
         for t in &texts {
             let ids = self.tokenizer.encode(t)?;
@@ -508,6 +572,218 @@ impl Trainer {
         }))
     }
 
+    /// One PPO step ([C-PPO-TOKEN]): twice the prompts, one response each
+    /// (the same number of responses as a P3O step), per-token KL penalty
+    /// with the score on the last token, GAE, whitening, value clipping.
+    fn ppo_step(&mut self, total_opt_steps: usize) -> Result<serde_json::Value, TrainError> {
+        let started = Instant::now();
+        let step = self.step;
+        let texts = self.batch_prompts(step, 2 * self.cfg.batch_size);
+        let prompt_ids: Vec<Vec<i64>> = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t))
+            .collect::<Result<_, _>>()?;
+        let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let head = self.value_head.as_ref().expect("PPO has a value head");
+        let old =
+            tch::no_grad(|| Self::token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
+        let reference =
+            tch::no_grad(|| Self::token_window(&self.reference, None, &prompt_ids, &responses))?;
+        let raw = self.rewards_of(&prompt_ids, &responses)?;
+        let mut scores: Vec<f64> = raw
+            .iter()
+            .zip(&texts)
+            .map(|(r, t)| r + self.shift.map_or(0.0, |s| s.delta_for_text(t)))
+            .collect();
+        if scores.iter().any(|r| !r.is_finite()) {
+            self.nonfinite_total += 1;
+            self.nonfinite_in_row += 1;
+            self.check_nonfinite()?;
+            self.step += 1;
+            return Ok(
+                json!({"step": step + 1, "algorithm": "ppo", "skipped": "non-finite reward"}),
+            );
+        }
+        if self.cfg.reward_scaling == "running" {
+            for &x in &scores {
+                let (n, mean, m2) = &mut self.score_stats;
+                *n += 1.0;
+                let d = x - *mean;
+                *mean += d / *n;
+                *m2 += d * (x - *mean);
+            }
+            let (n, _, m2) = self.score_stats;
+            let std = if n > 1.0 {
+                (m2 / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            if std > 0.0 {
+                scores.iter_mut().for_each(|x| *x /= std);
+            }
+        }
+        let host = |t: &Tensor| -> Result<Vec<Vec<f64>>, TrainError> {
+            let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
+            Ok(Vec::<Vec<f64>>::try_from(&t).map_err(TorchError::from)?)
+        };
+        let (lp_old, lp_ref, v_old, mask) = (
+            host(&old.lp)?,
+            host(&reference.lp)?,
+            host(old.values.as_ref().expect("values"))?,
+            host(&old.mask)?,
+        );
+        let n = responses.len();
+        let l = mask.first().map_or(0, Vec::len);
+        let (mut adv, mut ret) = (vec![vec![0.0; l]; n], vec![vec![0.0; l]; n]);
+        let mut kl_seq = vec![0.0; n];
+        for i in 0..n {
+            let mut r: Vec<f64> = (0..l)
+                .map(|t| -self.cfg.beta * (lp_old[i][t] - lp_ref[i][t]) * mask[i][t])
+                .collect();
+            kl_seq[i] = (0..l)
+                .map(|t| (lp_old[i][t] - lp_ref[i][t]) * mask[i][t])
+                .sum();
+            r[l - 1] += scores[i];
+            (adv[i], ret[i]) = gae(&r, &v_old[i], &mask[i], self.cfg.gamma, self.cfg.lam);
+        }
+        if self.cfg.whiten_advantages {
+            let mut valid = Vec::new();
+            for i in 0..n {
+                for t in 0..l {
+                    if mask[i][t] > 0.0 {
+                        valid.push(adv[i][t]);
+                    }
+                }
+            }
+            let mean = valid.iter().sum::<f64>() / valid.len().max(1) as f64;
+            let std = (valid.iter().map(|a| (a - mean).powi(2)).sum::<f64>()
+                / valid.len().max(1) as f64)
+                .sqrt();
+            for i in 0..n {
+                for t in 0..l {
+                    adv[i][t] = if mask[i][t] > 0.0 {
+                        (adv[i][t] - mean) / (std + 1e-8)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        let device = self.policy.device();
+        let to_t = |rows: &[Vec<f64>], pick: &[usize]| {
+            let flat: Vec<f32> = pick
+                .iter()
+                .flat_map(|&i| rows[i].iter().map(|&x| x as f32))
+                .collect();
+            Tensor::from_slice(&flat)
+                .view([pick.len() as i64, l as i64])
+                .to_device(device)
+        };
+        let h = PpoHyper {
+            epsilon: self.cfg.epsilon,
+            vf_coef: self.cfg.vf_coef,
+            value_clip: self.cfg.cliprange_value,
+        };
+        let (mut losses, mut norms, mut clipped, mut tokens, mut ratio_sum) =
+            (Vec::new(), Vec::new(), 0.0, 0.0, 0.0);
+        let mut accumulated = 0;
+        self.opt.zero_grad();
+        for epoch in 0..self.cfg.epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+                self.cfg.seed,
+                3,
+                step as u64,
+                epoch as u64,
+            )));
+            for mb in order.chunks(2 * self.cfg.minibatch_size) {
+                let pick = |v: &Vec<Vec<i64>>| mb.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
+                let head = self.value_head.as_ref().expect("PPO has a value head");
+                let new = Self::token_window(
+                    &self.policy,
+                    Some(head),
+                    &pick(&prompt_ids),
+                    &pick(&responses),
+                )?;
+                // Windows of a minibatch are as wide as its longest response.
+                let lm = new.mask.size()[1];
+                let narrow = |t: Tensor| t.narrow(1, l as i64 - lm, lm);
+                let (lp_o, v_o, a, rt, m) = (
+                    narrow(to_t(&lp_old, mb)),
+                    narrow(to_t(&v_old, mb)),
+                    narrow(to_t(&adv, mb)),
+                    narrow(to_t(&ret, mb)),
+                    narrow(to_t(&mask, mb)),
+                );
+                let values = new.values.as_ref().expect("values");
+                let batch = PpoBatch {
+                    lp: &new.lp,
+                    value: values,
+                    lp_old: &lp_o,
+                    value_old: &v_o,
+                    advantage: &a,
+                    ret: &rt,
+                    mask: &m,
+                };
+                let loss = ppo_loss(&batch, &h);
+                let loss_v = loss.double_value(&[]);
+                tch::no_grad(|| {
+                    let rho = (&new.lp - &lp_o).exp();
+                    let zeroed = a
+                        .gt(0.0)
+                        .logical_and(&rho.gt(1.0 + h.epsilon))
+                        .logical_or(&a.lt(0.0).logical_and(&rho.lt(1.0 - h.epsilon)));
+                    clipped += (zeroed.to_kind(Kind::Float) * &m)
+                        .sum(Kind::Double)
+                        .double_value(&[]);
+                    ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
+                    tokens += m.sum(Kind::Double).double_value(&[]);
+                });
+                if !loss_v.is_finite() {
+                    self.opt.zero_grad();
+                    accumulated = 0;
+                    self.nonfinite_total += 1;
+                    self.nonfinite_in_row += 1;
+                    self.check_nonfinite()?;
+                    continue;
+                }
+                (loss / self.cfg.grad_accum as f64).backward();
+                losses.push(loss_v);
+                accumulated += 1;
+                if accumulated == self.cfg.grad_accum {
+                    self.apply_update(total_opt_steps, &mut norms)?;
+                    accumulated = 0;
+                }
+            }
+        }
+        if accumulated > 0 {
+            self.apply_update(total_opt_steps, &mut norms)?;
+        }
+        self.step += 1;
+        let count = n as f64;
+        let mean = raw.iter().sum::<f64>() / count;
+        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / count).sqrt();
+        let response_tokens: usize = responses.iter().map(Vec::len).sum();
+        let entropy = -(0..n).map(|i| lp_old[i].iter().sum::<f64>()).sum::<f64>()
+            / response_tokens.max(1) as f64;
+        let mean_of = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        Ok(json!({
+            "step": self.step, "algorithm": "ppo", "split": "train",
+            "reward_mean": mean, "reward_std": std, "kl_mean": kl_seq.iter().sum::<f64>() / count, "entropy": entropy,
+            "clip_fraction": clipped / tokens.max(1.0), "ratio_mean": ratio_sum / tokens.max(1.0),
+            "response_length": response_tokens as f64 / count, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
+            "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
+            "samples_per_s": count / started.elapsed().as_secs_f64(),
+            "nonfinite_skipped": self.nonfinite_total,
+        }))
+    }
+
     fn apply_update(
         &mut self,
         total_opt_steps: usize,
@@ -580,8 +856,14 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&tmp);
         self.save_model(&tmp)?;
         write_tensors(&self.opt.state(), &tmp.join("optimizer.safetensors"))?;
+        if let Some(v) = &self.value_head {
+            let mut vars: Vec<(String, Tensor)> = v.vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            write_tensors(&vars, &tmp.join("value_head.safetensors"))?;
+        }
         let state = json!({"step": self.step, "optimizer_step": self.opt.step, "nonfinite_in_row": self.nonfinite_in_row,
-                           "nonfinite_total": self.nonfinite_total, "config": self.cfg});
+                           "nonfinite_total": self.nonfinite_total, "score_stats": [self.score_stats.0, self.score_stats.1, self.score_stats.2],
+                           "config": self.cfg});
         std::fs::write(
             tmp.join("state.json"),
             serde_json::to_string_pretty(&state).expect("JSON"),
@@ -633,6 +915,19 @@ impl Trainer {
             };
             self.opt.m[i] = get(format!("m.{name}"))?.shallow_clone();
             self.opt.v[i] = get(format!("v.{name}"))?.shallow_clone();
+        }
+        if let Some(v) = &self.value_head {
+            let saved = read_tensors(&dir.join("value_head.safetensors"), self.policy.device())?;
+            for (name, mut var) in v.vs.variables() {
+                let src = saved.get(&name).ok_or_else(|| {
+                    TrainError::Input(format!("{}: value head `{name}` missing", dir.display()))
+                })?;
+                tch::no_grad(|| var.copy_(src));
+            }
+        }
+        if let Some(s) = state["score_stats"].as_array() {
+            let f = |i: usize| s.get(i).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            self.score_stats = (f(0), f(1), f(2));
         }
         self.opt.step = state["optimizer_step"].as_i64().unwrap_or(0);
         self.step = n;
