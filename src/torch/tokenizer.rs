@@ -25,6 +25,18 @@ impl Tokenizer {
         })
     }
 
+    /// A tokenizer from the text of a `tokenizer.json`.
+    pub fn from_json(text: &str, config: &ModelConfig) -> Result<Tokenizer> {
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|e| TorchError::Input(format!("tokenizer.json: {e}")))?;
+        Ok(Tokenizer {
+            inner,
+            eos_token_id: config.eos_token_id,
+            pad_token_id: config.pad_token_id.or(config.eos_token_id),
+        })
+    }
+
     /// Token ids of `text`, no special tokens added.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let enc = self

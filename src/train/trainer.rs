@@ -158,26 +158,14 @@ impl Trainer {
         for (_, mut t) in reference.vs.variables() {
             let _ = t.requires_grad_(false);
         }
-        let (tokenizer, tokenizer_json) = if cfg.policy == BUILTIN_MODEL {
-            let text = builtin::tokenizer_json();
-            let inner: tokenizers::Tokenizer = text
-                .parse()
-                .map_err(|e| TrainError::Input(format!("built-in tokenizer: {e}")))?;
-            let dir = std::env::temp_dir().join(format!("p3o-tok-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            inner
-                .save(dir.join("tokenizer.json"), false)
-                .map_err(|e| TrainError::Input(e.to_string()))?;
-            let t = Tokenizer::load(&dir, &policy.config)?;
-            let _ = std::fs::remove_dir_all(&dir);
-            (t, text)
+        let tokenizer_json = if cfg.policy == BUILTIN_MODEL {
+            builtin::tokenizer_json()
         } else {
-            let dir = Path::new(&cfg.policy);
-            let text = std::fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
-                TrainError::Input(format!("{}: {e}", dir.join("tokenizer.json").display()))
-            })?;
-            (Tokenizer::load(dir, &policy.config)?, text)
+            let path = Path::new(&cfg.policy).join("tokenizer.json");
+            std::fs::read_to_string(&path)
+                .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?
         };
+        let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
         let reward = if cfg.reward == BUILTIN_REWARD {
             RewardSource::Vowels
         } else {
@@ -409,6 +397,7 @@ impl Trainer {
         }
         let pair_texts: Vec<String> = texts.iter().flat_map(|t| [t.clone(), t.clone()]).collect();
         let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let generated = Instant::now();
         let lp_old =
             tch::no_grad(|| Self::sequence_logprobs(&self.policy, &prompt_ids, &responses))?
                 .to_kind(Kind::Float);
@@ -432,6 +421,7 @@ impl Trainer {
         }
         let device = self.policy.device();
         let pairs = texts.len();
+        let scored = Instant::now();
         let lp_old_v =
             Vec::<f32>::try_from(&lp_old.to_device(Device::Cpu)).map_err(TorchError::from)?;
         let lp_ref_v =
@@ -568,6 +558,9 @@ impl Trainer {
             "response_length": tokens as f64 / n, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
             "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
             "samples_per_s": n / started.elapsed().as_secs_f64(),
+            "time_generate_s": (generated - started).as_secs_f64(),
+            "time_score_s": (scored - generated).as_secs_f64(),
+            "time_update_s": scored.elapsed().as_secs_f64(),
             "nonfinite_skipped": self.nonfinite_total,
         }))
     }
@@ -584,6 +577,7 @@ impl Trainer {
             .map(|t| self.tokenizer.encode(t))
             .collect::<Result<_, _>>()?;
         let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let generated = Instant::now();
         let head = self.value_head.as_ref().expect("PPO has a value head");
         let old =
             tch::no_grad(|| Self::token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
@@ -780,6 +774,9 @@ impl Trainer {
             "response_length": response_tokens as f64 / count, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
             "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
             "samples_per_s": count / started.elapsed().as_secs_f64(),
+            "time_generate_s": (generated - started).as_secs_f64(),
+            "time_score_s": (scored - generated).as_secs_f64(),
+            "time_update_s": scored.elapsed().as_secs_f64(),
             "nonfinite_skipped": self.nonfinite_total,
         }))
     }
@@ -1005,6 +1002,15 @@ impl Trainer {
         metrics.flush()?;
         self.save_model(&self.out.join("final"))?;
         Ok(last)
+    }
+
+    /// Runs one training step outside [`Self::run`] (benchmarks) and returns
+    /// its metrics line.
+    pub fn step_once(&mut self) -> Result<serde_json::Value, TrainError> {
+        let total = self.cfg.steps
+            * self.cfg.epochs
+            * self.cfg.batch_size.div_ceil(self.cfg.minibatch_size);
+        self.train_step(total)
     }
 
     /// The policy's parameters, by name (for tests).

@@ -1,0 +1,56 @@
+//! One training step of each algorithm on the built-in default task (CPU,
+//! 2 threads): time per step and per sample, and the shares of generation,
+//! scoring (behaviour, reference and reward) and the update.
+
+use std::time::Duration;
+
+use criterion::Criterion;
+use p3o::train::config::TrainConfig;
+use p3o::train::trainer::Trainer;
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut group = c.benchmark_group("train_step_default");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let mut shares = Vec::new();
+    for alg in ["p3o-v1", "p3o-v2", "dpo", "ppo"] {
+        let cfg = TrainConfig::load(None, &[format!("algorithm={alg}"), "steps=100000".into()])
+            .expect("a valid config");
+        let out = std::env::temp_dir().join(format!("p3o-bench-{alg}-{}", std::process::id()));
+        let mut trainer = Trainer::new(cfg, &out, None).expect("the default task loads");
+        let mut lines = Vec::new();
+        group.bench_function(alg, |b| {
+            b.iter(|| lines.push(trainer.step_once().expect("a step runs")))
+        });
+        let mean = |k: &str| {
+            lines
+                .iter()
+                .map(|l| l[k].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+                / lines.len() as f64
+        };
+        let (g, s, u) = (
+            mean("time_generate_s"),
+            mean("time_score_s"),
+            mean("time_update_s"),
+        );
+        let total = g + s + u;
+        shares.push(format!(
+            "{alg:<7} {:>8.1} ms/step {:>7.2} ms/sample   generate {:>4.0}%  score {:>4.0}%  update {:>4.0}%",
+            total * 1e3,
+            total * 1e3 / 32.0,
+            100.0 * g / total,
+            100.0 * s / total,
+            100.0 * u / total
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    group.finish();
+    c.final_summary();
+    println!("\nshares over every timed step (32 responses per step):");
+    for line in shares {
+        println!("{line}");
+    }
+}
