@@ -678,6 +678,7 @@ impl Trainer {
             vf_coef: self.cfg.vf_coef,
             value_clip: self.cfg.cliprange_value,
         };
+        let scored = Instant::now();
         let (mut losses, mut norms, mut clipped, mut tokens, mut ratio_sum) =
             (Vec::new(), Vec::new(), 0.0, 0.0, 0.0);
         let mut accumulated = 0;
