@@ -15,12 +15,7 @@ pub struct Gpt2Attention {
 }
 
 impl Gpt2Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        key_valid: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden states are [b, t, h]");
         let d = h / self.heads;
         let qkv = self.c_attn.forward(x).split(h, -1);
@@ -30,7 +25,7 @@ impl Gpt2Attention {
             Some((c, layer)) => c.append(layer, k, v),
             None => (k, v),
         };
-        let out = attend(&q, &k, &v, &attention_mask(key_valid, t));
+        let out = attend(&q, &k, &v, mask);
         self.c_proj
             .forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
     }
@@ -50,13 +45,8 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        key_valid: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor {
-        let h = x + self.attn.forward(&self.ln_1.forward(x), key_valid, cache);
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let h = x + self.attn.forward(&self.ln_1.forward(x), mask, cache);
         let m = self.mlp.c_proj.forward(
             &self
                 .mlp
@@ -120,8 +110,9 @@ impl Gpt2Model {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let mut x = self.wte.forward(ids) + self.wpe.forward(positions);
+        let mask = attention_mask(key_valid, ids.size()[1]);
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, key_valid, cache.as_deref_mut().map(|c| (c, i)));
+            x = block.forward(&x, &mask, cache.as_deref_mut().map(|c| (c, i)));
         }
         self.ln_f.forward(&x)
     }

@@ -34,14 +34,15 @@ impl GptNeoxAttention {
         }
     }
 
-    /// Rotates the first `rotary_dims` channels of `[b, h, t, d]` by the
-    /// positions `[b, t]` (HF's non-interleaved `rotate_half` convention).
-    fn rotary(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+    /// `(cos, sin)` tables `[b, 1, t, r]` of the positions `[b, t]` for the
+    /// first `r = rotary_dims` channels (HF's non-interleaved convention),
+    /// computed once per forward pass and shared by every layer.
+    fn rotary_tables(&self, positions: &Tensor, kind: Kind) -> Option<(Tensor, Tensor)> {
         let r = self.rotary_dims;
         if r == 0 {
-            return x.shallow_clone();
+            return None;
         }
-        let device = x.device();
+        let device = positions.device();
         let exponent = Tensor::arange_start_step(0, r, 2, (Kind::Int64, device))
             .to_kind(Kind::Float)
             / r as f64;
@@ -52,21 +53,23 @@ impl GptNeoxAttention {
             .reciprocal();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [b, t, r/2]
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, r]
-        let (cos, sin) = (emb.cos().to_kind(x.kind()), emb.sin().to_kind(x.kind()));
+        Some((emb.cos().to_kind(kind), emb.sin().to_kind(kind)))
+    }
+
+    /// Rotates the first `rotary_dims` channels of `[b, h, t, d]`.
+    fn rotate(&self, x: &Tensor, tables: &Option<(Tensor, Tensor)>) -> Tensor {
+        let Some((cos, sin)) = tables else {
+            return x.shallow_clone();
+        };
+        let r = self.rotary_dims;
         let x_rot = x.narrow(-1, 0, r);
         let x_pass = x.narrow(-1, r, self.head_dim - r);
         let half = x_rot.chunk(2, -1);
         let rotated = Tensor::cat(&[-&half[1], half[0].shallow_clone()], -1);
-        Tensor::cat(&[&x_rot * &cos + rotated * &sin, x_pass], -1)
+        Tensor::cat(&[&x_rot * cos + rotated * sin, x_pass], -1)
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        positions: &Tensor,
-        key_valid: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, frame: &Frame, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden states are [b, t, h]");
         let qkv = self
             .query_key_value
@@ -74,17 +77,24 @@ impl GptNeoxAttention {
             .view([b, t, self.heads, 3 * self.head_dim])
             .transpose(1, 2);
         let parts = qkv.chunk(3, -1);
-        let q = self.rotary(&parts[0], positions);
-        let k = self.rotary(&parts[1], positions);
+        let q = self.rotate(&parts[0], &frame.rotary);
+        let k = self.rotate(&parts[1], &frame.rotary);
         let v = parts[2].shallow_clone();
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, k, v),
             None => (k, v),
         };
-        let out = attend(&q, &k, &v, &attention_mask(key_valid, t));
+        let out = attend(&q, &k, &v, &frame.mask);
         self.dense
             .forward(&out.transpose(1, 2).contiguous().view([b, t, h]))
     }
+}
+
+/// What every layer of one forward pass shares: the attention mask and the
+/// rotary tables.
+struct Frame {
+    mask: Tensor,
+    rotary: Option<(Tensor, Tensor)>,
 }
 
 pub struct GptNeoxMlp {
@@ -108,19 +118,10 @@ pub struct GptNeoxLayer {
 }
 
 impl GptNeoxLayer {
-    fn forward(
-        &self,
-        x: &Tensor,
-        positions: &Tensor,
-        key_valid: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor {
-        let attn = self.attention.forward(
-            &self.input_layernorm.forward(x),
-            positions,
-            key_valid,
-            cache,
-        );
+    fn forward(&self, x: &Tensor, frame: &Frame, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let attn = self
+            .attention
+            .forward(&self.input_layernorm.forward(x), frame, cache);
         if self.parallel_residual {
             x + attn + self.mlp.forward(&self.post_attention_layernorm.forward(x))
         } else {
@@ -193,13 +194,15 @@ impl GptNeoxModel {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let mut x = self.embed_in.forward(ids);
+        let frame = Frame {
+            mask: attention_mask(key_valid, ids.size()[1]),
+            rotary: self
+                .layers
+                .first()
+                .and_then(|l| l.attention.rotary_tables(positions, x.kind())),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(
-                &x,
-                positions,
-                key_valid,
-                cache.as_deref_mut().map(|c| (c, i)),
-            );
+            x = layer.forward(&x, &frame, cache.as_deref_mut().map(|c| (c, i)));
         }
         self.final_layer_norm.forward(&x)
     }
