@@ -122,6 +122,7 @@ fn resume_case(alg: &str) {
     let whole = tmp(&format!("{alg}-whole"));
     let st = p3o(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());
@@ -226,4 +227,76 @@ fn bad_configs_are_refused() {
         );
     }
     insta::assert_snapshot!(report);
+}
+
+/// Non-finite rewards skip the update, are counted in the metrics, and stop
+/// the run with a clear error after `max_nonfinite` in a row.
+#[test]
+fn nonfinite_rewards_stop_the_run() {
+    let out = tmp("nan");
+    let o = p3o(&[
+        "train",
+        "--out",
+        &out.display().to_string(),
+        "--set=reward=builtin:nan",
+        "--set=max_nonfinite=2",
+        "--set=steps=5",
+        "--set=batch_size=2",
+        "--set=max_new_tokens=4",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stopped at step 2") && err.contains("non-finite"),
+        "{err}"
+    );
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.contains("non-finite reward"));
+}
+
+/// bfloat16 training runs (weights bf16, optimizer state float32) and its
+/// metrics stay finite.
+#[test]
+fn bf16_training_runs_on_cpu() {
+    let out = tmp("bf16");
+    let cfg = TrainConfig::load(
+        None,
+        &[small("p3o-v1"), vec!["dtype=bf16".into(), "steps=2".into()]].concat(),
+    )
+    .unwrap();
+    let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
+    assert!(last["loss"].as_f64().unwrap().is_finite(), "{last}");
+    assert!(out.join("final/model.safetensors").exists());
+}
+
+/// The prompt formats: plain, TL;DR (`prompt` + `label`) and Anthropic HH.
+#[test]
+fn prompt_formats() {
+    let dir = tmp("formats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("p.jsonl");
+    std::fs::write(
+        &f,
+        "{\"prompt\": \"plain\"}\n\n{\"prompt\": \"SUBREDDIT: r/x\\nTL;DR:\", \"label\": \" a summary\"}\n{\"chosen\": \"\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: and?\\n\\nAssistant: more\", \"rejected\": \"x\"}\n",
+    )
+    .unwrap();
+    let got = p3o::train::data::load_prompts(&f).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            "plain",
+            "SUBREDDIT: r/x\nTL;DR:",
+            "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
+        ]
+    );
+    std::fs::write(
+        &f,
+        "{\"prompt\": \"ok\"}\n{\"chosen\": \"no assistant turn\"}\n",
+    )
+    .unwrap();
+    let e = p3o::train::data::load_prompts(&f).unwrap_err();
+    assert!(e.contains("line 2") && e.contains("Assistant"), "{e}");
 }

@@ -15,6 +15,9 @@ use crate::torch::{Head, LanguageModel, Result, TorchError};
 pub const BUILTIN_MODEL: &str = "builtin:tiny-neox";
 /// Name of the built-in reward.
 pub const BUILTIN_REWARD: &str = "builtin:vowels";
+/// A built-in reward that is always NaN: it exists to exercise the
+/// non-finite guard (`max_nonfinite`).
+pub const NAN_REWARD: &str = "builtin:nan";
 /// Name of the built-in prompt set.
 pub const BUILTIN_PROMPTS: &str = "builtin";
 

@@ -60,6 +60,7 @@ struct TokenWindow {
 
 enum RewardSource {
     Vowels,
+    Nan,
     Model(LanguageModel),
 }
 
@@ -168,6 +169,8 @@ impl Trainer {
         let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
         let reward = if cfg.reward == BUILTIN_REWARD {
             RewardSource::Vowels
+        } else if cfg.reward == builtin::NAN_REWARD {
+            RewardSource::Nan
         } else {
             let dir = Path::new(&cfg.reward);
             if !dir.join("config.json").is_file() {
@@ -329,6 +332,7 @@ impl Trainer {
                     ))
                 })
                 .collect(),
+            RewardSource::Nan => Ok(vec![f64::NAN; responses.len()]),
             RewardSource::Model(m) => {
                 let rows: Vec<Vec<i64>> = prompt_ids
                     .iter()
