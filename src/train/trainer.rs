@@ -44,6 +44,26 @@ pub enum TrainError {
     Io(#[from] std::io::Error),
 }
 
+/// Losses and gradient norms of a step's minibatches, and how many
+/// minibatches have gradients waiting.
+#[derive(Default)]
+struct Updates {
+    losses: Vec<f64>,
+    norms: Vec<f64>,
+    accumulated: usize,
+}
+
+/// The algorithm-specific numbers of a step's metrics line.
+struct StepStats {
+    kl_mean: f64,
+    /// Minus the sum of the behaviour log-probs of every response token.
+    entropy_sum: f64,
+    clip_fraction: f64,
+    ratio_mean: f64,
+    /// Step start, end of generation, end of scoring.
+    times: [Instant; 3],
+}
+
 /// A scalar head `v_head: Linear(hidden, 1)` in its own variable store.
 struct ValueHead {
     vs: tch::nn::VarStore,
@@ -415,13 +435,7 @@ impl Trainer {
             .map(|(r, t)| r + self.shift.map_or(0.0, |s| s.delta_for_text(t)))
             .collect();
         if shifted.iter().any(|r| !r.is_finite()) {
-            self.nonfinite_total += 1;
-            self.nonfinite_in_row += 1;
-            self.check_nonfinite()?;
-            self.step += 1;
-            return Ok(
-                json!({"step": step + 1, "algorithm": alg.name(), "skipped": "non-finite reward"}),
-            );
+            return self.skip_rollout(alg.name());
         }
         let device = self.policy.device();
         let pairs = texts.len();
@@ -431,9 +445,8 @@ impl Trainer {
         let lp_ref_v =
             Vec::<f32>::try_from(&lp_ref.to_device(Device::Cpu)).map_err(TorchError::from)?;
 
-        let (mut losses, mut norms, mut clipped, mut entries, mut ratio_sum, mut ratio_n) =
-            (Vec::new(), Vec::new(), 0usize, 0usize, 0.0, 0usize);
-        let mut accumulated = 0;
+        let (mut clipped, mut entries, mut ratio_sum, mut ratio_n) = (0usize, 0usize, 0.0, 0usize);
+        let mut updates = Updates::default();
         self.opt.zero_grad();
         for epoch in 0..self.cfg.epochs {
             let mut order: Vec<usize> = (0..pairs).collect();
@@ -515,58 +528,32 @@ impl Trainer {
                         ratio_n += 1;
                     }
                 }
-                if !loss_v.is_finite() {
-                    self.opt.zero_grad();
-                    accumulated = 0;
-                    self.nonfinite_total += 1;
-                    self.nonfinite_in_row += 1;
-                    self.check_nonfinite()?;
-                    continue;
-                }
-                (loss / self.cfg.grad_accum as f64).backward();
-                losses.push(loss_v);
-                accumulated += 1;
-                if accumulated == self.cfg.grad_accum {
-                    self.apply_update(total_opt_steps, &mut norms)?;
-                    accumulated = 0;
-                }
+                self.add_minibatch(loss, loss_v, &mut updates, total_opt_steps)?;
             }
         }
-        if accumulated > 0 {
-            self.apply_update(total_opt_steps, &mut norms)?;
-        }
-        self.step += 1;
-        let n = raw.len() as f64;
-        let mean = raw.iter().sum::<f64>() / n;
-        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let kl: f64 = lp_old_v
+        self.finish_updates(&mut updates, total_opt_steps)?;
+        let kl = lp_old_v
             .iter()
             .zip(&lp_ref_v)
             .map(|(a, b)| f64::from(a - b))
             .sum::<f64>()
-            / n;
-        let tokens: usize = responses.iter().map(Vec::len).sum();
-        let entropy = -lp_old_v.iter().map(|&v| f64::from(v)).sum::<f64>() / tokens.max(1) as f64;
-        let mean_of = |v: &[f64]| {
-            if v.is_empty() {
-                f64::NAN
-            } else {
-                v.iter().sum::<f64>() / v.len() as f64
-            }
+            / raw.len() as f64;
+        let entropy_sum = -lp_old_v.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let stats = StepStats {
+            kl_mean: kl,
+            entropy_sum,
+            clip_fraction: clipped as f64 / entries.max(1) as f64,
+            ratio_mean: ratio_sum / ratio_n.max(1) as f64,
+            times: [started, generated, scored],
         };
-        Ok(json!({
-            "step": self.step, "algorithm": alg.name(), "split": "train",
-            "reward_mean": mean, "reward_std": std, "kl_mean": kl, "entropy": entropy,
-            "clip_fraction": clipped as f64 / entries.max(1) as f64,
-            "ratio_mean": ratio_sum / ratio_n.max(1) as f64,
-            "response_length": tokens as f64 / n, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
-            "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
-            "samples_per_s": n / started.elapsed().as_secs_f64(),
-            "time_generate_s": (generated - started).as_secs_f64(),
-            "time_score_s": (scored - generated).as_secs_f64(),
-            "time_update_s": scored.elapsed().as_secs_f64(),
-            "nonfinite_skipped": self.nonfinite_total,
-        }))
+        Ok(self.step_metrics(
+            alg.name(),
+            &raw,
+            &responses,
+            &stats,
+            &updates,
+            total_opt_steps,
+        ))
     }
 
     /// One PPO step ([C-PPO-TOKEN]): twice the prompts, one response each
@@ -594,13 +581,7 @@ impl Trainer {
             .map(|(r, t)| r + self.shift.map_or(0.0, |s| s.delta_for_text(t)))
             .collect();
         if scores.iter().any(|r| !r.is_finite()) {
-            self.nonfinite_total += 1;
-            self.nonfinite_in_row += 1;
-            self.check_nonfinite()?;
-            self.step += 1;
-            return Ok(
-                json!({"step": step + 1, "algorithm": "ppo", "skipped": "non-finite reward"}),
-            );
+            return self.skip_rollout("ppo");
         }
         if self.cfg.reward_scaling == "running" {
             for &x in &scores {
@@ -683,9 +664,8 @@ impl Trainer {
             value_clip: self.cfg.cliprange_value,
         };
         let scored = Instant::now();
-        let (mut losses, mut norms, mut clipped, mut tokens, mut ratio_sum) =
-            (Vec::new(), Vec::new(), 0.0, 0.0, 0.0);
-        let mut accumulated = 0;
+        let (mut clipped, mut tokens, mut ratio_sum) = (0.0, 0.0, 0.0);
+        let mut updates = Updates::default();
         self.opt.zero_grad();
         for epoch in 0..self.cfg.epochs {
             let mut order: Vec<usize> = (0..n).collect();
@@ -738,33 +718,86 @@ impl Trainer {
                     ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
                     tokens += m.sum(Kind::Double).double_value(&[]);
                 });
-                if !loss_v.is_finite() {
-                    self.opt.zero_grad();
-                    accumulated = 0;
-                    self.nonfinite_total += 1;
-                    self.nonfinite_in_row += 1;
-                    self.check_nonfinite()?;
-                    continue;
-                }
-                (loss / self.cfg.grad_accum as f64).backward();
-                losses.push(loss_v);
-                accumulated += 1;
-                if accumulated == self.cfg.grad_accum {
-                    self.apply_update(total_opt_steps, &mut norms)?;
-                    accumulated = 0;
-                }
+                self.add_minibatch(loss, loss_v, &mut updates, total_opt_steps)?;
             }
         }
-        if accumulated > 0 {
-            self.apply_update(total_opt_steps, &mut norms)?;
-        }
+        self.finish_updates(&mut updates, total_opt_steps)?;
+        let stats = StepStats {
+            kl_mean: kl_seq.iter().sum::<f64>() / n as f64,
+            entropy_sum: -(0..n).map(|i| lp_old[i].iter().sum::<f64>()).sum::<f64>(),
+            clip_fraction: clipped / tokens.max(1.0),
+            ratio_mean: ratio_sum / tokens.max(1.0),
+            times: [started, generated, scored],
+        };
+        Ok(self.step_metrics("ppo", &raw, &responses, &stats, &updates, total_opt_steps))
+    }
+
+    /// Ends a step whose rollout had a non-finite reward: no update, counted.
+    fn skip_rollout(&mut self, algorithm: &str) -> Result<serde_json::Value, TrainError> {
+        self.nonfinite_total += 1;
+        self.nonfinite_in_row += 1;
+        self.check_nonfinite()?;
         self.step += 1;
-        let count = n as f64;
-        let mean = raw.iter().sum::<f64>() / count;
-        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / count).sqrt();
-        let response_tokens: usize = responses.iter().map(Vec::len).sum();
-        let entropy = -(0..n).map(|i| lp_old[i].iter().sum::<f64>()).sum::<f64>()
-            / response_tokens.max(1) as f64;
+        Ok(
+            json!({"step": self.step, "algorithm": algorithm, "split": "train", "skipped": "non-finite reward",
+                  "nonfinite_skipped": self.nonfinite_total}),
+        )
+    }
+
+    /// Backpropagates one minibatch's loss (a non-finite loss is skipped and
+    /// counted) and steps the optimizer every `grad_accum` minibatches.
+    fn add_minibatch(
+        &mut self,
+        loss: Tensor,
+        value: f64,
+        u: &mut Updates,
+        total_opt_steps: usize,
+    ) -> Result<(), TrainError> {
+        if !value.is_finite() {
+            self.opt.zero_grad();
+            u.accumulated = 0;
+            self.nonfinite_total += 1;
+            self.nonfinite_in_row += 1;
+            return self.check_nonfinite();
+        }
+        (loss / self.cfg.grad_accum as f64).backward();
+        u.losses.push(value);
+        u.accumulated += 1;
+        if u.accumulated == self.cfg.grad_accum {
+            self.apply_update(total_opt_steps, &mut u.norms)?;
+            u.accumulated = 0;
+        }
+        Ok(())
+    }
+
+    /// Applies gradients still accumulated at the end of a step.
+    fn finish_updates(
+        &mut self,
+        u: &mut Updates,
+        total_opt_steps: usize,
+    ) -> Result<(), TrainError> {
+        if u.accumulated > 0 {
+            self.apply_update(total_opt_steps, &mut u.norms)?;
+            u.accumulated = 0;
+        }
+        Ok(())
+    }
+
+    /// The metrics line of a finished step (and the step counter moves on).
+    fn step_metrics(
+        &mut self,
+        algorithm: &str,
+        raw: &[f64],
+        responses: &[Vec<i64>],
+        st: &StepStats,
+        u: &Updates,
+        total_opt_steps: usize,
+    ) -> serde_json::Value {
+        self.step += 1;
+        let n = raw.len() as f64;
+        let mean = raw.iter().sum::<f64>() / n;
+        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let tokens: usize = responses.iter().map(Vec::len).sum();
         let mean_of = |v: &[f64]| {
             if v.is_empty() {
                 f64::NAN
@@ -772,18 +805,19 @@ impl Trainer {
                 v.iter().sum::<f64>() / v.len() as f64
             }
         };
-        Ok(json!({
-            "step": self.step, "algorithm": "ppo", "split": "train",
-            "reward_mean": mean, "reward_std": std, "kl_mean": kl_seq.iter().sum::<f64>() / count, "entropy": entropy,
-            "clip_fraction": clipped / tokens.max(1.0), "ratio_mean": ratio_sum / tokens.max(1.0),
-            "response_length": response_tokens as f64 / count, "loss": mean_of(&losses), "grad_norm": mean_of(&norms),
+        let [started, generated, scored] = st.times;
+        json!({
+            "step": self.step, "algorithm": algorithm, "split": "train",
+            "reward_mean": mean, "reward_std": std, "kl_mean": st.kl_mean, "entropy": st.entropy_sum / tokens.max(1) as f64,
+            "clip_fraction": st.clip_fraction, "ratio_mean": st.ratio_mean,
+            "response_length": tokens as f64 / n, "loss": mean_of(&u.losses), "grad_norm": mean_of(&u.norms),
             "lr": learning_rate(self.cfg.lr, &self.cfg.lr_schedule, self.cfg.warmup_steps, self.opt.step.max(1) as usize - 1, total_opt_steps),
-            "samples_per_s": count / started.elapsed().as_secs_f64(),
+            "samples_per_s": n / started.elapsed().as_secs_f64(),
             "time_generate_s": (generated - started).as_secs_f64(),
             "time_score_s": (scored - generated).as_secs_f64(),
             "time_update_s": scored.elapsed().as_secs_f64(),
             "nonfinite_skipped": self.nonfinite_total,
-        }))
+        })
     }
 
     fn apply_update(
