@@ -88,7 +88,7 @@ impl Default for TrainConfig {
             steps: 100,
             seed: 0,
             lr: 1e-3,
-            beta: 0.1,
+            beta: 0.02,
             epsilon: 0.2,
             batch_size: 16,
             epochs: 2,
