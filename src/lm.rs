@@ -141,13 +141,13 @@ mod imp {
                 }
             },
         };
-        if let Device::Cuda(n) = d {
-            if n >= tch::Cuda::device_count() as usize {
-                return Err(Failure::Input(format!(
-                    "--device {s}: {} CUDA device(s) available",
-                    tch::Cuda::device_count()
-                )));
-            }
+        if let Device::Cuda(n) = d
+            && n >= tch::Cuda::device_count() as usize
+        {
+            return Err(Failure::Input(format!(
+                "--device {s}: {} CUDA device(s) available",
+                tch::Cuda::device_count()
+            )));
         }
         Ok(d)
     }

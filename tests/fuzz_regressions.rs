@@ -15,15 +15,15 @@ fn replay(dir: &str) -> usize {
             continue;
         }
         let bytes = fs::read(&path).unwrap();
-        if let Ok(line) = std::str::from_utf8(&bytes) {
-            if let Ok(result) = p3o::case::run_line(line) {
-                assert!(result.loss.is_finite(), "{}", path.display());
-                assert!(
-                    result.grad.iter().flatten().all(|v| v.is_finite()),
-                    "{}",
-                    path.display()
-                );
-            }
+        if let Ok(line) = std::str::from_utf8(&bytes)
+            && let Ok(result) = p3o::case::run_line(line)
+        {
+            assert!(result.loss.is_finite(), "{}", path.display());
+            assert!(
+                result.grad.iter().flatten().all(|v| v.is_finite()),
+                "{}",
+                path.display()
+            );
         }
         count += 1;
     }

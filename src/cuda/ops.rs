@@ -96,7 +96,7 @@ fn rows(len: usize, v: usize) -> Result<usize, CudaError> {
     check(v >= 1 && v <= i32::MAX as usize, || {
         format!("vocabulary size {v} out of range")
     })?;
-    check(len % v == 0 && len > 0, || {
+    check(len.is_multiple_of(v) && len > 0, || {
         format!("logits length {len} is not a positive multiple of V = {v}")
     })?;
     Ok(len / v)

@@ -222,7 +222,7 @@ impl TrainConfig {
                 return bad(key, format!("{v} must be finite and >= 0"));
             }
         }
-        if !(self.epsilon > 0.0) {
+        if self.epsilon.is_nan() || self.epsilon <= 0.0 {
             return bad("epsilon", format!("{} must be positive", self.epsilon));
         }
         if self.max_new_tokens < 1 {

@@ -81,7 +81,7 @@ struct TokenWindow {
 enum RewardSource {
     Vowels,
     Nan,
-    Model(LanguageModel),
+    Model(Box<LanguageModel>),
 }
 
 /// Everything a run holds.
@@ -144,13 +144,13 @@ impl Trainer {
         shift: Option<RewardShift>,
     ) -> Result<Trainer, TrainError> {
         let device = device_of(&cfg.device)?;
-        if let Device::Cuda(n) = device {
-            if n >= tch::Cuda::device_count() as usize {
-                return Err(TrainError::Input(format!(
-                    "config key `device`: {} CUDA device(s) available",
-                    tch::Cuda::device_count()
-                )));
-            }
+        if let Device::Cuda(n) = device
+            && n >= tch::Cuda::device_count() as usize
+        {
+            return Err(TrainError::Input(format!(
+                "config key `device`: {} CUDA device(s) available",
+                tch::Cuda::device_count()
+            )));
         }
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
@@ -199,7 +199,12 @@ impl Trainer {
                     cfg.reward
                 )));
             }
-            RewardSource::Model(LanguageModel::load(dir, Head::Score, device, Kind::Float)?)
+            RewardSource::Model(Box::new(LanguageModel::load(
+                dir,
+                Head::Score,
+                device,
+                Kind::Float,
+            )?))
         };
         let (prompts, eval_prompts) = if cfg.prompts == BUILTIN_PROMPTS {
             let train: Vec<String> = builtin::TRAIN_PROMPTS
@@ -1028,10 +1033,11 @@ impl Trainer {
                 line["kl_mean"].as_f64().unwrap_or(f64::NAN)
             ));
             bar.inc(1);
-            if self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0 {
+            if self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every) {
                 writeln!(metrics, "{}", self.evaluate()?)?;
             }
-            if self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0 {
+            if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every)
+            {
                 metrics.flush()?;
                 self.save_checkpoint()?;
             }
