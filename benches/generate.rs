@@ -1,6 +1,8 @@
 //! Generation throughput on the CPU: the tch stack with and without the KV
 //! cache, on the model and prompts that benches/hf_generate.py writes (run
 //! it first; it also prints HF transformers' tokens/s for the ratio).
+//! `P3O_BENCH_MODEL=DIR` picks another model directory it wrote (e.g.
+//! target/bench-models/tiny-random for `--shape tiny`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,7 +47,10 @@ fn main() {
     let model = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float)
         .expect("the benchmark model loads");
     let mut c = Criterion::default().configure_from_args();
-    let mut group = c.benchmark_group("generate_pythia14m_shape");
+    let model_name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    let mut group = c.benchmark_group(format!("generate/{model_name}"));
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));

@@ -1,7 +1,7 @@
 """Peer harness for benches/generate.rs: HF transformers generate on a
 Pythia-14M-shaped GPT-NeoX with random weights, on the CPU.
 
-    python3 benches/hf_generate.py [--out DIR] [--threads 2]
+    python3 benches/hf_generate.py [--out DIR] [--threads 2] [--shape pythia-14m|tiny]
 
 Writes the model (HF layout) and the prompts to DIR (default
 target/bench-models/pythia-14m-random), so that `cargo bench --features torch
@@ -25,14 +25,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join("target", "bench-models", "pythia-14m-random"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shape", choices=["pythia-14m", "tiny"], default="pythia-14m",
+                    help="tiny: hidden 64, 2 layers, vocabulary 512 (interpreter overhead dominates)")
     args = ap.parse_args()
+    if args.shape == "tiny" and args.out == ap.get_default("out"):
+        args.out = os.path.join("target", "bench-models", "tiny-random")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    # The shape of EleutherAI/pythia-14m.
+    # The shape of EleutherAI/pythia-14m, or a tiny one.
+    shape = dict(vocab_size=50304, hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512)
+    if args.shape == "tiny":
+        shape = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
     cfg = GPTNeoXConfig(
-        vocab_size=50304, hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
-        intermediate_size=512, max_position_embeddings=2048, rotary_pct=0.25,
-        use_parallel_residual=True, eos_token_id=None, bos_token_id=None,
+        max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
+        eos_token_id=None, bos_token_id=None, **shape,
     )
     model = GPTNeoXForCausalLM(cfg).eval()
     os.makedirs(args.out, exist_ok=True)
