@@ -148,23 +148,34 @@ pub fn generate(
     // The tokens fed at the next step (all of them at first, or without a cache).
     let mut step_ids = ids.shallow_clone();
     tch::no_grad(|| -> Result<()> {
-        for _ in 0..o.max_new_tokens {
-            let positions = positions_from_mask(&mask);
+        // Real tokens per row so far: a decoding step's position is this
+        // minus one (what `positions_from_mask` gives for the last column).
+        let mut counts: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        for step in 0..o.max_new_tokens {
             let t = step_ids.size()[1];
-            let step_pos = positions.narrow(1, positions.size()[1] - t, t);
+            let step_pos = if o.use_cache && step > 0 {
+                let last: Vec<i64> = counts.iter().map(|c| c - 1).collect();
+                Tensor::from_slice(&last)
+                    .view([b as i64, 1])
+                    .to_device(device)
+            } else {
+                let positions = positions_from_mask(&mask);
+                positions.narrow(1, positions.size()[1] - t, t)
+            };
             let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut());
             let last = model
                 .logits(&hidden.narrow(1, t - 1, 1))?
                 .squeeze_dim(1)
                 .to_kind(Kind::Float);
-            let lp = last.log_softmax(-1, Kind::Float);
             let next = if o.temperature == 0.0 {
                 last.argmax(-1, false)
             } else {
                 let u: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
                 sample_inverse_cdf(&process_logits(&last, o).softmax(-1, Kind::Double), &u)
             };
-            let next_lp = lp.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
+            // log softmax at the chosen token, without a [b, V] log-softmax.
+            let next_lp = last.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1)
+                - last.logsumexp([-1], false);
             let next_v: Vec<i64> = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
             let lp_v: Vec<f32> = Vec::<f32>::try_from(&next_lp.to_device(Device::Cpu))?;
             let mut fed = Vec::with_capacity(b);
@@ -178,6 +189,7 @@ pub fn generate(
                     }
                     fed.push(next_v[r]);
                     valid.push(1i64);
+                    counts[r] += 1;
                 } else {
                     fed.push(o.pad_token_id);
                     valid.push(0);
@@ -192,11 +204,11 @@ pub fn generate(
             let valid = Tensor::from_slice(&valid)
                 .view([b as i64, 1])
                 .to_device(device);
-            ids = Tensor::cat(&[&ids, &fed], 1);
             mask = Tensor::cat(&[&mask, &valid], 1);
             step_ids = if o.use_cache {
                 fed
             } else {
+                ids = Tensor::cat(&[&ids, &fed], 1);
                 ids.shallow_clone()
             };
         }

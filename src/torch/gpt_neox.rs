@@ -13,7 +13,8 @@ pub struct GptNeoxAttention {
     heads: i64,
     head_dim: i64,
     rotary_dims: i64,
-    rotary_base: f64,
+    /// `1 / base^(2i / r)`, float32, HF's `inv_freq`.
+    inv_freq: Vec<f32>,
 }
 
 impl GptNeoxAttention {
@@ -30,7 +31,14 @@ impl GptNeoxAttention {
             heads: c.num_attention_heads,
             head_dim,
             rotary_dims: (head_dim as f64 * c.rotary_pct) as i64,
-            rotary_base: c.rotary_emb_base,
+            inv_freq: {
+                let r = (head_dim as f64 * c.rotary_pct) as i64;
+                // As HF: base ** (arange(0, r, 2).float() / r) in float32.
+                (0..r)
+                    .step_by(2)
+                    .map(|i| 1.0 / (c.rotary_emb_base as f32).powf(i as f32 / r as f32))
+                    .collect()
+            },
         }
     }
 
@@ -42,15 +50,7 @@ impl GptNeoxAttention {
         if r == 0 {
             return None;
         }
-        let device = positions.device();
-        let exponent = Tensor::arange_start_step(0, r, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            / r as f64;
-        let inv_freq = Tensor::from(self.rotary_base)
-            .to_device(device)
-            .to_kind(Kind::Float)
-            .pow(&exponent)
-            .reciprocal();
+        let inv_freq = Tensor::from_slice(&self.inv_freq).to_device(positions.device());
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [b, t, r/2]
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, r]
         Some((emb.cos().to_kind(kind), emb.sin().to_kind(kind)))

@@ -89,6 +89,13 @@ impl Embedding {
 pub fn attention_mask(key_valid: &Tensor, queries: i64) -> Tensor {
     let keys = key_valid.size()[1];
     let device = key_valid.device();
+    if queries == 1 {
+        // One new query (a decoding step): every earlier key is in its past,
+        // so only padding and the query's own key matter.
+        let valid = key_valid.to_kind(tch::Kind::Bool).copy(); // never alias the input
+        let _ = valid.narrow(1, keys - 1, 1).fill_(1);
+        return valid.view([-1, 1, 1, keys]);
+    }
     let q_pos =
         Tensor::arange_start(keys - queries, keys, (tch::Kind::Int64, device)).view([queries, 1]);
     let k_pos = Tensor::arange(keys, (tch::Kind::Int64, device)).view([1, keys]);
