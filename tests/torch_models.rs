@@ -381,3 +381,24 @@ fn cuda_models_match_transformers() {
         "bf16 on cuda: {bf16_err}"
     );
 }
+
+/// The preallocated cache returns what concatenation would, also when it
+/// must grow past its capacity.
+#[test]
+fn kv_cache_appends_and_grows() {
+    let mut cache = p3o::torch::kv_cache::KvCache::new(2, 2);
+    let mut all_k: Vec<Tensor> = Vec::new();
+    for step in 0..4 {
+        let t = if step == 0 { 2 } else { 1 };
+        let k = Tensor::randn([3, 2, t, 4], (Kind::Float, Device::Cpu));
+        let v = &k * 2.0;
+        all_k.push(k.shallow_clone());
+        for layer in 0..2 {
+            let (ck, cv) = cache.append(layer, k.shallow_clone(), v.shallow_clone());
+            let want = Tensor::cat(&all_k, 2);
+            assert_eq!(max_abs_diff(&ck, &want), 0.0);
+            assert_eq!(max_abs_diff(&cv, &(&want * 2.0)), 0.0);
+        }
+        assert_eq!(cache.len(), all_k.iter().map(|k| k.size()[2]).sum::<i64>());
+    }
+}

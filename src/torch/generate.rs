@@ -141,7 +141,10 @@ pub fn generate(
     let device = model.device();
     let b = prompts.len();
     let (mut ids, mut mask) = left_pad(prompts, o.pad_token_id, device);
-    let mut cache = o.use_cache.then(|| model.new_cache());
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let mut cache = o
+        .use_cache
+        .then(|| model.new_cache(longest + o.max_new_tokens));
     let mut alive = vec![true; b];
     let mut out_ids = vec![Vec::new(); b];
     let mut out_lp = vec![Vec::new(); b];

@@ -90,8 +90,9 @@ impl LanguageModel {
         self.vs.device()
     }
 
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.num_layers())
+    /// A KV cache for sequences of up to `capacity` positions.
+    pub fn new_cache(&self, capacity: i64) -> KvCache {
+        KvCache::new(self.num_layers(), capacity)
     }
 
     /// Final hidden states `[b, t, h]` of `ids: [b, t]` at `positions: [b, t]`,
