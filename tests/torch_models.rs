@@ -24,6 +24,21 @@ fn expected(name: &str) -> Value {
         .unwrap()
 }
 
+/// HF's logits `[t, V]` for prompt `i` of a fixture's expectations.
+fn expected_logits(exp: &Value, i: usize) -> Tensor {
+    let rows = exp["logits"][i].as_array().unwrap();
+    let flat: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    Tensor::from_slice(&flat).view([rows.len() as i64, -1])
+}
+
 fn ids_of(v: &Value) -> Vec<i64> {
     v.as_array()
         .unwrap()
@@ -77,18 +92,7 @@ fn causal_lms_match_transformers() {
         let eos = model.config.eos_token_id.unwrap();
         for (i, prompt) in exp["prompt_ids"].as_array().unwrap().iter().enumerate() {
             let prompt = ids_of(prompt);
-            let want: Vec<f32> = exp["logits"][i]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                })
-                .collect();
-            let want = Tensor::from_slice(&want).view([prompt.len() as i64, -1]);
+            let want = expected_logits(&exp, i);
             let err = max_abs_diff(&logits(&model, &prompt), &want);
             assert!(
                 err <= HF_F32,
@@ -330,18 +334,7 @@ fn worst_logit_error(device: Device, kind: Kind) -> f64 {
         let exp = expected(name);
         for (i, prompt) in exp["prompt_ids"].as_array().unwrap().iter().enumerate() {
             let prompt = ids_of(prompt);
-            let want: Vec<f32> = exp["logits"][i]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                })
-                .collect();
-            let want = Tensor::from_slice(&want).view([prompt.len() as i64, -1]);
+            let want = expected_logits(&exp, i);
             let x = Tensor::from_slice(&prompt).unsqueeze(0).to_device(device);
             let mask = x.ones_like();
             let got = model
