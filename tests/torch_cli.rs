@@ -1,25 +1,11 @@
 //! `p3o logprobs`, `generate` and `reward` on the HF fixtures.
 #![cfg(feature = "torch")]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn p3o(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p3o"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::run_p3o as p3o;
+
+use std::process::Output;
 
 fn model(name: &str) -> String {
     format!(

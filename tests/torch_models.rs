@@ -252,6 +252,7 @@ fn checkpoint_errors() {
     let err =
         |r: Result<LanguageModel, TorchError>| r.err().map(|e| e.to_string()).unwrap_or_default();
     let tmp = std::env::temp_dir().join(format!("p3o-bad-{}", std::process::id()));
+    let load_tmp = || LanguageModel::load(&tmp, Head::Lm, Device::Cpu, Kind::Float);
     std::fs::create_dir_all(&tmp).unwrap();
     // A reward checkpoint has no LM head.
     let e = err(LanguageModel::load(
@@ -276,12 +277,7 @@ fn checkpoint_errors() {
         tmp.join("model.safetensors"),
     )
     .unwrap();
-    let e = err(LanguageModel::load(
-        &tmp,
-        Head::Lm,
-        Device::Cpu,
-        Kind::Float,
-    ));
+    let e = err(load_tmp());
     // Tensors are checked in name order, so the untied head comes first.
     assert!(
         e.contains("tensor `embed_out.weight`")
@@ -293,22 +289,12 @@ fn checkpoint_errors() {
     cfg["vocab_size"] = 320.into();
     std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
     std::fs::write(tmp.join("model.safetensors"), b"not a safetensors file").unwrap();
-    let e = err(LanguageModel::load(
-        &tmp,
-        Head::Lm,
-        Device::Cpu,
-        Kind::Float,
-    ));
+    let e = err(load_tmp());
     assert!(e.contains("corrupt safetensors"), "{e}");
     // An unsupported architecture.
     cfg["model_type"] = "llama".into();
     std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
-    let e = err(LanguageModel::load(
-        &tmp,
-        Head::Lm,
-        Device::Cpu,
-        Kind::Float,
-    ));
+    let e = err(load_tmp());
     assert!(
         e.contains("unsupported model") && e.contains("llama"),
         "{e}"

@@ -502,9 +502,11 @@ impl Trainer {
                 let loss = pair_loss(alg, &h, &batch)?;
                 let loss_v = loss.double_value(&[]);
                 // Clip statistics by the reference's own rule ([C-CLIP]).
-                let lp_v = [0, 1].map(|s| {
-                    Vec::<f32>::try_from(&lp[s].detach().to_device(Device::Cpu)).unwrap_or_default()
-                });
+                let to_host = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu));
+                let lp_v = [
+                    to_host(&lp[0]).map_err(TorchError::from)?,
+                    to_host(&lp[1]).map_err(TorchError::from)?,
+                ];
                 for (k, &p) in mb.iter().enumerate() {
                     let consts = PairConsts {
                         reward: [shifted[2 * p], shifted[2 * p + 1]],

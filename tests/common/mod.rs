@@ -183,3 +183,24 @@ pub fn near_kink(alg: Algorithm, h: &Hyper, lp: [f64; 2], lp_old: [f64; 2]) -> b
         _ => false,
     }
 }
+
+/// Runs the `p3o` binary with `args`, feeding `stdin`, and collects its
+/// output.
+pub fn run_p3o(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p3o"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the p3o binary starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("stdin takes the input");
+    child.wait_with_output().expect("p3o runs to the end")
+}
