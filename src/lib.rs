@@ -8,8 +8,10 @@ pub mod case;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod reference;
+pub mod stats;
 pub mod tolerance;
 #[cfg(feature = "torch")]
 pub mod torch;
+pub mod toy;
 #[cfg(feature = "torch")]
 pub mod train;
