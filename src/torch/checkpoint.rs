@@ -65,6 +65,12 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 /// names, shapes and dtypes. A missing or misshapen tensor is an error that
 /// names it (and both shapes).
 pub fn load_into(vs: &VarStore, dir: &Path) -> Result<()> {
+    load_into_except(vs, dir, &[])
+}
+
+/// [`load_into`], except that the variables named in `fresh` may be absent
+/// from the checkpoint (they keep their values): a new head on a loaded body.
+pub fn load_into_except(vs: &VarStore, dir: &Path, fresh: &[&str]) -> Result<()> {
     let mut wanted: HashMap<String, Tensor> = vs.variables();
     let device = vs.device();
     for path in weight_files(dir)? {
@@ -105,7 +111,7 @@ pub fn load_into(vs: &VarStore, dir: &Path) -> Result<()> {
             tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
         }
     }
-    if let Some(missing) = wanted.keys().min() {
+    if let Some(missing) = wanted.keys().filter(|k| !fresh.contains(&k.as_str())).min() {
         return Err(TorchError::Tensor {
             name: missing.clone(),
             message: format!("missing from the checkpoint in {}", dir.display()),

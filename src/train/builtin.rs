@@ -18,6 +18,14 @@ pub const BUILTIN_REWARD: &str = "builtin:vowels";
 /// A built-in reward that is always NaN: it exists to exercise the
 /// non-finite guard (`max_nonfinite`).
 pub const NAN_REWARD: &str = "builtin:nan";
+/// The toy task's hidden gold reward ([C-TOY-GOLD]).
+pub const TOY_GOLD_REWARD: &str = "builtin:toy-gold";
+/// The toy task's prompts ([C-TOY-TASK]): its RL training split, and its
+/// eval split as held-out prompts.
+pub const TOY_PROMPTS: &str = "builtin:toy";
+/// Prompts of the toy task's training and eval sets.
+pub const TOY_TRAIN_PROMPTS: usize = 512;
+pub const TOY_EVAL_PROMPTS: usize = 128;
 /// Name of the built-in prompt set.
 pub const BUILTIN_PROMPTS: &str = "builtin";
 

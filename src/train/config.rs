@@ -46,10 +46,13 @@ pub struct TrainConfig {
     pub policy: String,
     /// An HF directory; empty means a frozen copy of the initial policy.
     pub reference: String,
-    /// An HF reward-model directory or `builtin:vowels`.
+    /// An HF reward-model directory, `builtin:vowels` or `builtin:toy-gold`.
     pub reward: String,
+    /// A second reward reported on eval lines as `gold_reward_mean` (e.g.
+    /// `builtin:toy-gold`); empty for none.
+    pub gold_reward: String,
     /// JSON Lines of prompts (`{"prompt"}`, TL;DR `{"prompt", "label"}`, or
-    /// Anthropic HH `{"chosen", "rejected"}`), or `builtin`.
+    /// Anthropic HH `{"chosen", "rejected"}`), `builtin` or `builtin:toy`.
     pub prompts: String,
     /// Held-out prompts in the same formats; empty means the built-in eval
     /// prompts with the built-in task, else the last tenth of `prompts`.
@@ -105,6 +108,7 @@ impl Default for TrainConfig {
             policy: BUILTIN_MODEL.into(),
             reference: String::new(),
             reward: BUILTIN_REWARD.into(),
+            gold_reward: String::new(),
             prompts: BUILTIN_PROMPTS.into(),
             eval_prompts: String::new(),
             eval_every: 10,
@@ -127,41 +131,50 @@ impl Default for TrainConfig {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-impl TrainConfig {
-    /// Reads an optional TOML file, applies `key=value` overrides (values in
-    /// TOML syntax; a bare word is taken as a string) and checks the result.
-    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<TrainConfig, ConfigError> {
-        let mut table = match file {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
-            }
-            None => toml::Table::new(),
-        };
-        for s in sets {
-            let (key, value) = s
-                .split_once('=')
-                .ok_or_else(|| ConfigError(format!("--set `{s}`: expected key=value")))?;
-            let key = key.trim();
-            let value = value.trim();
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            table.insert(key.to_string(), parsed);
+/// Reads a config of type `T` from an optional TOML file and `key=value`
+/// overrides (values in TOML syntax; a bare word is taken as a string). An
+/// unknown key or a value of the wrong type is an error naming the key.
+pub fn load_toml<T: serde::de::DeserializeOwned>(
+    file: Option<&Path>,
+    sets: &[String],
+) -> Result<T, ConfigError> {
+    let mut table = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
         }
-        let cfg: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                let message = e.into_inner().message().to_string();
-                if key == "." {
-                    ConfigError(format!("config: {message}"))
-                } else {
-                    ConfigError(format!("config key `{key}`: {message}"))
-                }
-            })?;
+        None => toml::Table::new(),
+    };
+    for s in sets {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError(format!("--set `{s}`: expected key=value")))?;
+        let key = key.trim();
+        let value = value.trim();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        table.insert(key.to_string(), parsed);
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        if key == "." {
+            ConfigError(format!("config: {message}"))
+        } else {
+            ConfigError(format!("config key `{key}`: {message}"))
+        }
+    })
+}
+
+impl TrainConfig {
+    /// Reads an optional TOML file, applies `key=value` overrides and checks
+    /// the result.
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<TrainConfig, ConfigError> {
+        let cfg: TrainConfig = load_toml(file, sets)?;
         cfg.check()?;
         Ok(cfg)
     }

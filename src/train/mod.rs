@@ -1,5 +1,6 @@
 //! Feature `torch`: the RLHF trainer behind `p3o train` (P3O-V1, P3O-V2,
-//! online DPO; PPO is not implemented yet). Losses are one function of
+//! online DPO, PPO) and the toy pipeline around it (SFT, reward model,
+//! evaluation, demo). Losses are one function of
 //! log-prob tensors per algorithm, differential-tested against
 //! `crate::reference`.
 
@@ -7,5 +8,7 @@ pub mod builtin;
 pub mod config;
 pub mod data;
 pub mod losses;
+pub mod models;
 pub mod optim;
+pub mod rollout;
 pub mod trainer;

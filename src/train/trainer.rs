@@ -2,7 +2,7 @@
 //! rollouts of two responses per prompt, KL-shaped float64 rewards, several
 //! epochs of minibatches over each rollout, AdamW, metrics, checkpoints.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,21 +12,20 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use super::builtin::{self, BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
+use super::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use super::config::TrainConfig;
 use super::data::load_prompts;
 use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
+use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
+use super::rollout::{Reward, ValueHead, sequence_logprobs, token_window};
 use crate::reference::gae::gae;
 use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
 use crate::reference::{Algorithm, Hyper, PairConsts, PairVars};
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
-use crate::torch::generate::{GenerateOptions, generate, left_pad};
+use crate::torch::generate::{GenerateOptions, generate};
 use crate::torch::layers::Linear;
-use crate::torch::logprobs::token_logprobs;
-use crate::torch::model::positions_from_mask;
-use crate::torch::reward::rewards as model_rewards;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel, TorchError};
 
@@ -64,33 +63,15 @@ struct StepStats {
     times: [Instant; 3],
 }
 
-/// A scalar head `v_head: Linear(hidden, 1)` in its own variable store.
-struct ValueHead {
-    vs: tch::nn::VarStore,
-    linear: Linear,
-}
-
-/// Per-token quantities of response windows `[n, L]`: log-probs, values
-/// (with a value head) and the mask of real tokens (responses right-aligned).
-struct TokenWindow {
-    lp: Tensor,
-    values: Option<Tensor>,
-    mask: Tensor,
-}
-
-enum RewardSource {
-    Vowels,
-    Nan,
-    Model(Box<LanguageModel>),
-}
-
 /// Everything a run holds.
 pub struct Trainer {
     cfg: TrainConfig,
     out: PathBuf,
     policy: LanguageModel,
     reference: LanguageModel,
-    reward: RewardSource,
+    reward: Reward,
+    /// A second reward reported in eval lines (`gold_reward_mean`).
+    gold: Option<Reward>,
     tokenizer: Tokenizer,
     tokenizer_json: String,
     prompts: Vec<String>,
@@ -106,22 +87,6 @@ pub struct Trainer {
     step: usize,
     nonfinite_in_row: usize,
     nonfinite_total: usize,
-}
-
-fn device_of(s: &str) -> Result<Device, TrainError> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                TrainError::Input(format!(
-                    "config key `device`: `{s}` (expected cpu, cuda or cuda:N)"
-                ))
-            }),
-    }
 }
 
 /// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
@@ -155,19 +120,7 @@ impl Trainer {
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
-        let load_model = |spec: &str, head: Head| -> Result<LanguageModel, TrainError> {
-            if spec == BUILTIN_MODEL {
-                return Ok(builtin::tiny_model(cfg.seed, device)?);
-            }
-            let dir = Path::new(spec);
-            if !dir.join("config.json").is_file() {
-                return Err(TrainError::Input(format!(
-                    "model `{spec}`: no config.json there (an HF directory or {BUILTIN_MODEL})"
-                )));
-            }
-            Ok(LanguageModel::load(dir, head, device, Kind::Float)?)
-        };
-        let policy = load_model(&cfg.policy, Head::Lm)?;
+        let policy = load_model(&cfg.policy, Head::Lm, cfg.seed, device)?;
         let reference = load_model(
             if cfg.reference.is_empty() {
                 &cfg.policy
@@ -175,38 +128,36 @@ impl Trainer {
                 &cfg.reference
             },
             Head::Lm,
+            cfg.seed,
+            device,
         )?;
         for (_, mut t) in reference.vs.variables() {
             let _ = t.requires_grad_(false);
         }
-        let tokenizer_json = if cfg.policy == BUILTIN_MODEL {
-            builtin::tokenizer_json()
-        } else {
-            let path = Path::new(&cfg.policy).join("tokenizer.json");
-            std::fs::read_to_string(&path)
-                .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?
-        };
+        let tokenizer_json = tokenizer_json_of(&cfg.policy)?;
         let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
-        let reward = if cfg.reward == BUILTIN_REWARD {
-            RewardSource::Vowels
-        } else if cfg.reward == builtin::NAN_REWARD {
-            RewardSource::Nan
+        let reward = Reward::load(&cfg.reward, "reward", cfg.max_new_tokens, device)?;
+        let gold = if cfg.gold_reward.is_empty() {
+            None
         } else {
-            let dir = Path::new(&cfg.reward);
-            if !dir.join("config.json").is_file() {
-                return Err(TrainError::Input(format!(
-                    "config key `reward`: `{}` is neither {BUILTIN_REWARD} nor an HF directory",
-                    cfg.reward
-                )));
-            }
-            RewardSource::Model(Box::new(LanguageModel::load(
-                dir,
-                Head::Score,
+            Some(Reward::load(
+                &cfg.gold_reward,
+                "gold_reward",
+                cfg.max_new_tokens,
                 device,
-                Kind::Float,
-            )?))
+            )?)
         };
-        let (prompts, eval_prompts) = if cfg.prompts == BUILTIN_PROMPTS {
+        let (prompts, eval_prompts) = if cfg.prompts == TOY_PROMPTS {
+            let eval = if cfg.eval_prompts.is_empty() {
+                crate::toy::prompts(crate::toy::Split::Eval, builtin::TOY_EVAL_PROMPTS)
+            } else {
+                load_prompts(Path::new(&cfg.eval_prompts)).map_err(TrainError::Input)?
+            };
+            (
+                crate::toy::prompts(crate::toy::Split::Train, builtin::TOY_TRAIN_PROMPTS),
+                eval,
+            )
+        } else if cfg.prompts == BUILTIN_PROMPTS {
             let train: Vec<String> = builtin::TRAIN_PROMPTS
                 .iter()
                 .map(|s| s.to_string())
@@ -266,6 +217,7 @@ impl Trainer {
             policy,
             reference,
             reward,
+            gold,
             tokenizer,
             tokenizer_json,
             prompts,
@@ -285,92 +237,6 @@ impl Trainer {
             beta: self.cfg.beta,
             epsilon: self.cfg.epsilon,
             vf_coef: 1.0,
-        }
-    }
-
-    /// Token log-probs (and values) of each response after its prompt,
-    /// computing the LM head only on the response positions.
-    fn token_window(
-        model: &LanguageModel,
-        head: Option<&ValueHead>,
-        prompts: &[Vec<i64>],
-        responses: &[Vec<i64>],
-    ) -> Result<TokenWindow, TrainError> {
-        let rows: Vec<Vec<i64>> = prompts
-            .iter()
-            .zip(responses)
-            .map(|(p, r)| p.iter().chain(r).copied().collect())
-            .collect();
-        let (ids, attn) = left_pad(&rows, 0, model.device());
-        let t = ids.size()[1];
-        let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None);
-        // Position j's logits predict token j + 1: the window predicting the
-        // last l tokens starts at t - 1 - l (a prompt has at least one token).
-        let window = hidden.narrow(1, t - 1 - l, l);
-        let lp = token_logprobs(&model.logits(&window)?, &ids.narrow(1, t - l, l));
-        let values = head.map(|h| {
-            h.linear
-                .forward(&window.to_kind(h.linear.weight.kind()))
-                .squeeze_dim(-1)
-        });
-        let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
-        let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + l;
-        let mask = Tensor::arange(l, (Kind::Int64, model.device()))
-            .unsqueeze(0)
-            .ge_tensor(&start.unsqueeze(1))
-            .to_kind(Kind::Float);
-        Ok(TokenWindow {
-            lp: lp * &mask,
-            values: values.map(|v| v * &mask),
-            mask,
-        })
-    }
-
-    /// Sequence log-probs `[n]`: the masked sums of [`Self::token_window`].
-    fn sequence_logprobs(
-        model: &LanguageModel,
-        prompts: &[Vec<i64>],
-        responses: &[Vec<i64>],
-    ) -> Result<Tensor, TrainError> {
-        let w = Self::token_window(model, None, prompts, responses)?;
-        Ok(w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
-    }
-
-    fn rewards_of(
-        &self,
-        prompt_ids: &[Vec<i64>],
-        responses: &[Vec<i64>],
-    ) -> Result<Vec<f64>, TrainError> {
-        match &self.reward {
-            RewardSource::Vowels => responses
-                .iter()
-                .map(|r| {
-                    let body: Vec<i64> = r
-                        .iter()
-                        .copied()
-                        .filter(|&t| Some(t) != self.tokenizer.eos_token_id)
-                        .collect();
-                    Ok(builtin::vowel_reward(
-                        &self.tokenizer.decode(&body)?,
-                        self.cfg.max_new_tokens,
-                    ))
-                })
-                .collect(),
-            RewardSource::Nan => Ok(vec![f64::NAN; responses.len()]),
-            RewardSource::Model(m) => {
-                let rows: Vec<Vec<i64>> = prompt_ids
-                    .iter()
-                    .zip(responses)
-                    .map(|(p, r)| p.iter().chain(r).copied().collect())
-                    .collect();
-                let (ids, mask) = left_pad(&rows, 0, m.device());
-                let r = tch::no_grad(|| model_rewards(m, &ids, &mask))?;
-                Ok(
-                    Vec::<f64>::try_from(&r.to_kind(Kind::Double).to_device(Device::Cpu))
-                        .map_err(TorchError::from)?,
-                )
-            }
         }
     }
 
@@ -427,13 +293,13 @@ impl Trainer {
         let pair_texts: Vec<String> = texts.iter().flat_map(|t| [t.clone(), t.clone()]).collect();
         let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
         let generated = Instant::now();
-        let lp_old =
-            tch::no_grad(|| Self::sequence_logprobs(&self.policy, &prompt_ids, &responses))?
-                .to_kind(Kind::Float);
-        let lp_ref =
-            tch::no_grad(|| Self::sequence_logprobs(&self.reference, &prompt_ids, &responses))?
-                .to_kind(Kind::Float);
-        let raw = self.rewards_of(&prompt_ids, &responses)?;
+        let lp_old = tch::no_grad(|| sequence_logprobs(&self.policy, &prompt_ids, &responses))?
+            .to_kind(Kind::Float);
+        let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &prompt_ids, &responses))?
+            .to_kind(Kind::Float);
+        let raw = self
+            .reward
+            .score(&self.tokenizer, &prompt_ids, &responses)?;
         let shifted: Vec<f64> = raw
             .iter()
             .zip(&pair_texts)
@@ -466,7 +332,7 @@ impl Trainer {
                 let pick =
                     |v: &Vec<Vec<i64>>| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
                 let lp_new =
-                    Self::sequence_logprobs(&self.policy, &pick(&prompt_ids), &pick(&responses))?;
+                    sequence_logprobs(&self.policy, &pick(&prompt_ids), &pick(&responses))?;
                 let col = |src: &[f32], side: usize| {
                     Tensor::from_slice(&mb.iter().map(|&p| src[2 * p + side]).collect::<Vec<f32>>())
                         .to_device(device)
@@ -577,11 +443,12 @@ impl Trainer {
         let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
         let generated = Instant::now();
         let head = self.value_head.as_ref().expect("PPO has a value head");
-        let old =
-            tch::no_grad(|| Self::token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
+        let old = tch::no_grad(|| token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
         let reference =
-            tch::no_grad(|| Self::token_window(&self.reference, None, &prompt_ids, &responses))?;
-        let raw = self.rewards_of(&prompt_ids, &responses)?;
+            tch::no_grad(|| token_window(&self.reference, None, &prompt_ids, &responses))?;
+        let raw = self
+            .reward
+            .score(&self.tokenizer, &prompt_ids, &responses)?;
         let mut scores: Vec<f64> = raw
             .iter()
             .zip(&texts)
@@ -685,7 +552,7 @@ impl Trainer {
             for mb in order.chunks(2 * self.cfg.minibatch_size) {
                 let pick = |v: &Vec<Vec<i64>>| mb.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
                 let head = self.value_head.as_ref().expect("PPO has a value head");
-                let new = Self::token_window(
+                let new = token_window(
                     &self.policy,
                     Some(head),
                     &pick(&prompt_ids),
@@ -874,16 +741,19 @@ impl Trainer {
             .map(|p| self.tokenizer.encode(p))
             .collect::<Result<_, _>>()?;
         let responses = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
-        let lp = tch::no_grad(|| Self::sequence_logprobs(&self.policy, &ids, &responses))?;
-        let lp_ref = tch::no_grad(|| Self::sequence_logprobs(&self.reference, &ids, &responses))?;
+        let lp = tch::no_grad(|| sequence_logprobs(&self.policy, &ids, &responses))?;
+        let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &ids, &responses))?;
         let kl = (lp.to_kind(Kind::Double) - lp_ref.to_kind(Kind::Double))
             .mean(Kind::Double)
             .double_value(&[]);
-        let r = self.rewards_of(&ids, &responses)?;
-        Ok(
-            json!({"step": self.step, "algorithm": self.cfg.algorithm, "split": "eval",
-                  "reward_mean": r.iter().sum::<f64>() / r.len() as f64, "kl_mean": kl}),
-        )
+        let r = self.reward.score(&self.tokenizer, &ids, &responses)?;
+        let mut line = json!({"step": self.step, "algorithm": self.cfg.algorithm, "split": "eval",
+                              "reward_mean": r.iter().sum::<f64>() / r.len() as f64, "kl_mean": kl});
+        if let Some(g) = &self.gold {
+            let r = g.score(&self.tokenizer, &ids, &responses)?;
+            line["gold_reward_mean"] = json!(r.iter().sum::<f64>() / r.len() as f64);
+        }
+        Ok(line)
     }
 
     fn checkpoint_dir(&self) -> PathBuf {
@@ -1013,17 +883,7 @@ impl Trainer {
                 .div_ceil(self.cfg.minibatch_size)
                 .div_ceil(self.cfg.grad_accum);
         let total_opt_steps = updates_per_step * self.cfg.steps;
-        let bar = if std::io::stderr().is_terminal() {
-            indicatif::ProgressBar::new(self.cfg.steps as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}",
-            )
-            .expect("a valid template"),
-        );
+        let bar = progress_bar(self.cfg.steps as u64, "steps");
         bar.set_position(self.step as u64);
         let mut last = serde_json::Value::Null;
         while self.step < self.cfg.steps {
