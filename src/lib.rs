@@ -7,6 +7,8 @@ pub mod bandit;
 pub mod case;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "torch")]
+pub mod demo;
 pub mod reference;
 pub mod stats;
 pub mod tolerance;

@@ -10,6 +10,7 @@ use p3o::case::run_line;
 use p3o::reference::shift::RewardShift;
 
 mod lm;
+mod pipeline;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,21 @@ enum Command {
     /// RLHF training with P3O-V1, P3O-V2 or online DPO; with no --config, a
     /// built-in tiny task that runs on a CPU in minutes.
     Train(lm::TrainArgs),
+    /// Supervised fine-tuning on prompt/response pairs (the built-in toy
+    /// corpus by default); writes the model in HF layout.
+    Sft(pipeline::SftArgs),
+    /// Reward models: `p3o reward-model train --base DIR --data FILE --out DIR`.
+    #[command(subcommand)]
+    RewardModel(pipeline::RewardModelCommand),
+    /// Held-out KL to a reference and mean rewards of policies (JSON Lines,
+    /// one per policy).
+    Eval(pipeline::EvalArgs),
+    /// Head-to-head win rates between policies under a reward, with
+    /// standard errors (one JSON object).
+    Compare(pipeline::EvalArgs),
+    /// The whole pipeline on the built-in toy task: SFT, preferences, reward
+    /// model, P3O-V1/V2, PPO and DPO, report with plots.
+    Demo(pipeline::DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +139,11 @@ fn main() -> ExitCode {
         Command::Generate(args) => lm::generate(args),
         Command::Reward(args) => lm::reward(args),
         Command::Train(args) => lm::train(args),
+        Command::Sft(args) => pipeline::sft(args),
+        Command::RewardModel(c) => pipeline::reward_model(c),
+        Command::Eval(args) => pipeline::eval(args),
+        Command::Compare(args) => pipeline::compare(args),
+        Command::Demo(args) => pipeline::demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -138,15 +138,22 @@ pub fn load_toml<T: serde::de::DeserializeOwned>(
     file: Option<&Path>,
     sets: &[String],
 ) -> Result<T, ConfigError> {
-    let mut table = match file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
-            toml::from_str::<toml::Table>(&text)
-                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
-        }
-        None => toml::Table::new(),
-    };
+    load_toml_over(toml::Table::new(), file, sets)
+}
+
+/// [`load_toml`] with the keys of `base` as defaults under the file's.
+pub fn load_toml_over<T: serde::de::DeserializeOwned>(
+    mut table: toml::Table,
+    file: Option<&Path>,
+    sets: &[String],
+) -> Result<T, ConfigError> {
+    if let Some(p) = file {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+        let from_file = toml::from_str::<toml::Table>(&text)
+            .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+        table.extend(from_file);
+    }
     for s in sets {
         let (key, value) = s
             .split_once('=')

@@ -7,8 +7,11 @@
 pub mod builtin;
 pub mod config;
 pub mod data;
+pub mod evaluate;
 pub mod losses;
 pub mod models;
 pub mod optim;
+pub mod reward_model;
 pub mod rollout;
+pub mod sft;
 pub mod trainer;

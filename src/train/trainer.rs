@@ -886,6 +886,10 @@ impl Trainer {
         let bar = progress_bar(self.cfg.steps as u64, "steps");
         bar.set_position(self.step as u64);
         let mut last = serde_json::Value::Null;
+        if self.step == 0 && self.cfg.eval_every > 0 {
+            // The starting point of the KL-reward curve.
+            writeln!(metrics, "{}", self.evaluate()?)?;
+        }
         while self.step < self.cfg.steps {
             let line = self.train_step(total_opt_steps)?;
             writeln!(metrics, "{line}")?;

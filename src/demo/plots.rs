@@ -1,0 +1,198 @@
+//! The report's figures, drawn with `plotters` to PNG and SVG: line charts
+//! (the KL-reward frontiers, the reward-shift curves) and the win-rate
+//! heatmap.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// One curve: a label, points, and whether it is dashed.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+    /// Index into the palette (curves of one algorithm share a colour).
+    pub colour: usize,
+}
+
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+/// A square matrix of numbers in [0, 1] with row and column names.
+pub struct Heatmap {
+    pub title: String,
+    pub names: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+}
+
+const SIZE: (u32, u32) = (800, 560);
+
+fn colour(i: usize) -> RGBColor {
+    let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+    RGBColor(r, g, b)
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+/// Bounds of all points, padded by 5 % (and widened when flat).
+fn bounds(series: &[Series]) -> ((f64, f64), (f64, f64)) {
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return ((0.0, 1.0), (0.0, 1.0));
+    }
+    let pad = |a: f64, b: f64| {
+        let w = if b - a > 1e-9 { b - a } else { 1.0 };
+        (a - 0.05 * w, b + 0.05 * w)
+    };
+    (pad(x0, x1), pad(y0, y1))
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &LineChart) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let ((x0, x1), (y0, y1)) = bounds(&c.series);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&c.title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label.as_str())
+        .y_desc(c.y_label.as_str())
+        .draw()
+        .map_err(err)?;
+    for s in &c.series {
+        let col = colour(s.colour);
+        let style = ShapeStyle::from(&col).stroke_width(2);
+        let pts = s.points.iter().copied();
+        let anno = if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts, 6, 4, style))
+                .map_err(err)?
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts, style))
+                .map_err(err)?
+        };
+        anno.label(s.label.as_str()).legend(move |(x, y)| {
+            PathElement::new(
+                vec![(x, y), (x + 20, y)],
+                ShapeStyle::from(&col).stroke_width(2),
+            )
+        });
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, ShapeStyle::from(&col).filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, h: &Heatmap) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let n = h.names.len();
+    let root = root
+        .titled(&h.title, ("sans-serif", 22))
+        .map_err(err)?
+        .margin(10, 10, 10, 10);
+    let (label_w, label_h) = (120i32, 30i32);
+    let (w, hgt) = root.dim_in_pixel();
+    let cell_w = ((w as i32 - label_w) / n.max(1) as i32).max(1);
+    let cell_h = ((hgt as i32 - label_h) / n.max(1) as i32).max(1);
+    let text = ("sans-serif", 16).into_font();
+    for (j, name) in h.names.iter().enumerate() {
+        root.draw(&Text::new(
+            name.clone(),
+            (label_w + j as i32 * cell_w + 6, 6),
+            text.clone(),
+        ))
+        .map_err(err)?;
+    }
+    for (i, row) in h.values.iter().enumerate() {
+        let top = label_h + i as i32 * cell_h;
+        root.draw(&Text::new(
+            h.names[i].clone(),
+            (4, top + cell_h / 2 - 8),
+            text.clone(),
+        ))
+        .map_err(err)?;
+        for (j, &v) in row.iter().enumerate() {
+            let left = label_w + j as i32 * cell_w;
+            // White at 0.5, blue towards 1, red towards 0.
+            let t = (2.0 * (v - 0.5)).clamp(-1.0, 1.0);
+            let fill = if t >= 0.0 {
+                RGBColor(
+                    (255.0 * (1.0 - t)) as u8,
+                    (255.0 * (1.0 - 0.6 * t)) as u8,
+                    255,
+                )
+            } else {
+                RGBColor(
+                    255,
+                    (255.0 * (1.0 + 0.6 * t)) as u8,
+                    (255.0 * (1.0 + t)) as u8,
+                )
+            };
+            root.draw(&Rectangle::new(
+                [(left, top), (left + cell_w - 2, top + cell_h - 2)],
+                fill.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(
+                format!("{v:.2}"),
+                (left + cell_w / 2 - 16, top + cell_h / 2 - 8),
+                text.clone(),
+            ))
+            .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+/// Writes `stem.png` and `stem.svg`.
+pub fn save_line_chart(stem: &Path, c: &LineChart) -> Result<(), String> {
+    let png = stem.with_extension("png");
+    draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), c)?;
+    let svg = stem.with_extension("svg");
+    draw_lines(SVGBackend::new(&svg, SIZE).into_drawing_area(), c)
+}
+
+/// Writes `stem.png` and `stem.svg`.
+pub fn save_heatmap(stem: &Path, h: &Heatmap) -> Result<(), String> {
+    let png = stem.with_extension("png");
+    draw_heatmap(BitMapBackend::new(&png, SIZE).into_drawing_area(), h)?;
+    let svg = stem.with_extension("svg");
+    draw_heatmap(SVGBackend::new(&svg, SIZE).into_drawing_area(), h)
+}

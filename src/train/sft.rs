@@ -1,0 +1,293 @@
+//! `p3o sft`: supervised fine-tuning ([C-SFT]) of a GPT-NeoX (or GPT-2) on
+//! prompt/response pairs: the built-in toy corpus ([C-TOY-TASK]) or JSON
+//! Lines of `{"prompt", "response"}`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
+use super::config::{ConfigError, load_toml};
+use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
+use super::optim::{AdamW, learning_rate};
+use super::rollout::token_window;
+use super::trainer::TrainError;
+use crate::torch::tokenizer::Tokenizer;
+use crate::torch::{Head, LanguageModel};
+
+/// Every key of an SFT config, with its default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// `builtin:tiny-neox` (seeded random weights) or an HF directory.
+    pub base: String,
+    /// `builtin:toy` or JSON Lines of `{"prompt", "response"}`.
+    pub data: String,
+    /// Examples drawn from the built-in corpus.
+    pub corpus_size: usize,
+    /// Share of the examples held out for the reported loss.
+    pub heldout_fraction: f64,
+    /// Optimizer steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// `constant`, `linear` or `cosine`.
+    pub lr_schedule: String,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// Held-out loss every this many steps (0: only at the start and end).
+    pub eval_every: usize,
+    pub seed: u64,
+    pub device: String,
+    /// CPU threads of libtorch (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            base: BUILTIN_MODEL.into(),
+            data: TOY_PROMPTS.into(),
+            corpus_size: 8192,
+            heldout_fraction: 0.05,
+            steps: 600,
+            batch_size: 64,
+            lr: 3e-3,
+            warmup_steps: 30,
+            lr_schedule: "cosine".into(),
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            eval_every: 100,
+            seed: 0,
+            device: "cpu".into(),
+            threads: 2,
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<SftConfig, ConfigError> {
+        let cfg: SftConfig = load_toml(file, sets)?;
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
+        for (key, v) in [
+            ("steps", cfg.steps),
+            ("batch_size", cfg.batch_size),
+            ("corpus_size", cfg.corpus_size),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
+            return bad("lr", "must be finite and >= 0");
+        }
+        if !(0.0..1.0).contains(&cfg.heldout_fraction) {
+            return bad("heldout_fraction", "must be in [0, 1)");
+        }
+        if !["constant", "linear", "cosine"].contains(&cfg.lr_schedule.as_str()) {
+            return bad("lr_schedule", "expected constant, linear or cosine");
+        }
+        Ok(cfg)
+    }
+}
+
+/// Prompt/response pairs of `data`: the built-in corpus or JSON Lines.
+pub fn load_pairs(
+    data: &str,
+    corpus_size: usize,
+    seed: u64,
+) -> Result<Vec<(String, String)>, TrainError> {
+    if data == TOY_PROMPTS {
+        return Ok(crate::toy::corpus(corpus_size, seed));
+    }
+    let path = Path::new(data);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |m: &str| TrainError::Input(format!("{} line {}: {m}", path.display(), i + 1));
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| at(&format!("field `{k}`: expected a string")))
+        };
+        out.push((field("prompt")?, field("response")?));
+    }
+    if out.is_empty() {
+        return Err(TrainError::Input(format!(
+            "{}: no examples",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Token ids of prompts and of responses followed by the end-of-text token.
+struct Encoded {
+    prompts: Vec<Vec<i64>>,
+    responses: Vec<Vec<i64>>,
+}
+
+fn encode(
+    pairs: &[(String, String)],
+    tokenizer: &Tokenizer,
+    max_positions: i64,
+) -> Result<Encoded, TrainError> {
+    let eos = tokenizer.eos_token_id.ok_or_else(|| {
+        TrainError::Input("the model config names no eos_token_id to end responses with".into())
+    })?;
+    let mut prompts = Vec::with_capacity(pairs.len());
+    let mut responses = Vec::with_capacity(pairs.len());
+    for (i, (p, r)) in pairs.iter().enumerate() {
+        let p_ids = tokenizer.encode(p)?;
+        let mut r_ids = tokenizer.encode(r)?;
+        r_ids.push(eos);
+        let n = (p_ids.len() + r_ids.len()) as i64;
+        if p_ids.is_empty() || n > max_positions {
+            return Err(TrainError::Input(format!(
+                "example {}: {n} tokens do not fit the model's {max_positions} positions (or the prompt is empty)",
+                i + 1
+            )));
+        }
+        prompts.push(p_ids);
+        responses.push(r_ids);
+    }
+    Ok(Encoded { prompts, responses })
+}
+
+/// The mean token cross-entropy of `rows` ([C-SFT]).
+fn loss_of(model: &LanguageModel, data: &Encoded, rows: &[usize]) -> Result<Tensor, TrainError> {
+    let pick = |v: &Vec<Vec<i64>>| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
+    let w = token_window(model, None, &pick(&data.prompts), &pick(&data.responses))?;
+    Ok(-w.lp.sum(Kind::Float) / w.mask.sum(Kind::Float))
+}
+
+/// The mean cross-entropy over every held-out token, in chunks.
+fn heldout_loss(model: &LanguageModel, data: &Encoded) -> Result<f64, TrainError> {
+    let (mut total, mut tokens) = (0.0, 0usize);
+    let n = data.prompts.len();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let count: usize = chunk.iter().map(|&r| data.responses[r].len()).sum();
+        let l = tch::no_grad(|| loss_of(model, data, chunk))?;
+        total += l.double_value(&[]) * count as f64;
+        tokens += count;
+    }
+    Ok(total / tokens.max(1) as f64)
+}
+
+/// What `p3o sft` reports at the end.
+#[derive(Clone, Debug, Serialize)]
+pub struct SftSummary {
+    pub examples: usize,
+    pub heldout_examples: usize,
+    /// Held-out mean token cross-entropy before and after training.
+    pub initial_heldout_loss: f64,
+    pub final_heldout_loss: f64,
+    pub model: PathBuf,
+}
+
+/// Trains, writing `out/metrics.jsonl` and the model in HF layout to
+/// `out/final` (config.json, model.safetensors, tokenizer.json).
+pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
+    let device = device_of(&cfg.device)?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let model = load_model(&cfg.base, Head::Lm, cfg.seed, device)?;
+    let tokenizer_json = tokenizer_json_of(&cfg.base)?;
+    let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
+    let mut pairs = load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?;
+    pairs.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5f7));
+    let held = ((pairs.len() as f64 * cfg.heldout_fraction).round() as usize).min(pairs.len() - 1);
+    let heldout_pairs = pairs.split_off(pairs.len() - held);
+    let max = model.config.max_positions();
+    let train = encode(&pairs, &tokenizer, max)?;
+    let heldout = encode(&heldout_pairs, &tokenizer, max)?;
+
+    std::fs::create_dir_all(out)?;
+    let mut metrics = std::fs::File::create(out.join("metrics.jsonl"))?;
+    let mut opt = AdamW::new(&[&model.vs], cfg.weight_decay);
+    let eval = || -> Result<Option<f64>, TrainError> {
+        if heldout.prompts.is_empty() {
+            return Ok(None);
+        }
+        heldout_loss(&model, &heldout).map(Some)
+    };
+    let initial = eval()?;
+    let mut last = initial;
+    writeln!(
+        metrics,
+        "{}",
+        json!({"step": 0, "split": "heldout", "loss": initial})
+    )?;
+    let bar = progress_bar(cfg.steps as u64, "SFT steps");
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = Vec::new();
+    for step in 1..=cfg.steps {
+        let mut rows = Vec::with_capacity(cfg.batch_size);
+        while rows.len() < cfg.batch_size.min(train.prompts.len()) {
+            if order.is_empty() {
+                order = (0..train.prompts.len()).collect();
+                order.shuffle(&mut rng);
+            }
+            rows.push(order.pop().expect("refilled above"));
+        }
+        opt.zero_grad();
+        let loss = loss_of(&model, &train, &rows)?;
+        let loss_v = loss.double_value(&[]);
+        if !loss_v.is_finite() {
+            return Err(TrainError::Stopped(format!(
+                "SFT step {step}: the loss is {loss_v}; lower lr"
+            )));
+        }
+        loss.backward();
+        let norm = if cfg.max_grad_norm > 0.0 {
+            opt.clip_grad_norm(cfg.max_grad_norm)
+        } else {
+            opt.grad_norm()
+        };
+        let lr = learning_rate(
+            cfg.lr,
+            &cfg.lr_schedule,
+            cfg.warmup_steps,
+            step - 1,
+            cfg.steps,
+        );
+        opt.step(lr);
+        let mut line =
+            json!({"step": step, "split": "train", "loss": loss_v, "grad_norm": norm, "lr": lr});
+        writeln!(metrics, "{line}")?;
+        if step == cfg.steps || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
+            last = eval()?;
+            line = json!({"step": step, "split": "heldout", "loss": last});
+            writeln!(metrics, "{line}")?;
+        }
+        bar.set_message(format!("loss {loss_v:.3}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let final_dir = out.join("final");
+    model.save(&final_dir)?;
+    std::fs::write(final_dir.join("tokenizer.json"), tokenizer_json)?;
+    Ok(SftSummary {
+        examples: train.prompts.len(),
+        heldout_examples: heldout.prompts.len(),
+        initial_heldout_loss: initial.unwrap_or(f64::NAN),
+        final_heldout_loss: last.unwrap_or(f64::NAN),
+        model: final_dir,
+    })
+}
