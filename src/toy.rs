@@ -20,7 +20,7 @@ pub const LETTERS: &[u8] = b"abcdefghijkl";
 /// Letters named by each prompt.
 pub const PROMPT_LETTERS: usize = 4;
 /// Probability that a supervised response character is a prompt letter.
-pub const ON_TOPIC: f64 = 0.6;
+pub const ON_TOPIC: f64 = 0.75;
 /// Shortest and longest supervised response.
 pub const SFT_LENGTHS: (usize, usize) = (3, 12);
 /// The gold reward's best length.

@@ -80,9 +80,9 @@ impl Default for DemoConfig {
             sft_steps: 600,
             sft_batch_size: 64,
             sft_lr: 3e-3,
-            preference_pairs: 2048,
+            preference_pairs: 16384,
             rm_epochs: 2,
-            rm_lr: 1e-3,
+            rm_lr: 2e-3,
             algorithms: ["p3o-v1", "p3o-v2", "ppo", "dpo"]
                 .map(String::from)
                 .to_vec(),
@@ -108,7 +108,7 @@ impl DemoConfig {
         DemoConfig {
             corpus_size: 4096,
             sft_steps: 200,
-            preference_pairs: 512,
+            preference_pairs: 4096,
             rm_epochs: 2,
             rl_steps: 40,
             eval_every: 10,
@@ -299,7 +299,11 @@ fn weight_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -
 fn write_preferences(policy: &Path, cfg: &DemoConfig, out: &Path) -> Result<f64, TrainError> {
     let model = load_policy(policy, Device::Cpu)?;
     let tokenizer = Tokenizer::load(policy, &model.config)?;
-    let prompts = toy::prompts(Split::Preferences, cfg.preference_pairs);
+    // Each prompt of the split once, then again (about 2970 prompts).
+    let distinct = toy::prompts(Split::Preferences, cfg.preference_pairs);
+    let prompts: Vec<String> = (0..cfg.preference_pairs)
+        .map(|i| distinct[i % distinct.len()].clone())
+        .collect();
     let ids: Vec<Vec<i64>> = prompts
         .iter()
         .map(|p| tokenizer.encode(p))
