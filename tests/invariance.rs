@@ -165,3 +165,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/invariance.txt"))]
+
+    // spec: C-REWARD-SHIFT
+    /// The random shift lies on its grid in `[-A, A]`, and for float32-valued
+    /// rewards it cancels exactly in a reward difference.
+    #[test]
+    fn random_shift_cancels_exactly_in_reward_differences(
+        amplitude in prop_oneof![Just(1.0f64), Just(10.0), Just(1000.0), 1e-3f64..1e3],
+        seed in any::<u64>(),
+        text in "[a-z]{1,12}",
+        r1 in prop_oneof![Just(0.0f32), 1e-4f32..50.0, -50.0f32..-1e-4],
+        r2 in prop_oneof![Just(0.0f32), 1e-4f32..50.0, -50.0f32..-1e-4],
+    ) {
+        let shift: p3o::reference::shift::RewardShift =
+            format!("random:{amplitude}:{seed}").parse().unwrap();
+        let d = shift.delta_for_text(&text);
+        prop_assert!(d.abs() <= amplitude);
+        let step = (amplitude.log2().ceil() - 23.0).exp2();
+        prop_assert_eq!(d / step, (d / step).round());
+        let (r1, r2) = (f64::from(r1), f64::from(r2));
+        prop_assert_eq!((r1 + d) - (r2 + d), r1 - r2);
+    }
+}

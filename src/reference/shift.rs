@@ -60,6 +60,20 @@ impl FromStr for RewardShift {
     }
 }
 
+/// One draw of `delta` ([C-REWARD-SHIFT]): `j s` with `s = 2^(ceil(log2 A) - 23)`
+/// and `j` uniform in `-floor(A / s)..=floor(A / s)`, a multiple of a power
+/// of two with at most 24 significant bits, so that `r + delta` is exact in
+/// float64 for float32 rewards of similar magnitude and the shift cancels
+/// exactly in a reward difference.
+fn uniform_draw(rng: &mut ChaCha8Rng, amplitude: f64) -> f64 {
+    if amplitude == 0.0 {
+        return 0.0;
+    }
+    let step = (amplitude.log2().ceil() - 23.0).exp2();
+    let j = (amplitude / step).floor() as i64;
+    rng.random_range(-j..=j) as f64 * step
+}
+
 impl RewardShift {
     /// `delta(x)` for `x in 0..contexts`.
     pub fn deltas(&self, contexts: usize) -> Vec<f64> {
@@ -68,7 +82,7 @@ impl RewardShift {
             RewardShift::Random { amplitude, seed } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 (0..contexts)
-                    .map(|_| amplitude * (2.0 * rng.random::<f64>() - 1.0))
+                    .map(|_| uniform_draw(&mut rng, amplitude))
                     .collect()
             }
         }
@@ -87,7 +101,7 @@ impl RewardShift {
                     h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
                 }
                 let mut rng = ChaCha8Rng::seed_from_u64(h ^ seed.rotate_left(32));
-                amplitude * (2.0 * rng.random::<f64>() - 1.0)
+                uniform_draw(&mut rng, amplitude)
             }
         }
     }

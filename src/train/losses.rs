@@ -19,12 +19,16 @@ pub struct PairBatch<'a> {
     pub reward: [&'a Tensor; 2],
 }
 
-/// `D = r~1 - r~2` in float64, then in the log-probs' kind.
+/// `D = r~1 - r~2` in float64, then in the log-probs' kind. The reward
+/// difference is formed first and the KL terms, which do not involve the
+/// rewards, after: then a shift `delta(x)` cancels in `r1 - r2` before
+/// anything else is rounded, and `D` is bit-for-bit the same for `r` and
+/// `r + delta` whenever both sums `r_i + delta` are exact in float64 (the
+/// usual case for rewards from a float32 model, though not guaranteed)
+/// ([C-THM2]).
 fn shaped_difference(b: &PairBatch, beta: f64) -> Tensor {
-    let shaped = |i: usize| {
-        b.reward[i] - (b.lp_old[i].to_kind(Kind::Double) - b.lp_ref[i].to_kind(Kind::Double)) * beta
-    };
-    (shaped(0) - shaped(1)).to_kind(b.lp[0].kind())
+    let kl = |i: usize| b.lp_old[i].to_kind(Kind::Double) - b.lp_ref[i].to_kind(Kind::Double);
+    ((b.reward[0] - b.reward[1]) - (kl(0) - kl(1)) * beta).to_kind(b.lp[0].kind())
 }
 
 /// [C-CLIP]: `min(A q, A clamp(q, lo, hi))` with `A` constant, the band
