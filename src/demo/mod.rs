@@ -67,7 +67,8 @@ pub struct DemoConfig {
     /// The reward shift of the invariance experiment (`const:C` or
     /// `random:A[:SEED]`; empty skips it).
     pub reward_shift: String,
-    /// Samples per held-out prompt in the final evaluation.
+    /// Samples per held-out prompt at each frontier point and in the final
+    /// evaluation.
     pub eval_samples: usize,
 }
 
@@ -212,6 +213,7 @@ impl DemoConfig {
             format!("gold_reward = {TOY_GOLD_REWARD:?}"),
             format!("prompts = {TOY_PROMPTS:?}"),
             format!("eval_every = {}", self.eval_every),
+            format!("eval_samples = {}", self.eval_samples),
             "checkpoint_every = 0".to_string(),
             format!("threads = {}", self.threads),
         ];

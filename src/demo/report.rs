@@ -166,8 +166,8 @@ pub fn render(results: &DemoResults) -> String {
         w,
         "Each algorithm starts from the SFT policy and is trained against the proxy for {} steps; \
          every {} steps its held-out KL to the SFT policy and its mean proxy and gold rewards \
-         are measured (one sample per held-out prompt).\n",
-        cfg.rl_steps, cfg.eval_every
+         are measured ({} sample(s) per held-out prompt).\n",
+        cfg.rl_steps, cfg.eval_every, cfg.eval_samples
     );
     let _ = writeln!(w, "![frontier, proxy reward](frontier_proxy.png)\n");
     let _ = writeln!(w, "![frontier, gold reward](frontier_gold.png)\n");

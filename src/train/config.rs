@@ -59,6 +59,8 @@ pub struct TrainConfig {
     pub eval_prompts: String,
     /// Evaluate every this many steps (0 disables).
     pub eval_every: usize,
+    /// Responses sampled per held-out prompt at each evaluation.
+    pub eval_samples: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
     /// Stop after this many skipped updates in a row.
@@ -112,6 +114,7 @@ impl Default for TrainConfig {
             prompts: BUILTIN_PROMPTS.into(),
             eval_prompts: String::new(),
             eval_every: 10,
+            eval_samples: 1,
             checkpoint_every: 10,
             max_nonfinite: 3,
             device: "cpu".into(),
@@ -226,6 +229,7 @@ impl TrainConfig {
             ("epochs", self.epochs),
             ("minibatch_size", self.minibatch_size),
             ("grad_accum", self.grad_accum),
+            ("eval_samples", self.eval_samples),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1".into());

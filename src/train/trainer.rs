@@ -733,13 +733,13 @@ impl Trainer {
     }
 
     /// Mean reward (unshifted) and sequence KL to the reference on the eval
-    /// prompts, one sampled response each with a fixed seed.
+    /// prompts, `eval_samples` sampled responses each with a fixed seed.
     fn evaluate(&self) -> Result<serde_json::Value, TrainError> {
-        let ids: Vec<Vec<i64>> = self
-            .eval_prompts
-            .iter()
-            .map(|p| self.tokenizer.encode(p))
-            .collect::<Result<_, _>>()?;
+        let mut ids: Vec<Vec<i64>> = Vec::new();
+        for p in &self.eval_prompts {
+            let p = self.tokenizer.encode(p)?;
+            ids.extend(std::iter::repeat_n(p, self.cfg.eval_samples));
+        }
         let responses = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
         let lp = tch::no_grad(|| sequence_logprobs(&self.policy, &ids, &responses))?;
         let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &ids, &responses))?;
