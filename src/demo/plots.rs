@@ -68,7 +68,7 @@ where
     root.fill(&WHITE).map_err(err)?;
     let ((x0, x1), (y0, y1)) = bounds(&c.series);
     let mut chart = ChartBuilder::on(&root)
-        .caption(&c.title, ("sans-serif", 22))
+        .caption(&c.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -82,7 +82,9 @@ where
         .map_err(err)?;
     for s in &c.series {
         let col = colour(s.colour);
-        let style = ShapeStyle::from(&col).stroke_width(2);
+        // Width 1: plotters joins wider lines with mitres, which spike far
+        // out where a noisy curve turns back on itself.
+        let style = ShapeStyle::from(&col).stroke_width(1);
         let pts = s.points.iter().copied();
         let anno = if s.dashed {
             chart
@@ -99,13 +101,17 @@ where
                 ShapeStyle::from(&col).stroke_width(2),
             )
         });
-        chart
-            .draw_series(
-                s.points
-                    .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 2, ShapeStyle::from(&col).filled())),
-            )
-            .map_err(err)?;
+        // Markers only where they stay readable (frontier points, not
+        // per-step curves).
+        if s.points.len() <= 60 {
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, ShapeStyle::from(&col).filled())),
+                )
+                .map_err(err)?;
+        }
     }
     chart
         .configure_series_labels()
@@ -187,6 +193,31 @@ pub fn save_line_chart(stem: &Path, c: &LineChart) -> Result<(), String> {
     draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), c)?;
     let svg = stem.with_extension("svg");
     draw_lines(SVGBackend::new(&svg, SIZE).into_drawing_area(), c)
+}
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    charts: &[LineChart],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let rows = charts.len().div_ceil(2).max(1);
+    for (area, c) in root.split_evenly((rows, 2)).into_iter().zip(charts) {
+        draw_lines(area, c)?;
+    }
+    root.present().map_err(err)
+}
+
+/// Writes `stem.png` and `stem.svg`: the charts two per row.
+pub fn save_panels(stem: &Path, charts: &[LineChart]) -> Result<(), String> {
+    let rows = charts.len().div_ceil(2).max(1) as u32;
+    let size = (2 * SIZE.0 * 3 / 4, rows * SIZE.1 * 3 / 4);
+    let png = stem.with_extension("png");
+    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), charts)?;
+    let svg = stem.with_extension("svg");
+    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), charts)
 }
 
 /// Writes `stem.png` and `stem.svg`.

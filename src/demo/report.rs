@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart};
+use super::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
 use super::{DemoResults, RunCurves, fmt_mean_se};
 use crate::train::trainer::TrainError;
 
@@ -90,28 +90,30 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
             .find(|(_, c)| c.algorithm == alg)
             .map_or(0, |(i, _)| *i)
     };
-    save_line_chart(
-        &out.join("reward_shift"),
-        &LineChart {
-            title: "Training reward on r (solid) and on r + delta(x) (dashed)".into(),
+    let panels: Vec<LineChart> = unshifted
+        .iter()
+        .map(|(_, u)| LineChart {
+            title: format!("{}: r (solid), r + delta (dashed)", u.algorithm),
             x_label: "step".into(),
-            y_label: "mean proxy reward of the rollout (unshifted)".into(),
+            y_label: "mean proxy reward of the rollout".into(),
             series: results
                 .curves
                 .iter()
+                .filter(|c| c.algorithm == u.algorithm)
                 .map(|c| Series {
                     label: if c.shifted {
-                        format!("{} + delta", c.algorithm)
+                        format!("{} on r + delta", c.algorithm)
                     } else {
-                        c.algorithm.clone()
+                        format!("{} on r", c.algorithm)
                     },
                     points: c.train_reward.clone(),
                     dashed: c.shifted,
-                    colour: colour_of(&c.algorithm),
+                    colour: colour_of(&c.algorithm) + usize::from(c.shifted) * 4,
                 })
                 .collect(),
-        },
-    )
+        })
+        .collect();
+    save_panels(&out.join("reward_shift"), &panels)
 }
 
 /// Renders the markdown report.

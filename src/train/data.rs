@@ -5,8 +5,13 @@
 
 use std::path::Path;
 
-/// One prompt per line of `path`; a malformed line is an error naming it.
-pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
+/// The JSON objects of a JSON Lines file with their line numbers (blank
+/// lines skipped); malformed JSON is an error naming the line, and so is a
+/// line that `parse` rejects.
+pub fn read_jsonl<T>(
+    path: &Path,
+    parse: impl Fn(&serde_json::Value) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -16,12 +21,25 @@ pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
         let at = |m: String| format!("{} line {}: {m}", path.display(), i + 1);
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| at(format!("malformed JSON: {e}")))?;
-        out.push(prompt_of(&v).map_err(at)?);
+        out.push(parse(&v).map_err(at)?);
     }
     if out.is_empty() {
-        return Err(format!("{}: no prompts", path.display()));
+        return Err(format!("{}: no lines", path.display()));
     }
     Ok(out)
+}
+
+/// A string field of a JSON Lines object.
+pub fn string_field(v: &serde_json::Value, key: &str) -> Result<String, String> {
+    v.get(key)
+        .and_then(|s| s.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("field `{key}`: expected a string"))
+}
+
+/// One prompt per line of `path`; a malformed line is an error naming it.
+pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
+    read_jsonl(path, prompt_of)
 }
 
 fn prompt_of(v: &serde_json::Value) -> Result<String, String> {

@@ -127,3 +127,28 @@ pub fn learning_rate(peak: f64, schedule: &str, warmup: usize, step: usize, tota
         _ => peak,
     }
 }
+
+/// One plain optimizer step on `loss`: zeroes the gradients, backpropagates,
+/// clips the global norm to `max_grad_norm` (0: no clip) and steps at `lr`.
+/// Returns the loss and the gradient norm before clipping; a non-finite loss
+/// is returned as `Err` before any update.
+pub fn descend(
+    opt: &mut AdamW,
+    loss: &Tensor,
+    max_grad_norm: f64,
+    lr: f64,
+) -> Result<(f64, f64), f64> {
+    let value = loss.double_value(&[]);
+    if !value.is_finite() {
+        return Err(value);
+    }
+    opt.zero_grad();
+    loss.backward();
+    let norm = if max_grad_norm > 0.0 {
+        opt.clip_grad_norm(max_grad_norm)
+    } else {
+        opt.grad_norm()
+    };
+    opt.step(lr);
+    Ok((value, norm))
+}

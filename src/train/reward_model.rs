@@ -16,8 +16,9 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::config::{ConfigError, load_toml};
+use super::data::{read_jsonl, string_field};
 use super::models::{device_of, progress_bar};
-use super::optim::{AdamW, learning_rate};
+use super::optim::{AdamW, descend, learning_rate};
 use super::trainer::TrainError;
 use crate::torch::checkpoint::load_into_except;
 use crate::torch::config::{Architecture, ModelConfig};
@@ -106,34 +107,17 @@ pub struct Preference {
 
 /// Reads preference pairs; a malformed line is an error naming it.
 pub fn load_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |m: &str| TrainError::Input(format!("{} line {}: {m}", path.display(), i + 1));
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(|s| s.as_str())
-                .ok_or_else(|| at(&format!("field `{k}`: expected a string")))
-        };
+    read_jsonl(path, |v| {
         let prompt = match v.get("prompt") {
-            Some(_) => field("prompt")?,
-            None => "",
+            Some(_) => string_field(v, "prompt")?,
+            None => String::new(),
         };
-        out.push(Preference {
-            chosen: format!("{prompt}{}", field("chosen")?),
-            rejected: format!("{prompt}{}", field("rejected")?),
-        });
-    }
-    if out.is_empty() {
-        return Err(TrainError::Input(format!("{}: no pairs", path.display())));
-    }
-    Ok(out)
+        Ok(Preference {
+            chosen: format!("{prompt}{}", string_field(v, "chosen")?),
+            rejected: format!("{prompt}{}", string_field(v, "rejected")?),
+        })
+    })
+    .map_err(TrainError::Input)
 }
 
 /// A scalar-head model on the body of the HF model in `dir`; its `score`
@@ -297,24 +281,15 @@ pub fn train_reward_model(
         let mut order: Vec<usize> = (0..train.chosen.len()).collect();
         order.shuffle(&mut rng);
         for rows in order.chunks(cfg.batch_size) {
-            opt.zero_grad();
             let (c, r) = pair_rewards(&model, &train, rows)?;
-            let loss = bt_loss(&c, &r);
-            let loss_v = loss.double_value(&[]);
-            if !loss_v.is_finite() {
-                return Err(TrainError::Stopped(format!(
-                    "reward-model step {}: the loss is {loss_v}; lower lr",
-                    step + 1
-                )));
-            }
-            loss.backward();
-            let norm = if cfg.max_grad_norm > 0.0 {
-                opt.clip_grad_norm(cfg.max_grad_norm)
-            } else {
-                opt.grad_norm()
-            };
             let lr = learning_rate(cfg.lr, &cfg.lr_schedule, cfg.warmup_steps, step, total);
-            opt.step(lr);
+            let (loss_v, norm) = descend(&mut opt, &bt_loss(&c, &r), cfg.max_grad_norm, lr)
+                .map_err(|l| {
+                    TrainError::Stopped(format!(
+                        "reward-model step {}: the loss is {l}; lower lr",
+                        step + 1
+                    ))
+                })?;
             step += 1;
             writeln!(
                 metrics,

@@ -14,8 +14,9 @@ use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
 use super::config::{ConfigError, load_toml};
+use super::data::{read_jsonl, string_field};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
-use super::optim::{AdamW, learning_rate};
+use super::optim::{AdamW, descend, learning_rate};
 use super::rollout::token_window;
 use super::trainer::TrainError;
 use crate::torch::tokenizer::Tokenizer;
@@ -108,32 +109,10 @@ pub fn load_pairs(
     if data == TOY_PROMPTS {
         return Ok(crate::toy::corpus(corpus_size, seed));
     }
-    let path = Path::new(data);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |m: &str| TrainError::Input(format!("{} line {}: {m}", path.display(), i + 1));
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(|s| s.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| at(&format!("field `{k}`: expected a string")))
-        };
-        out.push((field("prompt")?, field("response")?));
-    }
-    if out.is_empty() {
-        return Err(TrainError::Input(format!(
-            "{}: no examples",
-            path.display()
-        )));
-    }
-    Ok(out)
+    read_jsonl(Path::new(data), |v| {
+        Ok((string_field(v, "prompt")?, string_field(v, "response")?))
+    })
+    .map_err(TrainError::Input)
 }
 
 /// Token ids of prompts and of responses followed by the end-of-text token.
@@ -246,20 +225,7 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
             }
             rows.push(order.pop().expect("refilled above"));
         }
-        opt.zero_grad();
         let loss = loss_of(&model, &train, &rows)?;
-        let loss_v = loss.double_value(&[]);
-        if !loss_v.is_finite() {
-            return Err(TrainError::Stopped(format!(
-                "SFT step {step}: the loss is {loss_v}; lower lr"
-            )));
-        }
-        loss.backward();
-        let norm = if cfg.max_grad_norm > 0.0 {
-            opt.clip_grad_norm(cfg.max_grad_norm)
-        } else {
-            opt.grad_norm()
-        };
         let lr = learning_rate(
             cfg.lr,
             &cfg.lr_schedule,
@@ -267,7 +233,9 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
             step - 1,
             cfg.steps,
         );
-        opt.step(lr);
+        let (loss_v, norm) = descend(&mut opt, &loss, cfg.max_grad_norm, lr).map_err(|l| {
+            TrainError::Stopped(format!("SFT step {step}: the loss is {l}; lower lr"))
+        })?;
         let mut line =
             json!({"step": step, "split": "train", "loss": loss_v, "grad_norm": norm, "lr": lr});
         writeln!(metrics, "{line}")?;
