@@ -253,8 +253,14 @@ fn nonfinite_rewards_stop_the_run() {
         "{err}"
     );
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.lines().count(), 1, "{lines}");
-    assert!(lines.contains("non-finite reward"));
+    // The starting evaluation, then the one skipped step written before the stop.
+    let train: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("\"split\":\"train\""))
+        .collect();
+    assert_eq!(train.len(), 1, "{lines}");
+    assert!(train[0].contains("non-finite reward"));
+    assert_eq!(lines.lines().count(), 2, "{lines}");
 }
 
 /// bfloat16 training runs (weights bf16, optimizer state float32) and its
