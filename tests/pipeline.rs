@@ -268,3 +268,92 @@ fn pipeline_commands_reject_bad_input_with_status_2() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
 }
+
+/// The commands on their own with HF inputs: SFT from an HF directory on a
+/// JSON Lines corpus, a reward model from the result on Anthropic HH lines,
+/// and that reward model read back by `p3o reward`.
+// spec: C-SFT C-BT-TRAIN
+#[test]
+fn sft_and_reward_model_from_hf_directories_and_files() {
+    let _guard = serial();
+    let out = tmp("hf");
+    std::fs::create_dir_all(&out).unwrap();
+    let corpus = out.join("sft.jsonl");
+    let hh = out.join("hh.jsonl");
+    let mut sft_lines = String::new();
+    let mut hh_lines = String::new();
+    for i in 0..12 {
+        sft_lines.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"prompt": format!("count {i}:"), "response": format!(" {}", i + 1)})
+        ));
+        hh_lines.push_str(&format!(
+            "{}\n",
+            serde_json::json!({
+                "chosen": format!("\n\nHuman: say {i}\n\nAssistant: {i}"),
+                "rejected": format!("\n\nHuman: say {i}\n\nAssistant: no")
+            })
+        ));
+    }
+    std::fs::write(&corpus, sft_lines).unwrap();
+    std::fs::write(&hh, hh_lines).unwrap();
+    let sft_out = out.join("sft");
+    let o = run_p3o(
+        &[
+            "sft",
+            "--out",
+            sft_out.to_str().unwrap(),
+            "--set",
+            "base=\"tests/fixtures/models/neox-parallel\"",
+            "--set",
+            &format!("data={:?}", corpus.display().to_string()),
+            "--set",
+            "steps=3",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "heldout_fraction=0.25",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["examples"], 9);
+    assert!(s["final_heldout_loss"].as_f64().unwrap().is_finite());
+    let rm_out = out.join("rm");
+    let o = run_p3o(
+        &[
+            "reward-model",
+            "train",
+            "--base",
+            sft_out.join("final").to_str().unwrap(),
+            "--data",
+            hh.to_str().unwrap(),
+            "--out",
+            rm_out.to_str().unwrap(),
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=4",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["train_pairs"], 11);
+    assert_eq!(s["heldout_pairs"], 1);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm_out.join("final/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["GPTNeoXForSequenceClassification"])
+    );
+    let o = run_p3o(
+        &["reward", "--model", rm_out.join("final").to_str().unwrap()],
+        "{\"prompt\": \"\\n\\nHuman: say 3\\n\\nAssistant:\", \"response\": \" 3\"}\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["reward"].as_f64().unwrap().is_finite());
+}
