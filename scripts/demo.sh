@@ -9,8 +9,4 @@ scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
 out=${1:-runs/demo}
-if [ -e "$out/report.md" ]; then
-    echo "$out already holds a report; give another directory as the first argument" >&2
-    exit 2
-fi
 cargo run --release --locked --features torch -- demo --out "$out" "${@:2}"

@@ -151,12 +151,25 @@ mod imp {
         Failure::Input(e.to_string())
     }
 
+    /// Refuses an output directory that already holds a run of `what`, so
+    /// that nothing is overwritten.
+    fn fresh_output(out: &Path, marker: &str, what: &str) -> Result<(), Failure> {
+        if out.join(marker).exists() {
+            return Err(Failure::Input(format!(
+                "{} already holds a {what} ({marker}); choose another --out or remove it",
+                out.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn print_json(v: &impl serde::Serialize) {
         println!("{}", serde_json::to_string(v).expect("JSON"));
     }
 
     pub fn sft(a: SftArgs) -> Result<(), Failure> {
         let cfg = SftConfig::load(a.config.as_deref(), &a.set).map_err(config_failure)?;
+        fresh_output(&a.out, "metrics.jsonl", "run")?;
         let summary = run_sft(&cfg, &a.out).map_err(failure)?;
         print_json(&summary);
         Ok(())
@@ -172,6 +185,7 @@ mod imp {
             sets.push(format!("data = {d:?}"));
         }
         let cfg = RewardModelConfig::load(a.config.as_deref(), &sets).map_err(config_failure)?;
+        fresh_output(&a.out, "metrics.jsonl", "run")?;
         let summary = train_reward_model(&cfg, &a.out).map_err(failure)?;
         print_json(&summary);
         Ok(())
@@ -234,6 +248,12 @@ mod imp {
 
     pub fn demo(a: DemoArgs) -> Result<(), Failure> {
         let cfg = DemoConfig::load(a.quick, a.config.as_deref(), &a.set).map_err(config_failure)?;
+        if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Failure::Input(format!(
+                "{} exists and is not empty; choose another --out or remove it",
+                a.out.display()
+            )));
+        }
         let results = run_demo(&cfg, &a.out).map_err(failure)?;
         eprintln!("report: {}", a.out.join("report.md").display());
         for e in &results.final_eval {

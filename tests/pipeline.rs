@@ -244,6 +244,33 @@ fn pipeline_commands_reject_bad_input_with_status_2() {
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"), "{args:?}");
     }
+    // Outputs of an earlier run are never overwritten.
+    let earlier = out.join("earlier");
+    std::fs::create_dir_all(&earlier).unwrap();
+    std::fs::write(earlier.join("metrics.jsonl"), "").unwrap();
+    let e = earlier.to_str().unwrap();
+    for args in [
+        &["sft", "--out", e][..],
+        &[
+            "reward-model",
+            "train",
+            "--base",
+            "b",
+            "--data",
+            "d",
+            "--out",
+            e,
+        ],
+        &["demo", "--quick", "--out", e],
+    ] {
+        let o = run_p3o(args, "");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("choose another --out"),
+            "{}",
+            stderr(&o)
+        );
+    }
     // A malformed preference line is reported with its line number.
     std::fs::create_dir_all(&out).unwrap();
     let prefs = out.join("prefs.jsonl");

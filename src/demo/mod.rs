@@ -15,7 +15,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tch::Device;
 
 use crate::reference::shift::RewardShift;
 use crate::stats::MeanSe;
@@ -27,6 +26,7 @@ use crate::train::evaluate::{
     Comparison, Judges, PolicyEval, SampleSpec, compare, eval_prompts, evaluate_policy,
     load_policy, sample_responses,
 };
+use crate::train::models::device_of;
 use crate::train::reward_model::{RewardModelConfig, RewardModelSummary, train_reward_model};
 use crate::train::rollout::Reward;
 use crate::train::sft::{SftConfig, SftSummary, run_sft};
@@ -40,6 +40,8 @@ pub struct DemoConfig {
     pub seed: u64,
     /// CPU threads of libtorch.
     pub threads: usize,
+    /// `cpu`, `cuda` or `cuda:N` for every stage.
+    pub device: String,
     /// Supervised examples, SFT steps and batch.
     pub corpus_size: usize,
     pub sft_steps: usize,
@@ -77,6 +79,7 @@ impl Default for DemoConfig {
         DemoConfig {
             seed: 0,
             threads: 2,
+            device: "cpu".into(),
             corpus_size: 8192,
             sft_steps: 600,
             sft_batch_size: 64,
@@ -169,6 +172,7 @@ impl DemoConfig {
             lr: self.sft_lr,
             seed: self.seed,
             threads: self.threads,
+            device: self.device.clone(),
             ..SftConfig::default()
         }
     }
@@ -181,6 +185,7 @@ impl DemoConfig {
             lr: self.rm_lr,
             seed: self.seed,
             threads: self.threads,
+            device: self.device.clone(),
             ..RewardModelConfig::default()
         }
     }
@@ -216,6 +221,7 @@ impl DemoConfig {
             format!("eval_samples = {}", self.eval_samples),
             "checkpoint_every = 0".to_string(),
             format!("threads = {}", self.threads),
+            format!("device = {:?}", self.device),
         ];
         TrainConfig::load(None, &sets)
     }
@@ -299,7 +305,7 @@ fn weight_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -
 /// `sigma(gold1 - gold2)` ([C-TOY-GOLD]). Returns the share of labels that
 /// agree with the sign of the gold difference.
 fn write_preferences(policy: &Path, cfg: &DemoConfig, out: &Path) -> Result<f64, TrainError> {
-    let model = load_policy(policy, Device::Cpu)?;
+    let model = load_policy(policy, device_of(&cfg.device)?)?;
     let tokenizer = Tokenizer::load(policy, &model.config)?;
     // Each prompt of the split once, then again (about 2970 prompts).
     let distinct = toy::prompts(Split::Preferences, cfg.preference_pairs);
@@ -466,7 +472,8 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
         stages,
         "final evaluation and win rates on held-out prompts",
     );
-    let reference = load_policy(&sft.model, Device::Cpu)?;
+    let device = device_of(&cfg.device)?;
+    let reference = load_policy(&sft.model, device)?;
     let tokenizer = Tokenizer::load(&sft.model, &reference.config)?;
     let judges = Judges {
         reference,
@@ -474,7 +481,7 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
             &rm.model.display().to_string(),
             "reward",
             cfg.max_new_tokens,
-            Device::Cpu,
+            device,
         )?,
         gold: Some(Reward::ToyGold),
         tokenizer,
@@ -495,7 +502,7 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
         &spec,
     )?];
     for (name, dir) in &finals {
-        let policy = load_policy(dir, Device::Cpu)?;
+        let policy = load_policy(dir, device)?;
         final_eval.push(evaluate_policy(name, &policy, &judges, &prompts, &spec)?);
     }
     let comparison = compare(&final_eval);
