@@ -144,6 +144,31 @@ pub fn load_toml<T: serde::de::DeserializeOwned>(
     load_toml_over(toml::Table::new(), file, sets)
 }
 
+/// The checks that SFT and reward-model configs share: counts of at least
+/// one, a finite non-negative learning rate, a held-out share in [0, 1) and
+/// a known schedule.
+pub fn check_supervised(
+    counts: &[(&str, usize)],
+    lr: f64,
+    heldout_fraction: f64,
+    lr_schedule: &str,
+) -> Result<(), ConfigError> {
+    let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
+    if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
+        return bad(key, "must be at least 1");
+    }
+    if !(lr.is_finite() && lr >= 0.0) {
+        return bad("lr", "must be finite and >= 0");
+    }
+    if !(0.0..1.0).contains(&heldout_fraction) {
+        return bad("heldout_fraction", "must be in [0, 1)");
+    }
+    if !["constant", "linear", "cosine"].contains(&lr_schedule) {
+        return bad("lr_schedule", "expected constant, linear or cosine");
+    }
+    Ok(())
+}
+
 /// [`load_toml`] with the keys of `base` as defaults under the file's.
 pub fn load_toml_over<T: serde::de::DeserializeOwned>(
     mut table: toml::Table,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::config::{ConfigError, load_toml};
+use super::config::{ConfigError, check_supervised, load_toml};
 use super::data::{read_jsonl, string_field};
 use super::models::{device_of, progress_bar};
 use super::optim::{AdamW, descend, learning_rate};
@@ -78,22 +78,12 @@ impl Default for RewardModelConfig {
 impl RewardModelConfig {
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<RewardModelConfig, ConfigError> {
         let cfg: RewardModelConfig = load_toml(file, sets)?;
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-        if cfg.epochs == 0 {
-            return bad("epochs", "must be at least 1");
-        }
-        if cfg.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
-        }
-        if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
-            return bad("lr", "must be finite and >= 0");
-        }
-        if !(0.0..1.0).contains(&cfg.heldout_fraction) {
-            return bad("heldout_fraction", "must be in [0, 1)");
-        }
-        if !["constant", "linear", "cosine"].contains(&cfg.lr_schedule.as_str()) {
-            return bad("lr_schedule", "expected constant, linear or cosine");
-        }
+        check_supervised(
+            &[("epochs", cfg.epochs), ("batch_size", cfg.batch_size)],
+            cfg.lr,
+            cfg.heldout_fraction,
+            &cfg.lr_schedule,
+        )?;
         Ok(cfg)
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
-use super::config::{ConfigError, load_toml};
+use super::config::{ConfigError, check_supervised, load_toml};
 use super::data::{read_jsonl, string_field};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
@@ -77,25 +77,16 @@ impl Default for SftConfig {
 impl SftConfig {
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<SftConfig, ConfigError> {
         let cfg: SftConfig = load_toml(file, sets)?;
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-        for (key, v) in [
-            ("steps", cfg.steps),
-            ("batch_size", cfg.batch_size),
-            ("corpus_size", cfg.corpus_size),
-        ] {
-            if v == 0 {
-                return bad(key, "must be at least 1");
-            }
-        }
-        if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
-            return bad("lr", "must be finite and >= 0");
-        }
-        if !(0.0..1.0).contains(&cfg.heldout_fraction) {
-            return bad("heldout_fraction", "must be in [0, 1)");
-        }
-        if !["constant", "linear", "cosine"].contains(&cfg.lr_schedule.as_str()) {
-            return bad("lr_schedule", "expected constant, linear or cosine");
-        }
+        check_supervised(
+            &[
+                ("steps", cfg.steps),
+                ("batch_size", cfg.batch_size),
+                ("corpus_size", cfg.corpus_size),
+            ],
+            cfg.lr,
+            cfg.heldout_fraction,
+            &cfg.lr_schedule,
+        )?;
         Ok(cfg)
     }
 }
