@@ -218,3 +218,86 @@ mod ppo {
         }
     }
 }
+
+/// The two-phase backward ([`p3o::train::kernels`]) chains log-probs
+/// computed outside autograd back into the model: with the float64 reference
+/// as the outside code, every parameter gradient (and a value head's) equals
+/// libtorch autograd's, for a loss that also depends on values directly.
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+#[test]
+fn outside_logprobs_chain_into_autograd() {
+    use p3o::torch::layers::Linear;
+    use p3o::train::builtin::tiny_model;
+    use p3o::train::kernels::Kernels;
+    use p3o::train::rollout::{ValueHead, token_window_with};
+    use tch::Device;
+
+    let model = tiny_model(3, Device::Cpu).unwrap();
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = ValueHead {
+        linear: Linear::new(vs.root() / "v_head", model.config.hidden_size(), 1, true),
+        vs,
+    };
+    tch::no_grad(|| {
+        let mut w = head.linear.weight.shallow_clone();
+        w.copy_(&(Tensor::arange(64, (Kind::Float, Device::Cpu)).view([1, 64]) / 640.0 - 0.05));
+    });
+    // Ragged responses, so that the window has masked positions.
+    let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];
+    let responses: Vec<Vec<i64>> = vec![vec![40, 41, 42, 0], vec![50], vec![60, 61]];
+    let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4]);
+    let grads = |kernels: Kernels| -> (Vec<f64>, Vec<Vec<f64>>) {
+        for (_, mut p) in model.vs.variables().into_iter().chain(head.vs.variables()) {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+            let _ = p.requires_grad_(true);
+        }
+        let (w, detached) =
+            token_window_with(&model, Some(&head), &prompts, &responses, kernels).unwrap();
+        let seq = w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let values = w.values.unwrap();
+        // A loss of log-probs and values together, like PPO's.
+        let loss = (&seq * &weights).sum(Kind::Float)
+            + (values.square() * &w.mask).sum(Kind::Float) * 0.5
+            + (&seq
+                * values
+                    .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+                    .detach())
+            .sum(Kind::Float)
+                * 0.1;
+        kernels.backward(&loss, detached.as_ref()).unwrap();
+        let mut named: Vec<(String, Tensor)> = model
+            .vs
+            .variables()
+            .into_iter()
+            .chain(head.vs.variables())
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let lp = Vec::<f64>::try_from(&seq.detach().to_kind(Kind::Double)).unwrap();
+        let g = named
+            .iter()
+            .map(|(_, p)| {
+                Vec::<f64>::try_from(&p.grad().to_kind(Kind::Double).reshape([-1])).unwrap()
+            })
+            .collect();
+        (lp, g)
+    };
+    let (lp_t, g_t) = grads(Kernels::Torch);
+    let (lp_r, g_r) = grads(Kernels::Reference);
+    for (a, b) in lp_t.iter().zip(&lp_r) {
+        assert!((a - b).abs() <= F32_VS_F64 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    let scale = g_t.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    let diff = g_t
+        .iter()
+        .flatten()
+        .zip(g_r.iter().flatten())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "max gradient difference {diff} (scale {scale})"
+    );
+}

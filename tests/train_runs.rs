@@ -200,6 +200,8 @@ fn bad_configs_are_refused() {
         ],
         vec!["--set".into(), "policy=/nonexistent".into()],
         vec!["--set".into(), "reward_scaling=weird".into()],
+        vec!["--set".into(), "kernels=fast".into()],
+        vec!["--set".into(), "kernels=cuda".into()],
     ];
     let mut report = String::new();
     for extra in cases {

@@ -71,6 +71,10 @@ pub struct TrainConfig {
     pub dtype: String,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
+    /// Token log-probs of the training forward: `torch` (libtorch ops) or
+    /// `reference` (the float64 reference, chained into autograd by a
+    /// two-phase backward; a check of that chaining, slow).
+    pub kernels: String,
     /// PPO: discount of GAE.
     pub gamma: f64,
     /// PPO: lambda of GAE.
@@ -120,6 +124,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             dtype: "f32".into(),
             threads: 2,
+            kernels: "torch".into(),
             gamma: 1.0,
             lam: 0.95,
             vf_coef: 0.5,

@@ -8,6 +8,7 @@ pub mod builtin;
 pub mod config;
 pub mod data;
 pub mod evaluate;
+pub mod kernels;
 pub mod losses;
 pub mod models;
 pub mod optim;

@@ -7,10 +7,10 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::builtin::{self, BUILTIN_REWARD, NAN_REWARD, TOY_GOLD_REWARD};
+use super::kernels::{Detached, Kernels};
 use super::trainer::TrainError;
 use crate::torch::generate::left_pad;
 use crate::torch::layers::Linear;
-use crate::torch::logprobs::token_logprobs;
 use crate::torch::model::positions_from_mask;
 use crate::torch::reward::rewards as model_rewards;
 use crate::torch::tokenizer::Tokenizer;
@@ -133,6 +133,18 @@ pub fn token_window(
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<TokenWindow, TrainError> {
+    Ok(token_window_with(model, head, prompts, responses, Kernels::Torch)?.0)
+}
+
+/// [`token_window`] with the token log-probs from `kernels`; an outside
+/// backend also returns what its backward needs ([`Kernels::backward`]).
+pub fn token_window_with(
+    model: &LanguageModel,
+    head: Option<&ValueHead>,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    kernels: Kernels,
+) -> Result<(TokenWindow, Option<Detached>), TrainError> {
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .zip(responses)
@@ -145,7 +157,8 @@ pub fn token_window(
     // Position j's logits predict token j + 1: the window predicting the
     // last l tokens starts at t - 1 - l (a prompt has at least one token).
     let window = hidden.narrow(1, t - 1 - l, l);
-    let lp = token_logprobs(&model.logits(&window)?, &ids.narrow(1, t - l, l));
+    let (lp, detached) =
+        kernels.token_logprobs(&model.logits(&window)?, &ids.narrow(1, t - l, l))?;
     let values = head.map(|h| {
         h.linear
             .forward(&window.to_kind(h.linear.weight.kind()))
@@ -157,11 +170,14 @@ pub fn token_window(
         .unsqueeze(0)
         .ge_tensor(&start.unsqueeze(1))
         .to_kind(Kind::Float);
-    Ok(TokenWindow {
-        lp: lp * &mask,
-        values: values.map(|v| v * &mask),
-        mask,
-    })
+    Ok((
+        TokenWindow {
+            lp: lp * &mask,
+            values: values.map(|v| v * &mask),
+            mask,
+        },
+        detached,
+    ))
 }
 
 /// Sequence log-probs `[n]`: the masked sums of [`token_window`].

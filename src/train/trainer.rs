@@ -15,10 +15,11 @@ use tch::{Device, Kind, Tensor};
 use super::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use super::config::TrainConfig;
 use super::data::load_prompts;
+use super::kernels::{Detached, Kernels};
 use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
-use super::rollout::{Reward, ValueHead, sequence_logprobs, token_window};
+use super::rollout::{Reward, ValueHead, sequence_logprobs, token_window, token_window_with};
 use crate::reference::gae::gae;
 use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
@@ -78,6 +79,8 @@ pub struct Trainer {
     eval_prompts: Vec<String>,
     shift: Option<RewardShift>,
     opt: AdamW,
+    /// Where the training forward's token log-probs come from.
+    kernels: Kernels,
     /// PPO's value head on the policy's hidden states (weights `v_head.*`,
     /// zero at the start).
     value_head: Option<ValueHead>,
@@ -109,6 +112,7 @@ impl Trainer {
         shift: Option<RewardShift>,
     ) -> Result<Trainer, TrainError> {
         let device = device_of(&cfg.device)?;
+        let kernels = Kernels::from_name(&cfg.kernels)?;
         if let Device::Cuda(n) = device
             && n >= tch::Cuda::device_count() as usize
         {
@@ -224,6 +228,7 @@ impl Trainer {
             eval_prompts,
             shift,
             opt,
+            kernels,
             value_head,
             score_stats: (0.0, 0.0, 0.0),
             step: 0,
@@ -331,8 +336,16 @@ impl Trainer {
                 let rows: Vec<usize> = mb.iter().flat_map(|&p| [2 * p, 2 * p + 1]).collect();
                 let pick =
                     |v: &Vec<Vec<i64>>| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
-                let lp_new =
-                    sequence_logprobs(&self.policy, &pick(&prompt_ids), &pick(&responses))?;
+                let (window, detached) = token_window_with(
+                    &self.policy,
+                    None,
+                    &pick(&prompt_ids),
+                    &pick(&responses),
+                    self.kernels,
+                )?;
+                let lp_new = window
+                    .lp
+                    .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
                 let col = |src: &[f32], side: usize| {
                     Tensor::from_slice(&mb.iter().map(|&p| src[2 * p + side]).collect::<Vec<f32>>())
                         .to_device(device)
@@ -401,7 +414,7 @@ impl Trainer {
                         ratio_n += 1;
                     }
                 }
-                self.add_minibatch(loss, loss_v, &mut updates, total_opt_steps)?;
+                self.add_minibatch(loss, loss_v, detached, &mut updates, total_opt_steps)?;
             }
         }
         self.finish_updates(&mut updates, total_opt_steps)?;
@@ -552,11 +565,12 @@ impl Trainer {
             for mb in order.chunks(2 * self.cfg.minibatch_size) {
                 let pick = |v: &Vec<Vec<i64>>| mb.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
                 let head = self.value_head.as_ref().expect("PPO has a value head");
-                let new = token_window(
+                let (new, detached) = token_window_with(
                     &self.policy,
                     Some(head),
                     &pick(&prompt_ids),
                     &pick(&responses),
+                    self.kernels,
                 )?;
                 // Windows of a minibatch are as wide as its longest response.
                 let lm = new.mask.size()[1];
@@ -592,7 +606,7 @@ impl Trainer {
                     ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
                     tokens += m.sum(Kind::Double).double_value(&[]);
                 });
-                self.add_minibatch(loss, loss_v, &mut updates, total_opt_steps)?;
+                self.add_minibatch(loss, loss_v, detached, &mut updates, total_opt_steps)?;
             }
         }
         self.finish_updates(&mut updates, total_opt_steps)?;
@@ -624,6 +638,7 @@ impl Trainer {
         &mut self,
         loss: Tensor,
         value: f64,
+        detached: Option<Detached>,
         u: &mut Updates,
         total_opt_steps: usize,
     ) -> Result<(), TrainError> {
@@ -634,7 +649,8 @@ impl Trainer {
             self.nonfinite_in_row += 1;
             return self.check_nonfinite();
         }
-        (loss / self.cfg.grad_accum as f64).backward();
+        self.kernels
+            .backward(&(loss / self.cfg.grad_accum as f64), detached.as_ref())?;
         u.losses.push(value);
         u.accumulated += 1;
         if u.accumulated == self.cfg.grad_accum {

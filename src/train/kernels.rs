@@ -1,0 +1,150 @@
+//! Token log-probs computed outside libtorch's autograd ([C-TOKEN-LOGPROB]),
+//! chained back into it: the `kernels` config key of `p3o train`.
+//!
+//! libtorch's autograd cannot call a foreign backward, so the trainer runs a
+//! two-phase backward around a log-prob computed elsewhere:
+//! 1. forward: `logp` (and what its backward needs, e.g. the log-sum-exp)
+//!    from the detached logits; `logp` enters the loss as a leaf tensor;
+//! 2. `g = d loss / d logp` by autograd, keeping the graph;
+//! 3. `d loss / d logits = g ([v = t] - softmax)` by the same outside code;
+//! 4. one backward of `loss + sum(logits * d loss / d logits)` (the second
+//!    term's gradient with respect to the model is exactly the chained one,
+//!    and everything else in the loss, such as PPO's value head, flows as
+//!    usual).
+//!
+//! `reference` runs steps 1 and 3 with the float64 reference
+//! (`crate::reference::tokens`): slow, but it checks the chaining itself on
+//! any machine. The hand-written CUDA kernels are the fast path that this
+//! mechanism exists for; their hook is not wired in yet.
+
+use tch::{Device, Kind, Tensor};
+
+use super::trainer::TrainError;
+use crate::reference::tokens::{token_logprob, token_logprob_grad};
+use crate::torch::TorchError;
+
+/// Where token log-probs of the training forward come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// libtorch ops under autograd (gather minus log-sum-exp).
+    Torch,
+    /// The float64 reference, chained by the two-phase backward.
+    Reference,
+}
+
+/// A log-prob computed outside autograd: the leaf the loss is built on and
+/// what its backward needs.
+pub struct Detached {
+    /// `logp` `[..]`, a leaf that requires grad.
+    pub leaf: Tensor,
+    /// The logits `[.., V]` with their graph to the model.
+    logits: Tensor,
+    targets: Tensor,
+    /// Per-row log-sum-exp, float64 on the CPU.
+    lse: Vec<f64>,
+}
+
+impl Kernels {
+    pub fn from_name(name: &str) -> Result<Kernels, TrainError> {
+        match name {
+            "torch" => Ok(Kernels::Torch),
+            "reference" => Ok(Kernels::Reference),
+            "cuda" => Err(TrainError::Input(
+                "config key `kernels`: `cuda` is not wired into the trainer yet (the kernels exist: feature `cuda`); use torch or reference".into(),
+            )),
+            other => Err(TrainError::Input(format!(
+                "config key `kernels`: `{other}` (expected torch or reference)"
+            ))),
+        }
+    }
+
+    /// `log softmax(logits)[target]` for `logits: [.., V]`, `targets: [..]`;
+    /// with an outside backend also the [`Detached`] that [`Self::backward`]
+    /// needs.
+    pub fn token_logprobs(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Option<Detached>), TrainError> {
+        match self {
+            Kernels::Torch => Ok((
+                crate::torch::logprobs::token_logprobs(logits, targets),
+                None,
+            )),
+            Kernels::Reference => {
+                let (rows, v) = flat_rows(logits);
+                let x = host_f64(&logits.detach().reshape([rows, v]))?;
+                let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))
+                    .map_err(TorchError::from)?;
+                let v = v as usize;
+                let (logp, lse): (Vec<f64>, Vec<f64>) = (0..rows as usize)
+                    .map(|r| token_logprob(&x[r * v..(r + 1) * v], t[r] as usize))
+                    .unzip();
+                let leaf = Tensor::from_slice(&logp)
+                    .to_kind(Kind::Float)
+                    .reshape(targets.size())
+                    .to_device(logits.device())
+                    .set_requires_grad(true);
+                Ok((
+                    leaf.shallow_clone(),
+                    Some(Detached {
+                        leaf,
+                        logits: logits.shallow_clone(),
+                        targets: targets.shallow_clone(),
+                        lse,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Backpropagates `loss` into every parameter it depends on, through
+    /// `detached` when the log-probs were computed outside autograd.
+    pub fn backward(&self, loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainError> {
+        let Some(d) = detached else {
+            loss.backward();
+            return Ok(());
+        };
+        let g = Tensor::f_run_backward(&[loss], &[&d.leaf], true, false)
+            .map_err(TorchError::from)?
+            .pop()
+            .expect("one input, one gradient");
+        let grad_logits = match self {
+            Kernels::Torch => unreachable!("the torch path has no detached log-probs"),
+            Kernels::Reference => {
+                let (rows, v) = flat_rows(&d.logits);
+                let x = host_f64(&d.logits.detach().reshape([rows, v]))?;
+                let t = Vec::<i64>::try_from(&d.targets.reshape([rows]).to_device(Device::Cpu))
+                    .map_err(TorchError::from)?;
+                let g = host_f64(&g.reshape([rows]))?;
+                let v = v as usize;
+                let grad: Vec<f64> = (0..rows as usize)
+                    .flat_map(|r| {
+                        token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, d.lse[r], g[r])
+                    })
+                    .collect();
+                Tensor::from_slice(&grad)
+                    .reshape(d.logits.size())
+                    .to_kind(d.logits.kind())
+                    .to_device(d.logits.device())
+            }
+        };
+        let chained = (&d.logits * grad_logits).sum(Kind::Float);
+        (loss + chained).backward();
+        Ok(())
+    }
+}
+
+/// `(rows, V)` of a `[.., V]` tensor.
+fn flat_rows(logits: &Tensor) -> (i64, i64) {
+    let size = logits.size();
+    let v = *size.last().expect("logits have a vocabulary dimension");
+    (size.iter().rev().skip(1).product(), v)
+}
+
+fn host_f64(t: &Tensor) -> Result<Vec<f64>, TrainError> {
+    Ok(
+        Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1]))
+            .map_err(TorchError::from)?,
+    )
+}
