@@ -23,7 +23,10 @@ for line in sys.stdin:
         print(m["executable"])' "$1"; }
     cp "$(cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$bundle/cuda_kernels"
     cp "$(cargo bench --features cuda --bench cuda_logprob --no-run --message-format=json | exe cuda_logprob)" "$bundle/cuda_logprob"
-    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob
+    # The kernels on libtorch tensors (needs the machine's libtorch at run time).
+    # shellcheck source=scripts/torch-env.sh
+    (source scripts/torch-env.sh && cp "$(cargo test --release --features cuda,torch --test cuda_torch --no-run --message-format=json | exe cuda_torch)" "$bundle/cuda_torch")
+    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch
     cp benches/torch_eager_logprob.py "$bundle/"
     # The project's pinned NVRTC, for a machine whose own copy is missing or
     # newer than its driver accepts (used when P3O_BUNDLED_NVRTC=1).
@@ -60,6 +63,8 @@ run)
     ls "$P3O_NVRTC_DIR" | grep nvrtc | tee -a "$out/device.txt"
     status=0
     "$bundle/cuda_kernels" --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     echo

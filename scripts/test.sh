@@ -4,7 +4,8 @@
 #   2. feature `cuda`: NVRTC compile checks everywhere, differential tests where
 #      a CUDA device is present ('skipped: no CUDA device' elsewhere);
 #   3. feature `torch`: the LM stack against HF fixtures (libtorch installed
-#      by scripts/setup-torch.sh into ~/.cache/p3o).
+#      by scripts/setup-torch.sh into ~/.cache/p3o);
+#   4. features `cuda` and `torch`: the kernels on libtorch tensors.
 # Ends with one line adding up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +18,7 @@ scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
 cargo test --locked --features torch --tests 2>&1 | tee -a "$log"
+# Both: the kernels on libtorch tensors and chained into autograd.
+cargo test --locked --features cuda,torch --test cuda_torch -- --nocapture 2>&1 | tee -a "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

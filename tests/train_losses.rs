@@ -228,7 +228,7 @@ mod ppo {
 fn outside_logprobs_chain_into_autograd() {
     use p3o::torch::layers::Linear;
     use p3o::train::builtin::tiny_model;
-    use p3o::train::kernels::Kernels;
+    use p3o::train::kernels::{Kernels, backward};
     use p3o::train::rollout::{ValueHead, token_window_with};
     use tch::Device;
 
@@ -255,7 +255,7 @@ fn outside_logprobs_chain_into_autograd() {
             let _ = p.requires_grad_(true);
         }
         let (w, detached) =
-            token_window_with(&model, Some(&head), &prompts, &responses, kernels).unwrap();
+            token_window_with(&model, Some(&head), &prompts, &responses, &kernels).unwrap();
         let seq = w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
         let values = w.values.unwrap();
         // A loss of log-probs and values together, like PPO's.
@@ -267,7 +267,7 @@ fn outside_logprobs_chain_into_autograd() {
                     .detach())
             .sum(Kind::Float)
                 * 0.1;
-        kernels.backward(&loss, detached.as_ref()).unwrap();
+        backward(&loss, detached.as_ref()).unwrap();
         let mut named: Vec<(String, Tensor)> = model
             .vs
             .variables()

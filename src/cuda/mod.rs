@@ -9,6 +9,8 @@
 pub mod device;
 pub mod nvrtc;
 pub mod ops;
+#[cfg(feature = "torch")]
+pub mod torch_ops;
 
 pub use device::Gpu;
 

@@ -7,7 +7,7 @@ use crate::reference::Algorithm;
 
 /// Threads per block of each kernel family (the `*_BLOCK` macros in
 /// `kernels/`).
-const TOKEN_BLOCK: u32 = 256;
+pub(super) const TOKEN_BLOCK: u32 = 256;
 const SEQ_BLOCK: u32 = 128;
 const PAIR_BLOCK: u32 = 256;
 const GAE_BLOCK: u32 = 128;
@@ -81,7 +81,7 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
     }
 }
 
-fn grid(blocks: usize, threads: u32) -> Result<LaunchConfig, CudaError> {
+pub(super) fn grid(blocks: usize, threads: u32) -> Result<LaunchConfig, CudaError> {
     check(blocks >= 1 && blocks <= i32::MAX as usize, || {
         format!("{blocks} blocks do not fit one launch")
     })?;

@@ -71,9 +71,10 @@ pub struct TrainConfig {
     pub dtype: String,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
-    /// Token log-probs of the training forward: `torch` (libtorch ops) or
-    /// `reference` (the float64 reference, chained into autograd by a
-    /// two-phase backward; a check of that chaining, slow).
+    /// Token log-probs of the training forward: `torch` (libtorch ops),
+    /// `cuda` (the hand-written kernels, features `cuda` and `torch`) or
+    /// `reference` (the float64 reference; a slow check of the chaining into
+    /// autograd that `cuda` uses).
     pub kernels: String,
     /// PPO: discount of GAE.
     pub gamma: f64,

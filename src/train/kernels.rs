@@ -14,8 +14,9 @@
 //!
 //! `reference` runs steps 1 and 3 with the float64 reference
 //! (`crate::reference::tokens`): slow, but it checks the chaining itself on
-//! any machine. The hand-written CUDA kernels are the fast path that this
-//! mechanism exists for; their hook is not wired in yet.
+//! any machine. `cuda` (feature `cuda`) runs them with the hand-written
+//! kernels on the logits where they are, one read of the logits forward and
+//! one read and write backward, and no `[N, V]` log-softmax.
 
 use tch::{Device, Kind, Tensor};
 
@@ -24,12 +25,27 @@ use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::torch::TorchError;
 
 /// Where token log-probs of the training forward come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Kernels {
     /// libtorch ops under autograd (gather minus log-sum-exp).
     Torch,
     /// The float64 reference, chained by the two-phase backward.
     Reference,
+    /// The CUDA kernels of `kernels/token_logprob.cu`, chained likewise.
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<crate::cuda::Gpu>),
+}
+
+/// What the backward of an outside log-prob needs besides the logits.
+enum Saved {
+    /// Per-row log-sum-exp, float64 on the CPU.
+    Host(Vec<f64>),
+    /// The kernels' `[2N]` log-sum-exp, on the device, and the kernels.
+    #[cfg(feature = "cuda")]
+    Device {
+        gpu: std::sync::Arc<crate::cuda::Gpu>,
+        lse: Tensor,
+    },
 }
 
 /// A log-prob computed outside autograd: the leaf the loss is built on and
@@ -40,22 +56,40 @@ pub struct Detached {
     /// The logits `[.., V]` with their graph to the model.
     logits: Tensor,
     targets: Tensor,
-    /// Per-row log-sum-exp, float64 on the CPU.
-    lse: Vec<f64>,
+    saved: Saved,
 }
 
 impl Kernels {
-    pub fn from_name(name: &str) -> Result<Kernels, TrainError> {
+    /// The backend named by config key `kernels` for a run on `device`.
+    pub fn from_name(name: &str, device: Device) -> Result<Kernels, TrainError> {
         match name {
             "torch" => Ok(Kernels::Torch),
             "reference" => Ok(Kernels::Reference),
-            "cuda" => Err(TrainError::Input(
-                "config key `kernels`: `cuda` is not wired into the trainer yet (the kernels exist: feature `cuda`); use torch or reference".into(),
-            )),
+            "cuda" => Self::cuda(device),
             other => Err(TrainError::Input(format!(
-                "config key `kernels`: `{other}` (expected torch or reference)"
+                "config key `kernels`: `{other}` (expected torch, reference or cuda)"
             ))),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(device: Device) -> Result<Kernels, TrainError> {
+        let Device::Cuda(ordinal) = device else {
+            return Err(TrainError::Input(
+                "config key `kernels`: `cuda` needs device = cuda (or cuda:N)".into(),
+            ));
+        };
+        crate::cuda::Gpu::new(ordinal)
+            .map(|g| Kernels::Cuda(std::sync::Arc::new(g)))
+            .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda(_: Device) -> Result<Kernels, TrainError> {
+        Err(TrainError::Input(
+            "config key `kernels`: `cuda` needs a p3o built with features `cuda` and `torch`"
+                .into(),
+        ))
     }
 
     /// `log softmax(logits)[target]` for `logits: [.., V]`, `targets: [..]`;
@@ -91,48 +125,83 @@ impl Kernels {
                         leaf,
                         logits: logits.shallow_clone(),
                         targets: targets.shallow_clone(),
-                        lse,
+                        saved: Saved::Host(lse),
+                    }),
+                ))
+            }
+            #[cfg(feature = "cuda")]
+            Kernels::Cuda(gpu) => {
+                let (rows, v) = flat_rows(logits);
+                let flat = logits.detach().reshape([rows, v]).contiguous();
+                let t = targets.reshape([rows]).contiguous();
+                let (logp, lse) = gpu
+                    .token_logprob_fwd_tensor(&flat, &t)
+                    .map_err(cuda_error)?;
+                let leaf = logp.reshape(targets.size()).set_requires_grad(true);
+                Ok((
+                    leaf.shallow_clone(),
+                    Some(Detached {
+                        leaf,
+                        logits: logits.shallow_clone(),
+                        targets: t,
+                        saved: Saved::Device {
+                            gpu: gpu.clone(),
+                            lse,
+                        },
                     }),
                 ))
             }
         }
     }
+}
 
-    /// Backpropagates `loss` into every parameter it depends on, through
-    /// `detached` when the log-probs were computed outside autograd.
-    pub fn backward(&self, loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainError> {
-        let Some(d) = detached else {
-            loss.backward();
-            return Ok(());
-        };
-        let g = Tensor::f_run_backward(&[loss], &[&d.leaf], true, false)
-            .map_err(TorchError::from)?
-            .pop()
-            .expect("one input, one gradient");
-        let grad_logits = match self {
-            Kernels::Torch => unreachable!("the torch path has no detached log-probs"),
-            Kernels::Reference => {
-                let (rows, v) = flat_rows(&d.logits);
-                let x = host_f64(&d.logits.detach().reshape([rows, v]))?;
-                let t = Vec::<i64>::try_from(&d.targets.reshape([rows]).to_device(Device::Cpu))
-                    .map_err(TorchError::from)?;
-                let g = host_f64(&g.reshape([rows]))?;
-                let v = v as usize;
-                let grad: Vec<f64> = (0..rows as usize)
-                    .flat_map(|r| {
-                        token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, d.lse[r], g[r])
-                    })
-                    .collect();
-                Tensor::from_slice(&grad)
-                    .reshape(d.logits.size())
-                    .to_kind(d.logits.kind())
-                    .to_device(d.logits.device())
-            }
-        };
-        let chained = (&d.logits * grad_logits).sum(Kind::Float);
-        (loss + chained).backward();
-        Ok(())
-    }
+/// Backpropagates `loss` into every parameter it depends on, through
+/// `detached` when the log-probs were computed outside autograd.
+pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainError> {
+    let Some(d) = detached else {
+        loss.backward();
+        return Ok(());
+    };
+    let g = Tensor::f_run_backward(&[loss], &[&d.leaf], true, false)
+        .map_err(TorchError::from)?
+        .pop()
+        .expect("one input, one gradient");
+    let grad_logits = match &d.saved {
+        #[cfg(feature = "cuda")]
+        Saved::Device { gpu, lse } => {
+            let (rows, v) = flat_rows(&d.logits);
+            let flat = d.logits.detach().reshape([rows, v]).contiguous();
+            let g = g.reshape([rows]).to_kind(Kind::Float).contiguous();
+            gpu.token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)
+                .map_err(cuda_error)?
+                .reshape(d.logits.size())
+        }
+        Saved::Host(lse) => {
+            let (rows, v) = flat_rows(&d.logits);
+            let x = host_f64(&d.logits.detach().reshape([rows, v]))?;
+            let t = Vec::<i64>::try_from(&d.targets.reshape([rows]).to_device(Device::Cpu))
+                .map_err(TorchError::from)?;
+            let g = host_f64(&g.reshape([rows]))?;
+            let v = v as usize;
+            let grad: Vec<f64> = (0..rows as usize)
+                .flat_map(|r| {
+                    token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, lse[r], g[r])
+                })
+                .collect();
+            Tensor::from_slice(&grad)
+                .reshape(d.logits.size())
+                .to_kind(d.logits.kind())
+                .to_device(d.logits.device())
+        }
+    };
+    let chained = (&d.logits * grad_logits).sum(Kind::Float);
+    (loss + chained).backward();
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_error(e: crate::cuda::CudaError) -> TrainError {
+    TrainError::Stopped(format!("CUDA kernels: {e}"))
 }
 
 /// `(rows, V)` of a `[.., V]` tensor.

@@ -133,7 +133,7 @@ pub fn token_window(
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<TokenWindow, TrainError> {
-    Ok(token_window_with(model, head, prompts, responses, Kernels::Torch)?.0)
+    Ok(token_window_with(model, head, prompts, responses, &Kernels::Torch)?.0)
 }
 
 /// [`token_window`] with the token log-probs from `kernels`; an outside
@@ -143,7 +143,7 @@ pub fn token_window_with(
     head: Option<&ValueHead>,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
-    kernels: Kernels,
+    kernels: &Kernels,
 ) -> Result<(TokenWindow, Option<Detached>), TrainError> {
     let rows: Vec<Vec<i64>> = prompts
         .iter()

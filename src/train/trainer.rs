@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use super::config::TrainConfig;
 use super::data::load_prompts;
-use super::kernels::{Detached, Kernels};
+use super::kernels::{Detached, Kernels, backward};
 use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
@@ -112,7 +112,7 @@ impl Trainer {
         shift: Option<RewardShift>,
     ) -> Result<Trainer, TrainError> {
         let device = device_of(&cfg.device)?;
-        let kernels = Kernels::from_name(&cfg.kernels)?;
+        let kernels = Kernels::from_name(&cfg.kernels, device)?;
         if let Device::Cuda(n) = device
             && n >= tch::Cuda::device_count() as usize
         {
@@ -341,7 +341,7 @@ impl Trainer {
                     None,
                     &pick(&prompt_ids),
                     &pick(&responses),
-                    self.kernels,
+                    &self.kernels,
                 )?;
                 let lp_new = window
                     .lp
@@ -570,7 +570,7 @@ impl Trainer {
                     Some(head),
                     &pick(&prompt_ids),
                     &pick(&responses),
-                    self.kernels,
+                    &self.kernels,
                 )?;
                 // Windows of a minibatch are as wide as its longest response.
                 let lm = new.mask.size()[1];
@@ -649,8 +649,7 @@ impl Trainer {
             self.nonfinite_in_row += 1;
             return self.check_nonfinite();
         }
-        self.kernels
-            .backward(&(loss / self.cfg.grad_accum as f64), detached.as_ref())?;
+        backward(&(loss / self.cfg.grad_accum as f64), detached.as_ref())?;
         u.losses.push(value);
         u.accumulated += 1;
         if u.accumulated == self.cfg.grad_accum {

@@ -1,0 +1,135 @@
+//! The CUDA kernels on libtorch tensors (features `cuda` and `torch`): the
+//! tensor launchers against the float64 reference, and `kernels = cuda`
+//! chained into autograd giving libtorch's own parameter gradients. Without
+//! a CUDA device they print 'skipped: no CUDA device'.
+#![cfg(all(feature = "cuda", feature = "torch"))]
+
+use p3o::cuda::Gpu;
+use p3o::reference::tokens::{token_logprob, token_logprob_grad};
+use p3o::tolerance::{BF16_VS_F64, F32_VS_F64};
+use p3o::train::kernels::{Kernels, backward};
+use tch::{Device, Kind, Tensor};
+
+/// The device, or `None` after printing why the test is skipped.
+fn gpu() -> Option<Gpu> {
+    if !tch::Cuda::is_available() {
+        println!("skipped: no CUDA device (libtorch sees none)");
+        return None;
+    }
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn host(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1])).unwrap()
+}
+
+/// `kernels = cuda` is refused with a clear error off a CUDA device, on any
+/// machine.
+#[test]
+fn cuda_kernels_need_a_cuda_device() {
+    let err = match Kernels::from_name("cuda", Device::Cpu) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("kernels = cuda accepted on the CPU"),
+    };
+    assert!(err.contains("device = cuda"), "{err}");
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn tensor_launchers_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let dev = Device::Cuda(0);
+    tch::manual_seed(7);
+    for (kind, tol) in [(Kind::Float, F32_VS_F64), (Kind::BFloat16, BF16_VS_F64)] {
+        for (n, v) in [(64i64, 1000i64), (16, 50257)] {
+            let logits = (Tensor::rand([n, v], (Kind::Float, dev)) * 20.0 - 10.0).to_kind(kind);
+            let targets = Tensor::randint(v, [n], (Kind::Int64, dev));
+            let g = Tensor::rand([n], (Kind::Float, dev)) * 2.0 - 1.0;
+            let (logp, lse) = gpu.token_logprob_fwd_tensor(&logits, &targets).unwrap();
+            let grad = gpu
+                .token_logprob_bwd_tensor(&logits, &targets, &lse, &g)
+                .unwrap();
+            assert_eq!(grad.kind(), kind);
+            let (x, t, g) = (host(&logits), host(&targets), host(&g));
+            let (logp, grad) = (host(&logp), host(&grad));
+            let v = v as usize;
+            for r in 0..n as usize {
+                let row = &x[r * v..(r + 1) * v];
+                let (want, lse) = token_logprob(row, t[r] as usize);
+                assert!(
+                    (logp[r] - want).abs() <= F32_VS_F64 * want.abs().max(1.0),
+                    "{kind:?} V={v} row {r}: logp {} vs {want}",
+                    logp[r]
+                );
+                let want = token_logprob_grad(row, t[r] as usize, lse, g[r]);
+                let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let worst = grad[r * v..(r + 1) * v]
+                    .iter()
+                    .zip(&want)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst <= tol * scale + 1e-30,
+                    "{kind:?} V={v} row {r}: {worst:e}"
+                );
+            }
+        }
+    }
+    // Tensors elsewhere are refused, not read.
+    let cpu = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let t = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
+    assert!(gpu.token_logprob_fwd_tensor(&cpu, &t).is_err());
+}
+
+/// The two-phase backward with the CUDA kernels gives autograd's parameter
+/// gradients on a CUDA model.
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+#[test]
+fn cuda_kernels_chain_into_autograd() {
+    use p3o::train::builtin::tiny_model;
+    use p3o::train::rollout::token_window_with;
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let model = tiny_model(3, dev).unwrap();
+    let cuda = Kernels::from_name("cuda", dev).unwrap();
+    let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];
+    let responses: Vec<Vec<i64>> = vec![vec![40, 41, 42, 0], vec![50], vec![60, 61]];
+    let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4]).to_device(dev);
+    let grads = |kernels: &Kernels| -> (Vec<f64>, Vec<f64>) {
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, p) in &vars {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let (w, detached) = token_window_with(&model, None, &prompts, &responses, kernels).unwrap();
+        let seq = w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let loss = (&seq * &weights).sum(Kind::Float) + seq.square().sum(Kind::Float) * 0.01;
+        backward(&loss, detached.as_ref()).unwrap();
+        let g = vars.iter().flat_map(|(_, p)| host(&p.grad())).collect();
+        (host(&seq.detach()), g)
+    };
+    let (lp_t, g_t) = grads(&Kernels::Torch);
+    let (lp_c, g_c) = grads(&cuda);
+    for (a, b) in lp_t.iter().zip(&lp_c) {
+        assert!((a - b).abs() <= F32_VS_F64 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    let scale = g_t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let diff = g_t
+        .iter()
+        .zip(&g_c)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        scale > 0.0 && diff <= 1e-4 * scale,
+        "max gradient difference {diff} (scale {scale})"
+    );
+}
