@@ -57,7 +57,7 @@ impl AdamW {
             .filter(|g| g.defined())
             .map(|g| {
                 g.to_kind(Kind::Double)
-                    .square()
+                    .square_()
                     .sum(Kind::Double)
                     .double_value(&[])
             })
@@ -95,9 +95,19 @@ impl AdamW {
                 let g = g.to_kind(Kind::Float);
                 let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
                 let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
-                let update = (&*m / c1) / ((&*v / c2).sqrt() + EPS)
-                    + p.to_kind(Kind::Float) * self.weight_decay;
-                let _ = p.g_sub_(&(update * lr).to_kind(p.kind()));
+                // update = (m / c1) / (sqrt(v / c2) + eps) + wd p, then
+                // p -= lr update: the same operations in the same order, in
+                // place on two temporaries (these tensors are as large as the
+                // embeddings, and each extra pass costs).
+                let mut update = &*m / c1;
+                let mut denom = &*v / c2;
+                let _ = denom.sqrt_().g_add_scalar_(EPS);
+                let _ = update.g_div_(&denom);
+                if self.weight_decay != 0.0 {
+                    let _ = update.g_add_(&(p.to_kind(Kind::Float) * self.weight_decay));
+                }
+                let _ = update.g_mul_scalar_(lr);
+                let _ = p.g_sub_(&update.to_kind(p.kind()));
             }
         });
     }
