@@ -29,6 +29,19 @@ pub fn read_jsonl<T>(
     Ok(out)
 }
 
+/// Shuffles `items` with a ChaCha8 stream seeded with `seed` and splits off
+/// a held-out share (rounded, leaving at least one item to train on):
+/// returns (train, held out).
+pub fn split_heldout<T>(mut items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    items.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let held =
+        ((items.len() as f64 * fraction).round() as usize).min(items.len().saturating_sub(1));
+    let heldout = items.split_off(items.len() - held);
+    (items, heldout)
+}
+
 /// A string field of a JSON Lines object.
 pub fn string_field(v: &serde_json::Value, key: &str) -> Result<String, String> {
     v.get(key)

@@ -16,8 +16,8 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::config::{ConfigError, check_supervised, load_toml};
-use super::data::{read_jsonl, string_field};
-use super::models::{device_of, progress_bar};
+use super::data::{read_jsonl, split_heldout, string_field};
+use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::trainer::TrainError;
 use crate::torch::checkpoint::load_into_except;
@@ -233,15 +233,11 @@ pub fn train_reward_model(
         tch::set_num_threads(cfg.threads as i32);
     }
     let base = Path::new(&cfg.base);
-    let mut prefs = load_preferences(Path::new(&cfg.data))?;
+    let prefs = load_preferences(Path::new(&cfg.data))?;
     let model = reward_model_from(base, device)?;
-    let tokenizer_json = std::fs::read_to_string(base.join("tokenizer.json")).map_err(|e| {
-        TrainError::Input(format!("{}: {e}", base.join("tokenizer.json").display()))
-    })?;
+    let tokenizer_json = tokenizer_json_of(&cfg.base)?;
     let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
-    prefs.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xb7));
-    let held = ((prefs.len() as f64 * cfg.heldout_fraction).round() as usize).min(prefs.len() - 1);
-    let heldout_prefs = prefs.split_off(prefs.len() - held);
+    let (prefs, heldout_prefs) = split_heldout(prefs, cfg.heldout_fraction, cfg.seed ^ 0xb7);
     let max = model.config.max_positions();
     let train = encode(&prefs, &tokenizer, max)?;
     let heldout = encode(&heldout_prefs, &tokenizer, max)?;

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
 use super::config::{ConfigError, check_supervised, load_toml};
-use super::data::{read_jsonl, string_field};
+use super::data::{read_jsonl, split_heldout, string_field};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::rollout::token_window;
@@ -180,10 +180,11 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let model = load_model(&cfg.base, Head::Lm, cfg.seed, device)?;
     let tokenizer_json = tokenizer_json_of(&cfg.base)?;
     let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
-    let mut pairs = load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?;
-    pairs.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5f7));
-    let held = ((pairs.len() as f64 * cfg.heldout_fraction).round() as usize).min(pairs.len() - 1);
-    let heldout_pairs = pairs.split_off(pairs.len() - held);
+    let (pairs, heldout_pairs) = split_heldout(
+        load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?,
+        cfg.heldout_fraction,
+        cfg.seed ^ 0x5f7,
+    );
     let max = model.config.max_positions();
     let train = encode(&pairs, &tokenizer, max)?;
     let heldout = encode(&heldout_pairs, &tokenizer, max)?;
