@@ -91,6 +91,7 @@ def run_p3o(binary, model_dir, steps, threads, work):
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    lines = [l for l in lines if l.get("split") == "train"]
     loop = sum(PROMPTS_PER_STEP * GENERATIONS / l["samples_per_s"] for l in lines)
     return steps * PROMPTS_PER_STEP * GENERATIONS / loop, steps * PROMPTS_PER_STEP * GENERATIONS / wall
 
