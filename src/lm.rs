@@ -87,13 +87,15 @@ fn input_lines(path: &Option<PathBuf>) -> Result<Vec<(usize, String)>, Failure> 
     Ok(out)
 }
 
+/// The answer of every language-model command in a build without `torch`.
+#[cfg(not(feature = "torch"))]
+pub fn unavailable() -> Result<(), Failure> {
+    Err(Failure::Input("this p3o was built without the `torch` feature; build with `--features torch` (README: set-up)".into()))
+}
+
 #[cfg(not(feature = "torch"))]
 mod imp {
     use super::*;
-
-    fn unavailable() -> Result<(), Failure> {
-        Err(Failure::Input("this p3o was built without the `torch` feature; build with `--features torch` (README: set-up)".into()))
-    }
 
     pub fn logprobs(_: ModelArgs) -> Result<(), Failure> {
         unavailable()
@@ -254,7 +256,7 @@ mod imp {
 
     pub fn train(a: TrainArgs) -> Result<(), Failure> {
         use p3o::train::config::TrainConfig;
-        use p3o::train::trainer::{TrainError, Trainer};
+        use p3o::train::trainer::Trainer;
         let cfg = TrainConfig::load(a.config.as_deref(), &a.set)
             .map_err(|e| Failure::Input(e.to_string()))?;
         if !a.resume && a.out.join("metrics.jsonl").exists() {
@@ -263,12 +265,7 @@ mod imp {
                 a.out.display()
             )));
         }
-        let to_failure = |e: TrainError| match e {
-            TrainError::Input(m) => Failure::Input(m),
-            TrainError::Torch(t) => Failure::Input(t.to_string()),
-            TrainError::Stopped(m) => Failure::Io(io::Error::other(m)),
-            TrainError::Io(e) => Failure::Io(e),
-        };
+        let to_failure = crate::pipeline::failure;
         let mut trainer = Trainer::new(cfg.clone(), &a.out, a.reward_shift).map_err(to_failure)?;
         if a.resume {
             match trainer.resume().map_err(to_failure)? {

@@ -96,10 +96,7 @@ pub struct DemoArgs {
 #[cfg(not(feature = "torch"))]
 mod imp {
     use super::*;
-
-    fn unavailable() -> Result<(), Failure> {
-        Err(Failure::Input("this p3o was built without the `torch` feature; build with `--features torch` (README: set-up)".into()))
-    }
+    use crate::lm::unavailable;
 
     pub fn sft(_: SftArgs) -> Result<(), Failure> {
         unavailable()
@@ -138,6 +135,7 @@ mod imp {
     use std::io;
     use std::path::Path;
 
+    /// A trainer error as the CLI reports it: bad input exits 2.
     pub fn failure(e: TrainError) -> Failure {
         match e {
             TrainError::Input(m) => Failure::Input(m),
@@ -269,4 +267,6 @@ mod imp {
     }
 }
 
+#[cfg(feature = "torch")]
+pub use imp::failure;
 pub use imp::{compare, demo, eval, reward_model, sft};

@@ -7,7 +7,7 @@
 use cudarc::driver::PushKernelArg;
 use tch::{Device, Kind, Tensor};
 
-use super::ops::{TOKEN_BLOCK, grid};
+use super::ops::{Bf16, LogitElement, TOKEN_BLOCK, grid};
 use super::{CudaError, Gpu};
 
 fn input(ok: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
@@ -15,6 +15,16 @@ fn input(ok: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
         Ok(())
     } else {
         Err(CudaError::Input(what()))
+    }
+}
+
+/// The (forward, backward) kernels for logits of `kind` (checked to be
+/// float32 or bfloat16).
+fn kernel_for(kind: Kind) -> (&'static str, &'static str) {
+    if kind == Kind::BFloat16 {
+        (Bf16::FWD, Bf16::BWD)
+    } else {
+        (<f32 as LogitElement>::FWD, <f32 as LogitElement>::BWD)
     }
 }
 
@@ -64,11 +74,7 @@ impl Gpu {
         let device = logits.device();
         let logp = Tensor::empty([n], (Kind::Float, device));
         let lse = Tensor::empty([2 * n], (Kind::Float, device));
-        let name = if logits.kind() == Kind::BFloat16 {
-            "token_logprob_fwd_bf16"
-        } else {
-            "token_logprob_fwd_f32"
-        };
+        let name = kernel_for(logits.kind()).0;
         let ptrs = [logits, targets, &logp, &lse].map(|t| t.data_ptr() as u64);
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(name));
@@ -108,11 +114,7 @@ impl Gpu {
             )
         })?;
         let grad = Tensor::empty([n, v], (logits.kind(), logits.device()));
-        let name = if logits.kind() == Kind::BFloat16 {
-            "token_logprob_bwd_bf16"
-        } else {
-            "token_logprob_bwd_f32"
-        };
+        let name = kernel_for(logits.kind()).1;
         let ptrs = [logits, targets, lse, grad_logp, &grad].map(|t| t.data_ptr() as u64);
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(name));
