@@ -132,6 +132,9 @@ fn positive(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // libtorch's large CPU tensors: reuse freed pages (see the module).
+    #[cfg(feature = "torch")]
+    p3o::torch::memory::keep_freed_memory();
     let result = match cli.command {
         Command::Reference => reference(),
         Command::Bandit(args) => bandit(args),

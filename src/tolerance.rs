@@ -38,6 +38,12 @@ pub const F32_VS_F64: f64 = 1e-5;
 /// arithmetic before it).
 pub const BF16_VS_F64: f64 = 1.0 / 256.0;
 
+/// The optimizer's fused float32 host pass against the same AdamW as libtorch
+/// tensor operations (the same float32 operations in the same order; the
+/// vectorised division and square root of either side may round the last
+/// bit differently), relative to `max(1e-3, |x|)`.
+pub const HOST_VS_TENSOR_F32: f64 = 1e-5;
+
 /// The tch models against HF transformers on the committed fixtures, float32:
 /// max absolute error of logits and rewards.
 pub const HF_F32: f64 = 1e-4;

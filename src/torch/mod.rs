@@ -11,6 +11,7 @@ pub mod jsonl;
 pub mod kv_cache;
 pub mod layers;
 pub mod logprobs;
+pub mod memory;
 pub mod model;
 pub mod reward;
 pub mod tokenizer;

@@ -1,8 +1,14 @@
 //! AdamW with its state in plain tensors (so that checkpoints hold it
 //! exactly), global gradient-norm clipping, and the learning-rate schedule.
+//!
+//! On the CPU, float32 parameters are updated by one fused pass over host
+//! memory ([`adamw_host`]) instead of a dozen libtorch passes; on other
+//! devices and dtypes the same formula runs as tensor operations
+//! ([`adamw_tensors`]). tests/train_optim.rs checks that the two agree.
 
+use rayon::prelude::*;
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Decoupled-weight-decay Adam (Loshchilov and Hutter), betas (0.9, 0.999),
 /// eps 1e-8, over the trainable variables of some `VarStore`s in name order.
@@ -13,6 +19,9 @@ pub struct AdamW {
     /// Optimizer steps taken.
     pub step: i64,
     pub weight_decay: f64,
+    /// Threads of the fused CPU passes (libtorch's intra-op count at
+    /// creation; rayon's global pool if it could not be made).
+    pool: Option<rayon::ThreadPool>,
 }
 
 const BETA1: f64 = 0.9;
@@ -36,6 +45,7 @@ impl AdamW {
             v,
             step: 0,
             weight_decay,
+            pool: host_pool(),
         }
     }
 
@@ -55,11 +65,19 @@ impl AdamW {
             .iter()
             .map(|(_, p)| p.grad())
             .filter(|g| g.defined())
-            .map(|g| {
-                g.to_kind(Kind::Double)
+            .map(|g| match host_f32(&g) {
+                Some((ptr, n)) => {
+                    // SAFETY: `g` is a contiguous float32 CPU tensor of `n`
+                    // elements that lives to the end of this closure and
+                    // nothing writes to it meanwhile.
+                    let g = unsafe { std::slice::from_raw_parts(ptr, n) };
+                    on_pool(&self.pool, || sum_squares(g))
+                }
+                None => g
+                    .to_kind(Kind::Double)
                     .square_()
                     .sum(Kind::Double)
-                    .double_value(&[])
+                    .double_value(&[]),
             })
             .sum();
         sq.sqrt()
@@ -85,29 +103,40 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let t = self.step as i32;
-        let (c1, c2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let k = Coefficients {
+            c1: 1.0 - BETA1.powi(t),
+            c2: 1.0 - BETA2.powi(t),
+            lr,
+            weight_decay: self.weight_decay,
+        };
+        let pool = &self.pool;
         tch::no_grad(|| {
             for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let g = g.to_kind(Kind::Float);
-                let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
-                let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
-                // update = (m / c1) / (sqrt(v / c2) + eps) + wd p, then
-                // p -= lr update: the same operations in the same order, in
-                // place on two temporaries (these tensors are as large as the
-                // embeddings, and each extra pass costs).
-                let mut update = &*m / c1;
-                let mut denom = &*v / c2;
-                let _ = denom.sqrt_().g_add_scalar_(EPS);
-                let _ = update.g_div_(&denom);
-                if self.weight_decay != 0.0 {
-                    let _ = update.g_add_(&(p.to_kind(Kind::Float) * self.weight_decay));
+                match [&*p, &g, &*m, &*v].map(host_f32) {
+                    [Some(pp), Some(gp), Some(mp), Some(vp)]
+                        if pp.1 == gp.1 && pp.1 == mp.1 && pp.1 == vp.1 =>
+                    {
+                        // SAFETY: the four are contiguous float32 CPU tensors of
+                        // the same length with distinct storages (a parameter,
+                        // its gradient and two state tensors made by `new`),
+                        // alive for this call; nothing else touches them while
+                        // the pass runs (no autograd graph is being built).
+                        let (ps, gs, ms, vs) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(pp.0 as *mut f32, pp.1),
+                                std::slice::from_raw_parts(gp.0, gp.1),
+                                std::slice::from_raw_parts_mut(mp.0 as *mut f32, mp.1),
+                                std::slice::from_raw_parts_mut(vp.0 as *mut f32, vp.1),
+                            )
+                        };
+                        on_pool(pool, || adamw_host(ps, gs, ms, vs, &k));
+                    }
+                    _ => adamw_tensors(p, &g, m, v, &k),
                 }
-                let _ = update.g_mul_scalar_(lr);
-                let _ = p.g_sub_(&update.to_kind(p.kind()));
             }
         });
     }
@@ -121,6 +150,149 @@ impl AdamW {
         }
         out
     }
+}
+
+/// The scalars of one AdamW step: bias corrections `1 - beta^t`, the
+/// learning rate and the decoupled weight decay.
+#[derive(Clone, Copy, Debug)]
+pub struct Coefficients {
+    pub c1: f64,
+    pub c2: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// One AdamW update as libtorch tensor operations, for any device and dtype
+/// (the state is float32): `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p -= lr ((m / c1) / (sqrt(v / c2) + eps) + wd p)`.
+pub fn adamw_tensors(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, k: &Coefficients) {
+    let g = g.to_kind(Kind::Float);
+    let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
+    let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
+    // In place on two temporaries: these tensors are as large as the
+    // embeddings, and each extra pass costs.
+    let mut update = &*m / k.c1;
+    let mut denom = &*v / k.c2;
+    let _ = denom.sqrt_().g_add_scalar_(EPS);
+    let _ = update.g_div_(&denom);
+    if k.weight_decay != 0.0 {
+        let _ = update.g_add_(&(p.to_kind(Kind::Float) * k.weight_decay));
+    }
+    let _ = update.g_mul_scalar_(k.lr);
+    let _ = p.g_sub_(&update.to_kind(p.kind()));
+}
+
+/// [`adamw_tensors`] for float32 host slices in one pass, the same float32
+/// operations in the same order (scalars rounded to float32 first, as
+/// libtorch does for float32 tensors), split over the current rayon pool.
+pub fn adamw_host(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coefficients) {
+    let s = HostScalars {
+        b1: BETA1 as f32,
+        nb1: (1.0 - BETA1) as f32,
+        b2: BETA2 as f32,
+        nb2: (1.0 - BETA2) as f32,
+        c1: k.c1 as f32,
+        c2: k.c2 as f32,
+        eps: EPS as f32,
+        lr: k.lr as f32,
+        wd: k.weight_decay as f32,
+    };
+    let decay = k.weight_decay != 0.0;
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            // Two monomorphic loops: a branch inside one stops it vectorising.
+            if decay {
+                adamw_chunk::<true>(p, g, m, v, &s);
+            } else {
+                adamw_chunk::<false>(p, g, m, v, &s);
+            }
+        });
+}
+
+/// [`adamw_host`]'s scalars, rounded to float32.
+struct HostScalars {
+    b1: f32,
+    nb1: f32,
+    b2: f32,
+    nb2: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    lr: f32,
+    wd: f32,
+}
+
+fn adamw_chunk<const DECAY: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &HostScalars,
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        m[i] = m[i] * s.b1 + g[i] * s.nb1;
+        v[i] = v[i] * s.b2 + g[i] * g[i] * s.nb2;
+        let mut update = (m[i] / s.c1) / ((v[i] / s.c2).sqrt() + s.eps);
+        if DECAY {
+            update += p[i] * s.wd;
+        }
+        p[i] -= update * s.lr;
+    }
+}
+
+/// `sum x^2` in float64, in a fixed order whatever the pool does: each
+/// chunk keeps eight running sums (element `i` goes to sum `i mod 8`), and
+/// the chunks' totals are added in chunk order.
+fn sum_squares(x: &[f32]) -> f64 {
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut acc = [0.0f64; 8];
+            let lanes = c.chunks_exact(8);
+            let tail: f64 = lanes
+                .remainder()
+                .iter()
+                .map(|&a| f64::from(a) * f64::from(a))
+                .sum();
+            for l in lanes {
+                for (s, &a) in acc.iter_mut().zip(l) {
+                    *s += f64::from(a) * f64::from(a);
+                }
+            }
+            acc.iter().sum::<f64>() + tail
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// Elements per unit of work of the host passes.
+const CHUNK: usize = 1 << 15;
+
+/// `(pointer, length)` of a contiguous float32 CPU tensor's elements.
+fn host_f32(t: &Tensor) -> Option<(*const f32, usize)> {
+    (t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous())
+        .then(|| (t.data_ptr() as *const f32, t.numel()))
+}
+
+/// Runs `f` on `pool` (rayon's global pool when there is none).
+fn on_pool<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// A rayon pool with libtorch's current intra-op thread count.
+fn host_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(tch::get_num_threads().max(1) as usize)
+        .build()
+        .ok()
 }
 
 /// The learning rate at optimizer step `step` (0-based) of `total`: linear

@@ -1,0 +1,34 @@
+//! How the process's C heap treats libtorch's large CPU tensors.
+//!
+//! glibc serves every allocation above its mmap threshold (at most 32 MiB)
+//! with a fresh `mmap` and hands it back with `munmap` on free. The LM head's
+//! `[N, V]` tensors (logits, their gradient, the softmax inside the
+//! log-sum-exp backward) are 50-100 MB on small models with a 50k vocabulary
+//! and are made several times per minibatch, so each one is page-faulted and
+//! zeroed by the kernel again: on the 2-core development machine a
+//! Pythia-14M-shaped `p3o train` spent more time in the kernel than in
+//! libtorch (BENCHMARKS.md). [`keep_freed_memory`] makes glibc serve them
+//! from its heap and keep freed memory for reuse instead.
+
+/// Make the C allocator keep freed memory in the process (no `mmap` for
+/// large blocks, no trimming of the heap top), so the next tensor of the
+/// same size reuses pages that are already mapped. The resident size then
+/// stays near its peak instead of falling back between steps. Call it once,
+/// before the first large tensor; returns whether the allocator accepted it
+/// (always false off glibc, where it does nothing).
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters; it is thread-safe
+        // and valid at any time. Blocks mapped before the call stay mapped
+        // and are still freed with munmap (glibc marks them per block).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
