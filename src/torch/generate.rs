@@ -167,8 +167,7 @@ pub fn generate(
             };
             let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut());
             let last = model
-                .logits(&hidden.narrow(1, t - 1, 1))?
-                .squeeze_dim(1)
+                .row_logits(&hidden.narrow(1, t - 1, 1).squeeze_dim(1))?
                 .to_kind(Kind::Float);
             let next = if o.temperature == 0.0 {
                 last.argmax(-1, false)
