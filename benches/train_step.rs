@@ -9,6 +9,8 @@ use p3o::train::config::TrainConfig;
 use p3o::train::trainer::Trainer;
 
 fn main() {
+    // As `p3o train` does at start-up.
+    p3o::torch::memory::keep_freed_memory();
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("train_step_default");
     group
