@@ -1,6 +1,7 @@
 //! One training step of each algorithm on the built-in default task (CPU,
 //! 2 threads): time per step and per sample, and the shares of generation,
-//! scoring (behaviour, reference and reward) and the update.
+//! scoring (reference log-probs and rewards; PPO also the policy's values
+//! and behaviour log-probs) and the update.
 
 use std::time::Duration;
 

@@ -354,3 +354,25 @@ fn hf_policy_and_reward_model() {
     assert_eq!(reloaded.config.vocab_size(), 320);
     assert!(out.join("final/tokenizer.json").exists());
 }
+
+/// The behaviour log-probs come from the sampling pass (KV cache) and the
+/// new ones from the training forward: with lr 0 the policy never moves, so
+/// every ratio must be 1 up to float32 rounding, and nothing is clipped.
+#[test]
+fn behaviour_logprobs_from_sampling_match_the_training_forward() {
+    for alg in ["p3o-v1", "dpo"] {
+        let out = tmp(&format!("ratio-{alg}"));
+        let mut sets = small(alg);
+        sets.extend(["lr=0".into(), "steps=2".into(), "epochs=2".into()]);
+        let cfg = TrainConfig::load(None, &sets).unwrap();
+        let mut t = Trainer::new(cfg, &out, None).unwrap();
+        for _ in 0..2 {
+            let line = t.step_once().unwrap();
+            let ratio = line["ratio_mean"].as_f64().unwrap();
+            assert!((ratio - 1.0).abs() < 1e-5, "{alg}: ratio_mean {ratio}");
+            assert_eq!(line["clip_fraction"].as_f64(), Some(0.0), "{alg}");
+            // The sampled responses are not empty, so the check is not vacuous.
+            assert!(line["response_length"].as_f64().unwrap() > 0.0);
+        }
+    }
+}

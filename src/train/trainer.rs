@@ -25,7 +25,7 @@ use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
 use crate::reference::{Algorithm, Hyper, PairConsts, PairVars};
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
-use crate::torch::generate::{GenerateOptions, generate};
+use crate::torch::generate::{GenerateOptions, Generation, generate};
 use crate::torch::layers::Linear;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel, TorchError};
@@ -93,6 +93,11 @@ pub struct Trainer {
 }
 
 /// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
+/// `log pi(y|x)` per response: the sum of its token log-probs.
+fn sequence_sums(token_logprobs: &[Vec<f32>]) -> Vec<f32> {
+    token_logprobs.iter().map(|t| t.iter().sum()).collect()
+}
+
 fn derive_seed(seed: u64, purpose: u64, step: u64, epoch: u64) -> u64 {
     let mut z = seed
         ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -245,7 +250,9 @@ impl Trainer {
         }
     }
 
-    fn sample(&self, prompt_ids: &[Vec<i64>], seed: u64) -> Result<Vec<Vec<i64>>, TrainError> {
+    /// Responses to `prompt_ids` with the log-probs of their tokens under the
+    /// policy that sampled them (the behaviour policy of the step).
+    fn sample(&self, prompt_ids: &[Vec<i64>], seed: u64) -> Result<Generation, TrainError> {
         let o = GenerateOptions {
             max_new_tokens: self.cfg.max_new_tokens,
             temperature: self.cfg.temperature,
@@ -256,7 +263,7 @@ impl Trainer {
             pad_token_id: self.tokenizer.pad_token_id.unwrap_or(0),
             use_cache: true,
         };
-        Ok(generate(&self.policy, prompt_ids, &o)?.response_ids)
+        Ok(generate(&self.policy, prompt_ids, &o)?)
     }
 
     /// The prompts of step `step`: a seeded permutation of the prompt set per
@@ -296,10 +303,13 @@ impl Trainer {
             prompt_ids.push(ids);
         }
         let pair_texts: Vec<String> = texts.iter().flat_map(|t| [t.clone(), t.clone()]).collect();
-        let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let sampled = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
         let generated = Instant::now();
-        let lp_old = tch::no_grad(|| sequence_logprobs(&self.policy, &prompt_ids, &responses))?
-            .to_kind(Kind::Float);
+        // log pi_old(y|x) from the sampling pass itself: the same model and
+        // weights, so no second forward pass (tests/torch_models.rs checks
+        // that these equal a recomputation to CACHE_VS_RECOMPUTE per token).
+        let lp_old_v = sequence_sums(&sampled.token_logprobs);
+        let responses = sampled.response_ids;
         let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &prompt_ids, &responses))?
             .to_kind(Kind::Float);
         let raw = self
@@ -316,8 +326,6 @@ impl Trainer {
         let device = self.policy.device();
         let pairs = texts.len();
         let scored = Instant::now();
-        let lp_old_v =
-            Vec::<f32>::try_from(&lp_old.to_device(Device::Cpu)).map_err(TorchError::from)?;
         let lp_ref_v =
             Vec::<f32>::try_from(&lp_ref.to_device(Device::Cpu)).map_err(TorchError::from)?;
 
@@ -453,7 +461,9 @@ impl Trainer {
             .iter()
             .map(|t| self.tokenizer.encode(t))
             .collect::<Result<_, _>>()?;
-        let responses = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let responses = self
+            .sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?
+            .response_ids;
         let generated = Instant::now();
         let head = self.value_head.as_ref().expect("PPO has a value head");
         let old = tch::no_grad(|| token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
@@ -755,10 +765,11 @@ impl Trainer {
             let p = self.tokenizer.encode(p)?;
             ids.extend(std::iter::repeat_n(p, self.cfg.eval_samples));
         }
-        let responses = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
-        let lp = tch::no_grad(|| sequence_logprobs(&self.policy, &ids, &responses))?;
+        let sampled = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
+        let responses = sampled.response_ids;
+        let lp = Tensor::from_slice(&sequence_sums(&sampled.token_logprobs));
         let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &ids, &responses))?;
-        let kl = (lp.to_kind(Kind::Double) - lp_ref.to_kind(Kind::Double))
+        let kl = (lp.to_kind(Kind::Double) - lp_ref.to_device(Device::Cpu).to_kind(Kind::Double))
             .mean(Kind::Double)
             .double_value(&[]);
         let r = self.reward.score(&self.tokenizer, &ids, &responses)?;
