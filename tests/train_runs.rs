@@ -360,7 +360,7 @@ fn hf_policy_and_reward_model() {
 /// every ratio must be 1 up to float32 rounding, and nothing is clipped.
 #[test]
 fn behaviour_logprobs_from_sampling_match_the_training_forward() {
-    for alg in ["p3o-v1", "dpo"] {
+    for alg in ["p3o-v1", "dpo", "ppo"] {
         let out = tmp(&format!("ratio-{alg}"));
         let mut sets = small(alg);
         sets.extend(["lr=0".into(), "steps=2".into(), "epochs=2".into()]);

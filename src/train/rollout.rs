@@ -22,6 +22,15 @@ pub struct ValueHead {
     pub linear: Linear,
 }
 
+impl ValueHead {
+    /// The scalar value of every hidden state `[.., H]` -> `[..]`.
+    pub fn values(&self, hidden: &Tensor) -> Tensor {
+        self.linear
+            .forward(&hidden.to_kind(self.linear.weight.kind()))
+            .squeeze_dim(-1)
+    }
+}
+
 /// Per-token quantities of response windows `[n, L]`: log-probs, values
 /// (with a value head) and the mask of real tokens (responses right-aligned).
 pub struct TokenWindow {
@@ -145,6 +154,46 @@ pub fn token_window_with(
     responses: &[Vec<i64>],
     kernels: &Kernels,
 ) -> Result<(TokenWindow, Option<Detached>), TrainError> {
+    let w = response_window(model, prompts, responses);
+    let (lp, detached) = kernels.token_logprobs(&model.logits(&w.hidden)?, &w.targets)?;
+    Ok((
+        TokenWindow {
+            lp: lp * &w.mask,
+            values: head.map(|h| h.values(&w.hidden) * &w.mask),
+            mask: w.mask,
+        },
+        detached,
+    ))
+}
+
+/// The value head's estimates `[n, l]` at the response positions (zero
+/// after padding), without the LM head: PPO's behaviour pass, whose token
+/// log-probs come from sampling.
+pub fn value_window(
+    model: &LanguageModel,
+    head: &ValueHead,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+) -> Tensor {
+    let w = response_window(model, prompts, responses);
+    head.values(&w.hidden) * &w.mask
+}
+
+/// Prompt + response rows, left-padded, through the body: the hidden states
+/// `[n, l, H]` that predict the last `l` tokens (`l` the longest response;
+/// shorter responses are right-aligned), those tokens `[n, l]`, and the
+/// mask `[n, l]` (1 on response tokens).
+struct ResponseWindow {
+    hidden: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+}
+
+fn response_window(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+) -> ResponseWindow {
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .zip(responses)
@@ -154,30 +203,18 @@ pub fn token_window_with(
     let t = ids.size()[1];
     let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
     let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None);
-    // Position j's logits predict token j + 1: the window predicting the
-    // last l tokens starts at t - 1 - l (a prompt has at least one token).
-    let window = hidden.narrow(1, t - 1 - l, l);
-    let (lp, detached) =
-        kernels.token_logprobs(&model.logits(&window)?, &ids.narrow(1, t - l, l))?;
-    let values = head.map(|h| {
-        h.linear
-            .forward(&window.to_kind(h.linear.weight.kind()))
-            .squeeze_dim(-1)
-    });
     let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
     let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + l;
-    let mask = Tensor::arange(l, (Kind::Int64, model.device()))
-        .unsqueeze(0)
-        .ge_tensor(&start.unsqueeze(1))
-        .to_kind(Kind::Float);
-    Ok((
-        TokenWindow {
-            lp: lp * &mask,
-            values: values.map(|v| v * &mask),
-            mask,
-        },
-        detached,
-    ))
+    ResponseWindow {
+        // Position j's logits predict token j + 1: the window predicting the
+        // last l tokens starts at t - 1 - l (a prompt has at least one token).
+        hidden: hidden.narrow(1, t - 1 - l, l),
+        targets: ids.narrow(1, t - l, l),
+        mask: Tensor::arange(l, (Kind::Int64, model.device()))
+            .unsqueeze(0)
+            .ge_tensor(&start.unsqueeze(1))
+            .to_kind(Kind::Float),
+    }
 }
 
 /// Sequence log-probs `[n]`: the masked sums of [`token_window`].

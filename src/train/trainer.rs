@@ -19,7 +19,9 @@ use super::kernels::{Detached, Kernels, backward};
 use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
-use super::rollout::{Reward, ValueHead, sequence_logprobs, token_window, token_window_with};
+use super::rollout::{
+    Reward, ValueHead, sequence_logprobs, token_window, token_window_with, value_window,
+};
 use crate::reference::gae::gae;
 use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
@@ -93,6 +95,19 @@ pub struct Trainer {
 }
 
 /// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
+/// Token log-probs laid out as a response window `[n][l]`: each response's
+/// tokens in its last columns, zeros before.
+fn right_aligned(token_logprobs: &[Vec<f32>], l: usize) -> Vec<Vec<f64>> {
+    token_logprobs
+        .iter()
+        .map(|t| {
+            let mut row = vec![0.0; l - t.len()];
+            row.extend(t.iter().map(|&x| f64::from(x)));
+            row
+        })
+        .collect()
+}
+
 /// `log pi(y|x)` per response: the sum of its token log-probs.
 fn sequence_sums(token_logprobs: &[Vec<f32>]) -> Vec<f32> {
     token_logprobs.iter().map(|t| t.iter().sum()).collect()
@@ -461,12 +476,13 @@ impl Trainer {
             .iter()
             .map(|t| self.tokenizer.encode(t))
             .collect::<Result<_, _>>()?;
-        let responses = self
-            .sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?
-            .response_ids;
+        let sampled = self.sample(&prompt_ids, derive_seed(self.cfg.seed, 2, step as u64, 0))?;
+        let responses = sampled.response_ids;
         let generated = Instant::now();
         let head = self.value_head.as_ref().expect("PPO has a value head");
-        let old = tch::no_grad(|| token_window(&self.policy, Some(head), &prompt_ids, &responses))?;
+        // Behaviour token log-probs from the sampling pass (as for the pair
+        // algorithms); the policy's body runs once more for the values only.
+        let v_old = tch::no_grad(|| value_window(&self.policy, head, &prompt_ids, &responses));
         let reference =
             tch::no_grad(|| token_window(&self.reference, None, &prompt_ids, &responses))?;
         let raw = self
@@ -502,14 +518,10 @@ impl Trainer {
             let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
             Ok(Vec::<Vec<f64>>::try_from(&t).map_err(TorchError::from)?)
         };
-        let (lp_old, lp_ref, v_old, mask) = (
-            host(&old.lp)?,
-            host(&reference.lp)?,
-            host(old.values.as_ref().expect("values"))?,
-            host(&old.mask)?,
-        );
+        let (lp_ref, v_old, mask) = (host(&reference.lp)?, host(&v_old)?, host(&reference.mask)?);
         let n = responses.len();
         let l = mask.first().map_or(0, Vec::len);
+        let lp_old = right_aligned(&sampled.token_logprobs, l);
         let (mut adv, mut ret) = (vec![vec![0.0; l]; n], vec![vec![0.0; l]; n]);
         let mut kl_seq = vec![0.0; n];
         for i in 0..n {
