@@ -94,7 +94,6 @@ pub struct Trainer {
     nonfinite_total: usize,
 }
 
-/// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
 /// Token log-probs laid out as a response window `[n][l]`: each response's
 /// tokens in its last columns, zeros before.
 fn right_aligned(token_logprobs: &[Vec<f32>], l: usize) -> Vec<Vec<f64>> {
@@ -113,6 +112,7 @@ fn sequence_sums(token_logprobs: &[Vec<f32>]) -> Vec<f32> {
     token_logprobs.iter().map(|t| t.iter().sum()).collect()
 }
 
+/// A seed for (run seed, purpose, step, epoch): splitmix64 of the mix.
 fn derive_seed(seed: u64, purpose: u64, step: u64, epoch: u64) -> u64 {
     let mut z = seed
         ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15)
