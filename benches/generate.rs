@@ -55,7 +55,14 @@ fn main() {
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements((prompts.len() as i64 * new) as u64));
-    for use_cache in [true, false] {
+    // "kv_cache" and "no_cache" return token ids only, as HF's `generate`
+    // does by default; "kv_cache_logprobs" also the sampled tokens' log-probs
+    // (what the trainer asks for).
+    for (name, use_cache, logprobs) in [
+        ("kv_cache", true, false),
+        ("kv_cache_logprobs", true, true),
+        ("no_cache", false, false),
+    ] {
         let o = GenerateOptions {
             max_new_tokens: new,
             temperature: 0.0,
@@ -65,8 +72,8 @@ fn main() {
             eos_token_id: None,
             pad_token_id: 0,
             use_cache,
+            logprobs,
         };
-        let name = if use_cache { "kv_cache" } else { "no_cache" };
         group.bench_function(
             format!("{name}/{}x{new}/{threads}threads", prompts.len()),
             |b| b.iter(|| generate(&model, &prompts, &o).unwrap()),

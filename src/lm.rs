@@ -320,6 +320,7 @@ mod imp {
             eos_token_id: eos,
             pad_token_id: pad,
             use_cache: true,
+            logprobs: false,
         };
         let mut out = BufWriter::new(io::stdout().lock());
         for (i, chunk) in inputs.chunks(a.batch_size.max(1)).enumerate() {

@@ -73,6 +73,7 @@ fn greedy(eos: i64, max_new: i64) -> GenerateOptions {
         eos_token_id: Some(eos),
         pad_token_id: eos,
         use_cache: true,
+        logprobs: true,
     }
 }
 
@@ -203,6 +204,21 @@ fn cached_generation_equals_recomputation() {
         }
         // The same seed gives the same sample.
         assert_eq!(generate(&model, &prompts, &sampled).unwrap(), cached);
+        // Without log-probs: the same tokens, empty log-prob rows.
+        let ids_only = generate(
+            &model,
+            &prompts,
+            &GenerateOptions {
+                logprobs: false,
+                ..sampled.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            ids_only.response_ids, cached.response_ids,
+            "{name}: ids only"
+        );
+        assert!(ids_only.token_logprobs.iter().all(Vec::is_empty));
         // Scoring prompt + response with one forward pass agrees.
         for (r, prompt) in prompts.iter().enumerate() {
             let full: Vec<i64> = prompt

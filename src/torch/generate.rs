@@ -1,5 +1,6 @@
 //! Batched sampling with a KV cache: left-padded prompts, temperature,
-//! top-k, top-p, per-row EOS stop, and the log-probs of the sampled tokens.
+//! top-k, top-p, per-row EOS stop, and (on request) the log-probs of the
+//! sampled tokens.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +26,11 @@ pub struct GenerateOptions {
     /// Recompute the whole sequence each step instead of using the cache
     /// (the slow twin the cached path is tested against).
     pub use_cache: bool,
+    /// Also return the log-probs of the sampled tokens; without them
+    /// `Generation::token_logprobs` holds empty rows, and each step skips a
+    /// log-sum-exp over the vocabulary (about 10 % of a small model's
+    /// decoding time on the CPU).
+    pub logprobs: bool,
 }
 
 /// Sampled responses, one row per prompt.
@@ -34,7 +40,8 @@ pub struct Generation {
     pub response_ids: Vec<Vec<i64>>,
     /// `log pi(token | prefix)` of each response token under the model's
     /// unmodified distribution (temperature 1, no truncation), as the
-    /// policy-gradient ratios need.
+    /// policy-gradient ratios need; empty rows unless
+    /// [`GenerateOptions::logprobs`] was set.
     pub token_logprobs: Vec<Vec<f32>>,
 }
 
@@ -175,17 +182,23 @@ pub fn generate(
                 let u: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
                 sample_inverse_cdf(&process_logits(&last, o).softmax(-1, Kind::Double), &u)
             };
-            // log softmax at the chosen token, without a [b, V] log-softmax.
-            let next_lp = last.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1)
-                - last.logsumexp([-1], false);
             let next_v: Vec<i64> = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
-            let lp_v: Vec<f32> = Vec::<f32>::try_from(&next_lp.to_device(Device::Cpu))?;
+            let lp_v: Vec<f32> = if o.logprobs {
+                // log softmax at the chosen token, without a [b, V] log-softmax.
+                let next_lp = last.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1)
+                    - last.logsumexp([-1], false);
+                Vec::<f32>::try_from(&next_lp.to_device(Device::Cpu))?
+            } else {
+                Vec::new()
+            };
             let mut fed = Vec::with_capacity(b);
             let mut valid = Vec::with_capacity(b);
             for r in 0..b {
                 if alive[r] {
                     out_ids[r].push(next_v[r]);
-                    out_lp[r].push(lp_v[r]);
+                    if let Some(&lp) = lp_v.get(r) {
+                        out_lp[r].push(lp);
+                    }
                     if Some(next_v[r]) == o.eos_token_id {
                         alive[r] = false;
                     }

@@ -67,6 +67,7 @@ pub fn sample_responses(
             eos_token_id: tokenizer.eos_token_id,
             pad_token_id: tokenizer.pad_token_id.unwrap_or(0),
             use_cache: true,
+            logprobs: false,
         };
         out.extend(generate(model, chunk, &o)?.response_ids);
     }

@@ -277,6 +277,7 @@ impl Trainer {
             eos_token_id: self.tokenizer.eos_token_id,
             pad_token_id: self.tokenizer.pad_token_id.unwrap_or(0),
             use_cache: true,
+            logprobs: true,
         };
         Ok(generate(&self.policy, prompt_ids, &o)?)
     }
