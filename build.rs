@@ -1,11 +1,38 @@
-//! Build script: with feature `torch`, link libtorch_cuda for real and embed
-//! an rpath to libtorch, so binaries and tests run with no library path set.
+//! Build script: with feature `cuda`, compile the kernels for the host; with
+//! feature `torch`, link libtorch_cuda for real and embed an rpath to
+//! libtorch, so binaries and tests run with no library path set.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
-        return;
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        host_kernels();
     }
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_some() {
+        link_torch();
+    }
+}
+
+/// Feature `cuda`: the kernels of `kernels/*.cu` compiled as C++ for the
+/// host (`kernels/host/`), run by `p3o::cuda::host` in the differential
+/// tests on machines without a GPU.
+fn host_kernels() {
+    println!("cargo:rerun-if-changed=kernels");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++20")
+        .file("kernels/host/kernels.cpp")
+        .opt_level(2)
+        // The kernels reinterpret rows as float4 / uint4, as CUDA code does.
+        .flag("-fno-strict-aliasing")
+        .flag_if_supported("-Wno-unknown-pragmas")
+        // NVRTC's warnings are errors (src/cuda/nvrtc.rs); the host compiler
+        // adds this one for the DPO kernel's unused epsilon.
+        .flag_if_supported("-Wno-unused-parameter")
+        .compile("p3o_host_kernels");
+}
+
+/// Feature `torch`: link libtorch_cuda and embed an rpath to libtorch.
+fn link_torch() {
     // Exported by torch-sys (links = "tch") to crates that depend on it directly.
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!(

@@ -1,10 +1,13 @@
 //! The CUDA kernels: NVRTC compile checks (no GPU needed) and differential
-//! tests against the float64 reference (skipped, saying so, without a
+//! tests against the float64 reference, run twice: on the host execution of
+//! the same kernel sources (`p3o::cuda::host`, every machine; tests named
+//! `host_*`, smaller shapes) and on the GPU (skipped, saying so, without a
 //! device). Outputs are poisoned with NaN before every launch and checked
 //! fully written.
 #![cfg(feature = "cuda")]
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr};
+use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
 use p3o::cuda::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
 use p3o::cuda::{CudaError, Gpu};
@@ -47,6 +50,208 @@ fn kernels_compile_rejects_warnings() {
     }
 }
 
+/// (logp, lse, grad_logits) of the token kernels.
+type TokenOut<T> = (Vec<f32>, Vec<f32>, Vec<T>);
+
+/// Where the kernels run: the GPU, or the host execution of the same
+/// sources. Every output is poisoned with NaN before the launch.
+trait Backend {
+    /// fwd and bwd of the token kernels.
+    fn token<T: HostLogitElement>(
+        &self,
+        logits: &[T],
+        targets: &[i64],
+        g: &[f32],
+        v: usize,
+        nan: T,
+    ) -> Result<TokenOut<T>, CudaError>;
+
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> Result<Vec<f32>, CudaError>;
+
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> Result<PairOutputs<Vec<f32>>, CudaError>;
+
+    /// (advantages, returns).
+    #[allow(clippy::too_many_arguments)]
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), CudaError>;
+}
+
+fn nans(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+fn nan_outputs(n: usize) -> PairOutputs<Vec<f32>> {
+    PairOutputs {
+        loss: nans(n),
+        grad: [nans(n), nans(n)],
+    }
+}
+
+impl Backend for Host {
+    fn token<T: HostLogitElement>(
+        &self,
+        logits: &[T],
+        targets: &[i64],
+        g: &[f32],
+        v: usize,
+        nan: T,
+    ) -> Result<TokenOut<T>, CudaError> {
+        let n = targets.len();
+        let (mut logp, mut lse, mut grad) = (nans(n), nans(2 * n), vec![nan; logits.len()]);
+        self.token_logprob_fwd(logits, targets, v, &mut logp, &mut lse)?;
+        self.token_logprob_bwd(logits, targets, &lse, g, v, &mut grad)?;
+        Ok((logp, lse, grad))
+    }
+
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let mut out = nans(a.len() / t_len.max(1));
+        self.masked_seq_sum(a, c, mask, t_len, &mut out)?;
+        Ok(out)
+    }
+
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> Result<PairOutputs<Vec<f32>>, CudaError> {
+        let mut out = nan_outputs(x.lp[0].len());
+        self.pair_loss(alg, x, beta, epsilon, &mut out)?;
+        Ok(out)
+    }
+
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        let (mut adv, mut ret) = (nans(r.len()), nans(r.len()));
+        Host.gae(r, v, m, gamma, lambda, t_len, &mut adv, &mut ret)?;
+        Ok((adv, ret))
+    }
+}
+
+fn upload<T: DeviceRepr>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
+    gpu.stream.memcpy_stod(v).unwrap()
+}
+
+fn download<T: DeviceRepr + Default + Clone>(gpu: &Gpu, s: &CudaSlice<T>) -> Vec<T> {
+    gpu.stream.memcpy_dtov(s).unwrap()
+}
+
+impl Backend for Gpu {
+    fn token<T: HostLogitElement>(
+        &self,
+        logits: &[T],
+        targets: &[i64],
+        g: &[f32],
+        v: usize,
+        nan: T,
+    ) -> Result<TokenOut<T>, CudaError> {
+        let n = targets.len();
+        let (d_logits, d_targets, d_g) =
+            (upload(self, logits), upload(self, targets), upload(self, g));
+        let mut logp = upload(self, &nans(n));
+        let mut lse = upload(self, &nans(2 * n));
+        let mut grad = upload(self, &vec![nan; logits.len()]);
+        self.token_logprob_fwd(&d_logits, &d_targets, v, &mut logp, &mut lse)?;
+        self.token_logprob_bwd(&d_logits, &d_targets, &lse, &d_g, v, &mut grad)?;
+        Ok((
+            download(self, &logp),
+            download(self, &lse),
+            self.stream.memcpy_dtov(&grad)?,
+        ))
+    }
+
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let (da, dm) = (upload(self, a), upload(self, mask));
+        let dc = c.map(|c| upload(self, c));
+        let mut out = upload(self, &nans(a.len() / t_len.max(1)));
+        self.masked_seq_sum(&da, dc.as_ref(), &dm, t_len, &mut out)?;
+        Ok(download(self, &out))
+    }
+
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> Result<PairOutputs<Vec<f32>>, CudaError> {
+        let up = |v: &[Vec<f32>; 2]| v.each_ref().map(|v| upload(self, v));
+        let inputs = PairInputs {
+            lp: up(&x.lp),
+            lp_old: up(&x.lp_old),
+            lp_ref: up(&x.lp_ref),
+            reward: x.reward.each_ref().map(|r| upload(self, r)),
+        };
+        let n = x.lp[0].len();
+        let mut out = PairOutputs {
+            loss: upload(self, &nans(n)),
+            grad: [upload(self, &nans(n)), upload(self, &nans(n))],
+        };
+        self.pair_loss(alg, &inputs, beta, epsilon, &mut out)?;
+        Ok(PairOutputs {
+            loss: download(self, &out.loss),
+            grad: out.grad.each_ref().map(|g| download(self, g)),
+        })
+    }
+
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        let (dr, dv, dm) = (upload(self, r), upload(self, v), upload(self, m));
+        let mut adv = upload(self, &nans(r.len()));
+        let mut ret = upload(self, &nans(r.len()));
+        Gpu::gae(
+            self, &dr, &dv, &dm, gamma, lambda, t_len, &mut adv, &mut ret,
+        )?;
+        Ok((download(self, &adv), download(self, &ret)))
+    }
+}
+
 /// The device, or `None` after printing why the test is skipped.
 fn gpu() -> Option<Gpu> {
     match Gpu::new(0) {
@@ -57,21 +262,6 @@ fn gpu() -> Option<Gpu> {
         }
         Err(e) => panic!("{e}"),
     }
-}
-
-fn poisoned<T: cudarc::driver::DeviceRepr + Copy>(gpu: &Gpu, n: usize, nan: T) -> CudaSlice<T> {
-    gpu.stream.memcpy_stod(&vec![nan; n]).unwrap()
-}
-
-fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream.memcpy_stod(v).unwrap()
-}
-
-fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
-    gpu: &Gpu,
-    s: &CudaSlice<T>,
-) -> Vec<T> {
-    gpu.stream.memcpy_dtov(s).unwrap()
 }
 
 /// `|a - b| <= tol * max(1, |b|)`, NaN failing.
@@ -86,48 +276,42 @@ fn assert_scalar(what: &str, i: usize, a: f64, b: f64, tol: f64) {
 /// beyond float32's normal range; errors under this floor are not counted.
 const GRAD_FLOOR: f64 = 7.52316384526264e-37;
 
-/// One token-logprob case: fwd and bwd of an `[n, v]` matrix against the
-/// float64 reference, for logits uniform in `[-scale, scale]`.
-fn token_case<T: LogitElement>(
-    gpu: &Gpu,
+/// Random `[n, v]` logits uniform in `[-scale, scale]`, targets and upstream
+/// gradients.
+fn token_inputs<T: Copy>(
     n: usize,
     v: usize,
     scale: f32,
     seed: u64,
     quantise: impl Fn(f32) -> T,
-    grad_tol: f64,
-) {
+) -> (Vec<T>, Vec<i64>, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let logits: Vec<T> = (0..n * v)
         .map(|_| quantise(scale * (2.0 * rng.random::<f32>() - 1.0)))
         .collect();
     let targets: Vec<i64> = (0..n).map(|_| rng.random_range(0..v as i64)).collect();
     let g: Vec<f32> = (0..n).map(|_| 2.0 * rng.random::<f32>() - 1.0).collect();
+    (logits, targets, g)
+}
 
-    let d_logits = upload(gpu, &logits);
-    let d_targets = upload(gpu, &targets);
-    let d_g = upload(gpu, &g);
-    let mut logp = poisoned(gpu, n, f32::NAN);
-    let mut lse = poisoned(gpu, 2 * n, f32::NAN);
-    let mut grad = gpu
-        .stream
-        .memcpy_stod(&vec![quantise(f32::NAN); n * v])
-        .unwrap();
-    gpu.token_logprob_fwd(&d_logits, &d_targets, v, &mut logp, &mut lse)
-        .unwrap();
-    gpu.token_logprob_bwd(&d_logits, &d_targets, &lse, &d_g, v, &mut grad)
-        .unwrap();
-    let (logp, lse) = (download(gpu, &logp), download(gpu, &lse));
-    let grad: Vec<T> = gpu.stream.memcpy_dtov(&grad).unwrap();
-
+/// The token kernels' outputs against the float64 reference, row by row.
+#[allow(clippy::too_many_arguments)]
+fn check_token_outputs<T: LogitElement>(
+    ctx: &str,
+    logits: &[T],
+    targets: &[i64],
+    g: &[f32],
+    v: usize,
+    (logp, lse, grad): TokenOut<T>,
+    grad_tol: f64,
+) {
     let mut row = vec![0.0f64; v];
-    for r in 0..n {
+    for r in 0..targets.len() {
         for (dst, src) in row.iter_mut().zip(&logits[r * v..(r + 1) * v]) {
             *dst = src.to_f64();
         }
         let t = targets[r] as usize;
         let (want_logp, want_lse) = token_logprob(&row, t);
-        let ctx = format!("V={v} N={n} scale={scale}");
         assert_scalar(
             &format!("{ctx} logp"),
             r,
@@ -158,7 +342,28 @@ fn token_case<T: LogitElement>(
     }
 }
 
-/// (V, N) of the token cases: every V of the issue, N up to 32768.
+/// fwd and bwd of the token kernels over `shapes` ((V, N) pairs), logits of
+/// scale 3 and 1e4, against the reference.
+fn check_token<B: Backend, T: HostLogitElement>(
+    b: &B,
+    shapes: &[(usize, usize)],
+    seed: u64,
+    quantise: impl Fn(f32) -> T,
+    grad_tol: f64,
+) {
+    for (i, &(v, n)) in shapes.iter().enumerate() {
+        for scale in [3.0f32, 1e4] {
+            let (logits, targets, g) = token_inputs(n, v, scale, seed + i as u64, &quantise);
+            let out = b
+                .token(&logits, &targets, &g, v, quantise(f32::NAN))
+                .unwrap();
+            let ctx = format!("V={v} N={n} scale={scale}");
+            check_token_outputs(&ctx, &logits, &targets, &g, v, out, grad_tol);
+        }
+    }
+}
+
+/// (V, N) of the device's token cases: every V of the issue, N up to 32768.
 const TOKEN_SHAPES: [(usize, usize); 5] = [
     (1, 32768),
     (7, 32768),
@@ -167,42 +372,64 @@ const TOKEN_SHAPES: [(usize, usize); 5] = [
     (128256, 256),
 ];
 
+/// The same V on the host, with fewer rows (a block costs milliseconds
+/// there); 64 rows of V = 7 start at every 16-byte alignment.
+const HOST_TOKEN_SHAPES: [(usize, usize); 5] =
+    [(1, 64), (7, 64), (1000, 8), (50257, 3), (128256, 2)];
+
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn token_logprob_f32_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    for (i, &(v, n)) in TOKEN_SHAPES.iter().enumerate() {
-        for scale in [3.0f32, 1e4] {
-            token_case::<f32>(&gpu, n, v, scale, 100 + i as u64, |x| x, F32_VS_F64);
-        }
-    }
+    check_token::<_, f32>(&gpu, &TOKEN_SHAPES, 100, |x| x, F32_VS_F64);
 }
 
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn token_logprob_bf16_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    for (i, &(v, n)) in TOKEN_SHAPES.iter().enumerate() {
-        for scale in [3.0f32, 1e4] {
-            token_case::<Bf16>(
-                &gpu,
-                n,
-                v,
-                scale,
-                200 + i as u64,
-                Bf16::from_f32,
-                BF16_VS_F64,
-            );
-        }
-    }
+    check_token(&gpu, &TOKEN_SHAPES, 200, Bf16::from_f32, BF16_VS_F64);
 }
 
-// spec: C-SEQ-LOGPROB
+// spec: C-TOKEN-LOGPROB
 #[test]
-fn masked_seq_sum_matches_reference() {
-    let Some(gpu) = gpu() else { return };
+fn host_token_logprob_f32_matches_reference() {
+    check_token::<_, f32>(&Host, &HOST_TOKEN_SHAPES, 100, |x| x, F32_VS_F64);
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn host_token_logprob_bf16_matches_reference() {
+    check_token(&Host, &HOST_TOKEN_SHAPES, 200, Bf16::from_f32, BF16_VS_F64);
+}
+
+/// Logits and gradient rows at different 16-byte offsets (a view of a
+/// tensor can start anywhere): the backward's scalar path.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn host_token_logprob_bwd_with_unequally_aligned_rows() {
+    let (v, n) = (1003, 5);
+    let (padded, targets, g) = token_inputs(n, v + 1, 3.0, 300, |x| x);
+    let logits = &padded[1..=n * v];
+    let (mut logp, mut lse) = (nans(n), nans(2 * n));
+    Host.token_logprob_fwd(logits, &targets, v, &mut logp, &mut lse)
+        .unwrap();
+    let mut grad = nans(n * v);
+    assert_ne!(
+        (logits.as_ptr() as usize ^ grad.as_ptr() as usize) % 16,
+        0,
+        "the case must misalign the rows"
+    );
+    Host.token_logprob_bwd(logits, &targets, &lse, &g, v, &mut grad)
+        .unwrap();
+    let out = (logp, lse, grad);
+    check_token_outputs("unaligned", logits, &targets, &g, v, out, F32_VS_F64);
+}
+
+/// Masked sums over `[B, T]` shapes, with and without a subtrahend.
+fn check_seq_sum<B: Backend>(backend: &B, shapes: &[(usize, usize)]) {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for (b, t_len) in [(1, 1), (37, 129), (512, 1024)] {
+    for &(b, t_len) in shapes {
         let a: Vec<f32> = (0..b * t_len)
             .map(|_| -10.0 * rng.random::<f32>())
             .collect();
@@ -215,13 +442,11 @@ fn masked_seq_sum_matches_reference() {
                 (0..t_len).map(move |t| f32::from(u8::from(t < len)))
             })
             .collect();
-        let (da, dc, dm) = (upload(&gpu, &a), upload(&gpu, &c), upload(&gpu, &mask));
         for with_c in [false, true] {
-            let mut out = poisoned(&gpu, b, f32::NAN);
-            gpu.masked_seq_sum(&da, with_c.then_some(&dc), &dm, t_len, &mut out)
+            let out = backend
+                .seq_sum(&a, with_c.then_some(&c[..]), &mask, t_len)
                 .unwrap();
-            let out = download(&gpu, &out);
-            for i in 0..b {
+            for (i, got) in out.iter().enumerate() {
                 let s = i * t_len..(i + 1) * t_len;
                 let f = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
                 let want = masked_sum(
@@ -229,44 +454,54 @@ fn masked_seq_sum_matches_reference() {
                     with_c.then(|| f(&c[s.clone()])).as_deref(),
                     &f(&mask[s]),
                 );
-                assert_scalar("seq sum", i, f64::from(out[i]), want, F32_VS_F64);
+                assert_scalar("seq sum", i, f64::from(*got), want, F32_VS_F64);
             }
         }
     }
 }
 
-// spec: C-P3O-V1 C-P3O-V2 C-DPO C-CLIP
+// spec: C-SEQ-LOGPROB
 #[test]
-fn pair_losses_match_reference() {
+fn masked_seq_sum_matches_reference() {
     let Some(gpu) = gpu() else { return };
+    check_seq_sum(&gpu, &[(1, 1), (37, 129), (512, 1024)]);
+}
+
+// spec: C-SEQ-LOGPROB
+#[test]
+fn host_masked_seq_sum_matches_reference() {
+    check_seq_sum(&Host, &[(1, 1), (37, 129), (16, 1024)]);
+}
+
+/// `n` random pairs, steps up to +-0.6 in log-ratio: well past the clip band
+/// on both sides.
+fn pair_inputs(n: usize) -> PairInputs<Vec<f32>, Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let n = 50_000;
     let mut u = |lo: f64, hi: f64| lo + (hi - lo) * rng.random::<f64>();
-    let lp_old: Vec<[f32; 2]> = (0..n)
-        .map(|_| [u(-60.0, -1.0) as f32, u(-60.0, -1.0) as f32])
-        .collect();
-    // Steps up to +-0.6 in log-ratio: well past the clip band on both sides.
-    let lp: Vec<[f32; 2]> = lp_old
-        .iter()
-        .map(|o| [o[0] + u(-0.6, 0.6) as f32, o[1] + u(-0.6, 0.6) as f32])
-        .collect();
-    let lp_ref: Vec<[f32; 2]> = (0..n)
-        .map(|_| [u(-60.0, -1.0) as f32, u(-60.0, -1.0) as f32])
-        .collect();
-    let reward: Vec<[f64; 2]> = (0..n).map(|_| [u(-5.0, 5.0), u(-5.0, 5.0)]).collect();
-    let col = |v: &[[f32; 2]], i: usize| v.iter().map(|p| p[i]).collect::<Vec<f32>>();
-    let inputs = PairInputs {
-        lp: [upload(&gpu, &col(&lp, 0)), upload(&gpu, &col(&lp, 1))],
-        lp_old: [
-            upload(&gpu, &col(&lp_old, 0)),
-            upload(&gpu, &col(&lp_old, 1)),
-        ],
-        lp_ref: [
-            upload(&gpu, &col(&lp_ref, 0)),
-            upload(&gpu, &col(&lp_ref, 1)),
-        ],
-        reward: [0, 1].map(|i| upload(&gpu, &reward.iter().map(|r| r[i]).collect::<Vec<f64>>())),
-    };
+    let mut lp_old = [vec![], vec![]];
+    let mut lp = [vec![], vec![]];
+    let mut lp_ref = [vec![], vec![]];
+    let mut reward = [vec![], vec![]];
+    for _ in 0..n {
+        for k in 0..2 {
+            let old = u(-60.0, -1.0) as f32;
+            lp_old[k].push(old);
+            lp[k].push(old + u(-0.6, 0.6) as f32);
+            lp_ref[k].push(u(-60.0, -1.0) as f32);
+            reward[k].push(u(-5.0, 5.0));
+        }
+    }
+    PairInputs {
+        lp,
+        lp_old,
+        lp_ref,
+        reward,
+    }
+}
+
+/// The three pair losses, with clipping and without, against the reference.
+fn check_pairs<B: Backend>(backend: &B, n: usize) {
+    let x = pair_inputs(n);
     for alg in [Algorithm::P3oV1, Algorithm::P3oV2, Algorithm::Dpo] {
         for h in [
             Hyper {
@@ -280,53 +515,38 @@ fn pair_losses_match_reference() {
                 vf_coef: 1.0,
             },
         ] {
-            let mut out = PairOutputs {
-                loss: poisoned(&gpu, n, f32::NAN),
-                grad: [poisoned(&gpu, n, f32::NAN), poisoned(&gpu, n, f32::NAN)],
-            };
-            gpu.pair_loss(alg, &inputs, h.beta, h.epsilon, &mut out)
-                .unwrap();
-            let (loss, g1, g2) = (
-                download(&gpu, &out.loss),
-                download(&gpu, &out.grad[0]),
-                download(&gpu, &out.grad[1]),
-            );
+            let out = backend.pairs(alg, &x, h.beta, h.epsilon).unwrap();
             let mut clipped = 0;
             for i in 0..n {
-                let f = |p: [f32; 2]| [f64::from(p[0]), f64::from(p[1])];
+                let f = |p: &[Vec<f32>; 2]| [f64::from(p[0][i]), f64::from(p[1][i])];
                 let c = PairConsts {
-                    reward: reward[i],
-                    lp_old: f(lp_old[i]),
-                    lp_ref: f(lp_ref[i]),
+                    reward: [x.reward[0][i], x.reward[1][i]],
+                    lp_old: f(&x.lp_old),
+                    lp_ref: f(&x.lp_ref),
                 };
                 let want = pair_loss(
                     alg,
                     &h,
                     &c,
                     PairVars {
-                        lp: f(lp[i]),
+                        lp: f(&x.lp),
                         value: 0.0,
                     },
                 );
                 let ctx = format!("{alg} eps={}", h.epsilon);
-                assert_scalar(
-                    &format!("{ctx} loss"),
-                    i,
-                    f64::from(loss[i]),
-                    want.loss,
-                    F32_VS_F64,
-                );
+                let got = [&out.loss, &out.grad[0], &out.grad[1]].map(|o| f64::from(o[i]));
+                assert_scalar(&format!("{ctx} loss"), i, got[0], want.loss, F32_VS_F64);
                 assert_scalar(
                     &format!("{ctx} d/dlp1"),
                     i,
-                    f64::from(g1[i]),
+                    got[1],
                     want.grad.lp[0],
                     F32_VS_F64,
                 );
                 assert_scalar(
                     &format!("{ctx} d/dlp2"),
                     i,
-                    f64::from(g2[i]),
+                    got[2],
                     want.grad.lp[1],
                     F32_VS_F64,
                 );
@@ -342,12 +562,22 @@ fn pair_losses_match_reference() {
     }
 }
 
-// spec: C-GAE
+// spec: C-P3O-V1 C-P3O-V2 C-DPO C-CLIP
 #[test]
-fn gae_matches_reference() {
+fn pair_losses_match_reference() {
     let Some(gpu) = gpu() else { return };
+    check_pairs(&gpu, 50_000);
+}
+
+// spec: C-P3O-V1 C-P3O-V2 C-DPO C-CLIP
+#[test]
+fn host_pair_losses_match_reference() {
+    check_pairs(&Host, 5_000);
+}
+
+/// GAE over `b` sequences of `t_len` with random lengths.
+fn check_gae<B: Backend>(backend: &B, b: usize, t_len: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let (b, t_len) = (1000, 300);
     let r: Vec<f32> = (0..b * t_len).map(|_| rng.random::<f32>() - 0.5).collect();
     let v: Vec<f32> = (0..b * t_len)
         .map(|_| 2.0 * rng.random::<f32>() - 1.0)
@@ -359,12 +589,7 @@ fn gae_matches_reference() {
         })
         .collect();
     let (gamma, lambda) = (0.99, 0.95);
-    let (dr, dv, dm) = (upload(&gpu, &r), upload(&gpu, &v), upload(&gpu, &m));
-    let mut adv = poisoned(&gpu, b * t_len, f32::NAN);
-    let mut ret = poisoned(&gpu, b * t_len, f32::NAN);
-    gpu.gae(&dr, &dv, &dm, gamma, lambda, t_len, &mut adv, &mut ret)
-        .unwrap();
-    let (adv, ret) = (download(&gpu, &adv), download(&gpu, &ret));
+    let (adv, ret) = backend.gae(&r, &v, &m, gamma, lambda, t_len).unwrap();
     let f = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
     for i in 0..b {
         let s = i * t_len..(i + 1) * t_len;
@@ -376,47 +601,59 @@ fn gae_matches_reference() {
             lambda,
         );
         for t in 0..t_len {
-            assert_scalar(
-                "advantage",
-                i * t_len + t,
-                f64::from(adv[s.start + t]),
-                wa[t],
-                F32_VS_F64,
-            );
-            assert_scalar(
-                "return",
-                i * t_len + t,
-                f64::from(ret[s.start + t]),
-                wr[t],
-                F32_VS_F64,
-            );
+            let k = s.start + t;
+            assert_scalar("advantage", k, f64::from(adv[k]), wa[t], F32_VS_F64);
+            assert_scalar("return", k, f64::from(ret[k]), wr[t], F32_VS_F64);
         }
     }
 }
 
-/// Bad shapes are errors, not launches.
-// spec: C-TOKEN-LOGPROB
+// spec: C-GAE
 #[test]
-fn launch_checks_shapes() {
+fn gae_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    let logits = upload(&gpu, &[0.0f32; 10]);
-    let targets = upload(&gpu, &[0i64; 3]);
-    let mut logp = poisoned(&gpu, 3, f32::NAN);
-    let mut lse = poisoned(&gpu, 6, f32::NAN);
-    assert!(matches!(
-        gpu.token_logprob_fwd(&logits, &targets, 4, &mut logp, &mut lse),
-        Err(CudaError::Input(_))
-    ));
-    // An out-of-range target gives NaN, never an out-of-bounds read.
-    let logits = upload(&gpu, &[0.0f32; 8]);
-    let targets = upload(&gpu, &[1i64, 9]);
-    let mut logp = poisoned(&gpu, 2, 0.0f32);
-    let mut lse = poisoned(&gpu, 4, 0.0f32);
-    gpu.token_logprob_fwd(&logits, &targets, 4, &mut logp, &mut lse)
+    check_gae(&gpu, 1000, 300);
+}
+
+// spec: C-GAE
+#[test]
+fn host_gae_matches_reference() {
+    check_gae(&Host, 300, 300);
+}
+
+/// Bad shapes are errors, not launches; an out-of-range target gives NaN,
+/// never an out-of-bounds read.
+fn check_launch_shapes<B: Backend>(backend: &B) {
+    let err = backend.token(&[0.0f32; 10], &[0i64; 3], &[0.0; 3], 4, f32::NAN);
+    assert!(matches!(err, Err(CudaError::Input(_))), "{err:?}");
+    let (logp, _, grad) = backend
+        .token(&[0.0f32; 8], &[1i64, 9], &[1.0, 1.0], 4, f32::NAN)
         .unwrap();
-    let logp = download(&gpu, &logp);
     assert!(
         (logp[0] + 4f32.ln()).abs() < 1e-6 && logp[1].is_nan(),
         "{logp:?}"
     );
+    // Row 1's gradient is -softmax everywhere: no element is the target.
+    assert!(
+        grad[4..].iter().all(|&x| (x + 0.25).abs() < 1e-6),
+        "{grad:?}"
+    );
+    let err = backend.pairs(Algorithm::Ppo, &pair_inputs(3), 0.1, 0.2);
+    assert!(
+        matches!(err, Err(CudaError::Input(_))),
+        "PPO has no pair kernel"
+    );
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn launch_checks_shapes() {
+    let Some(gpu) = gpu() else { return };
+    check_launch_shapes(&gpu);
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn host_launch_checks_shapes() {
+    check_launch_shapes(&Host);
 }

@@ -7,6 +7,8 @@
 //! GPU.
 
 pub mod device;
+pub mod host;
+pub mod launch;
 pub mod nvrtc;
 pub mod ops;
 #[cfg(feature = "torch")]

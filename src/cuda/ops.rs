@@ -1,16 +1,10 @@
 //! Launchers of the kernels on device buffers, with their shape checks.
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits};
 
+use super::launch;
 use super::{CudaError, Gpu};
 use crate::reference::Algorithm;
-
-/// Threads per block of each kernel family (the `*_BLOCK` macros in
-/// `kernels/`).
-pub(super) const TOKEN_BLOCK: u32 = 256;
-const SEQ_BLOCK: u32 = 128;
-const PAIR_BLOCK: u32 = 256;
-const GAE_BLOCK: u32 = 128;
 
 /// A bfloat16 value as its raw bits (the upper half of a float32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,47 +53,53 @@ impl LogitElement for Bf16 {
 }
 
 /// The inputs of a batch of `n` pairs: six sequence log-probs and two
-/// float64 rewards per pair.
-pub struct PairInputs {
-    pub lp: [CudaSlice<f32>; 2],
-    pub lp_old: [CudaSlice<f32>; 2],
-    pub lp_ref: [CudaSlice<f32>; 2],
-    pub reward: [CudaSlice<f64>; 2],
+/// float64 rewards per pair, in device buffers (or, for `host`, vectors).
+pub struct PairInputs<F = CudaSlice<f32>, D = CudaSlice<f64>> {
+    pub lp: [F; 2],
+    pub lp_old: [F; 2],
+    pub lp_ref: [F; 2],
+    pub reward: [D; 2],
 }
 
 /// Per-pair loss and `d loss / d lp1`, `d loss / d lp2`.
-pub struct PairOutputs {
-    pub loss: CudaSlice<f32>,
-    pub grad: [CudaSlice<f32>; 2],
+pub struct PairOutputs<F = CudaSlice<f32>> {
+    pub loss: F,
+    pub grad: [F; 2],
 }
 
-fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
-    if cond {
-        Ok(())
-    } else {
-        Err(CudaError::Input(what()))
+impl<F, D> PairInputs<F, D> {
+    /// The launch over these pairs writing `out`, after checking that every
+    /// buffer holds the same number of pairs.
+    pub(crate) fn grid(
+        &self,
+        out: &PairOutputs<F>,
+        len: impl Fn(&F) -> usize,
+        len_d: impl Fn(&D) -> usize,
+    ) -> Result<(launch::Grid, i32), CudaError> {
+        let lens = [
+            &self.lp[1],
+            &self.lp_old[0],
+            &self.lp_old[1],
+            &self.lp_ref[0],
+            &self.lp_ref[1],
+            &out.loss,
+            &out.grad[0],
+            &out.grad[1],
+        ]
+        .map(&len);
+        let rewards = self.reward.each_ref().map(len_d);
+        launch::pairs(len(&self.lp[0]), &[&lens[..], &rewards[..]].concat())
     }
 }
 
-pub(super) fn grid(blocks: usize, threads: u32) -> Result<LaunchConfig, CudaError> {
-    check(blocks >= 1 && blocks <= i32::MAX as usize, || {
-        format!("{blocks} blocks do not fit one launch")
-    })?;
-    Ok(LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-fn rows(len: usize, v: usize) -> Result<usize, CudaError> {
-    check(v >= 1 && v <= i32::MAX as usize, || {
-        format!("vocabulary size {v} out of range")
-    })?;
-    check(len.is_multiple_of(v) && len > 0, || {
-        format!("logits length {len} is not a positive multiple of V = {v}")
-    })?;
-    Ok(len / v)
+/// The pair kernel of `alg`, if it has one.
+pub(crate) fn pair_kernel(alg: Algorithm) -> Result<&'static str, CudaError> {
+    match alg {
+        Algorithm::P3oV1 => Ok("pair_loss_p3o_v1"),
+        Algorithm::P3oV2 => Ok("pair_loss_p3o_v2"),
+        Algorithm::Dpo => Ok("pair_loss_dpo"),
+        other => Err(CudaError::Input(format!("no pair kernel for {other}"))),
+    }
 }
 
 impl Gpu {
@@ -115,25 +115,14 @@ impl Gpu {
         logp: &mut CudaSlice<f32>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
-        let n = rows(logits.len(), v)?;
-        check(
-            targets.len() == n && logp.len() == n && lse.len() == 2 * n,
-            || {
-                format!(
-                    "N = {n}: targets {}, logp {}, lse {}",
-                    targets.len(),
-                    logp.len(),
-                    lse.len()
-                )
-            },
-        )?;
+        let grid = launch::token_fwd(logits.len(), v, targets.len(), logp.len(), lse.len())?;
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(T::FWD));
         launch.arg(logits).arg(targets).arg(logp).arg(lse).arg(&v32);
         // SAFETY: the argument list matches the kernel's signature (logits,
         // targets, logp, lse, v); every buffer holds the N rows that the grid
         // of N blocks touches, and targets outside 0..V are never read.
-        unsafe { launch.launch(grid(n, TOKEN_BLOCK)?) }?;
+        unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
 
@@ -148,21 +137,13 @@ impl Gpu {
         v: usize,
         grad_logits: &mut CudaSlice<T>,
     ) -> Result<(), CudaError> {
-        let n = rows(logits.len(), v)?;
-        check(
-            targets.len() == n
-                && lse.len() == 2 * n
-                && grad_logp.len() == n
-                && grad_logits.len() == logits.len(),
-            || {
-                format!(
-                    "N = {n}, V = {v}: targets {}, lse {}, grad_logp {}, grad_logits {}",
-                    targets.len(),
-                    lse.len(),
-                    grad_logp.len(),
-                    grad_logits.len()
-                )
-            },
+        let grid = launch::token_bwd(
+            logits.len(),
+            v,
+            targets.len(),
+            lse.len(),
+            grad_logp.len(),
+            grad_logits.len(),
         )?;
         let v32 = v as i32;
         let mut launch = self.stream.launch_builder(self.kernels.get(T::BWD));
@@ -175,7 +156,7 @@ impl Gpu {
             .arg(&v32);
         // SAFETY: arguments match (logits, targets, lse, grad_logp,
         // grad_logits, v); all buffers were checked to hold N rows of V.
-        unsafe { launch.launch(grid(n, TOKEN_BLOCK)?) }?;
+        unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
 
@@ -189,17 +170,7 @@ impl Gpu {
         t_len: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
-        let b = rows(a.len(), t_len)?;
-        check(
-            mask.len() == a.len() && out.len() == b && c.is_none_or(|c| c.len() == a.len()),
-            || {
-                format!(
-                    "B = {b}, T = {t_len}: mask {}, out {}",
-                    mask.len(),
-                    out.len()
-                )
-            },
-        )?;
+        let grid = launch::seq_sum(a.len(), c.map(|c| c.len()), mask.len(), t_len, out.len())?;
         let t32 = t_len as i32;
         let null: u64 = 0;
         let mut launch = self
@@ -213,7 +184,7 @@ impl Gpu {
         launch.arg(mask).arg(out).arg(&t32);
         // SAFETY: arguments match (a, c or a null pointer, mask, out, T);
         // the kernel checks c for null; buffers hold B rows of T.
-        unsafe { launch.launch(grid(b, SEQ_BLOCK)?) }?;
+        unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
 
@@ -227,30 +198,8 @@ impl Gpu {
         epsilon: f64,
         out: &mut PairOutputs,
     ) -> Result<(), CudaError> {
-        let name = match alg {
-            Algorithm::P3oV1 => "pair_loss_p3o_v1",
-            Algorithm::P3oV2 => "pair_loss_p3o_v2",
-            Algorithm::Dpo => "pair_loss_dpo",
-            other => return Err(CudaError::Input(format!("no pair kernel for {other}"))),
-        };
-        let n = x.lp[0].len();
-        let lens = [
-            &x.lp[1],
-            &x.lp_old[0],
-            &x.lp_old[1],
-            &x.lp_ref[0],
-            &x.lp_ref[1],
-            &out.loss,
-            &out.grad[0],
-            &out.grad[1],
-        ]
-        .map(|s| s.len());
-        check(
-            n >= 1 && lens.iter().all(|&l| l == n) && x.reward.iter().all(|r| r.len() == n),
-            || format!("pair buffers differ in length: {n} vs {lens:?}"),
-        )?;
-        let n32 = i32::try_from(n)
-            .map_err(|_| CudaError::Input(format!("{n} pairs do not fit one launch")))?;
+        let name = pair_kernel(alg)?;
+        let (grid, n32) = x.grid(out, CudaSlice::len, CudaSlice::len)?;
         let mut launch = self.stream.launch_builder(self.kernels.get(name));
         launch
             .arg(&x.lp[0])
@@ -267,7 +216,7 @@ impl Gpu {
         launch.arg(&mut out.loss).arg(g1).arg(g2).arg(&n32);
         // SAFETY: arguments match PAIR_ARGS in kernels/pair_losses.cu; every
         // buffer holds n elements and threads past n return at once.
-        unsafe { launch.launch(grid(n.div_ceil(PAIR_BLOCK as usize), PAIR_BLOCK)?) }?;
+        unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
 
@@ -284,13 +233,12 @@ impl Gpu {
         adv: &mut CudaSlice<f32>,
         ret: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
-        let b = rows(rewards.len(), t_len)?;
-        let n = rewards.len();
-        check(
-            values.len() == n && mask.len() == n && adv.len() == n && ret.len() == n,
-            || format!("B = {b}, T = {t_len}: every buffer must hold {n} elements"),
+        let (grid, b32) = launch::gae(
+            rewards.len(),
+            t_len,
+            &[values.len(), mask.len(), adv.len(), ret.len()],
         )?;
-        let (b32, t32) = (b as i32, t_len as i32);
+        let t32 = t_len as i32;
         let mut launch = self
             .stream
             .launch_builder(self.kernels.get("gae_reverse_scan"));
@@ -305,7 +253,7 @@ impl Gpu {
             .arg(&b32)
             .arg(&t32);
         // SAFETY: arguments match gae_reverse_scan; threads past B return.
-        unsafe { launch.launch(grid(b.div_ceil(GAE_BLOCK as usize), GAE_BLOCK)?) }?;
+        unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
 }

@@ -7,7 +7,8 @@
 use cudarc::driver::PushKernelArg;
 use tch::{Device, Kind, Tensor};
 
-use super::ops::{Bf16, LogitElement, TOKEN_BLOCK, grid};
+use super::launch::{TOKEN_BLOCK, grid};
+use super::ops::{Bf16, LogitElement};
 use super::{CudaError, Gpu};
 
 fn input(ok: bool, what: impl FnOnce() -> String) -> Result<(), CudaError> {
@@ -89,7 +90,7 @@ impl Gpu {
         // checked above to hold N rows of V logits, N targets, N and 2N
         // floats; the tensors outlive the launch on the stream that libtorch
         // also uses, so no other op touches them meanwhile.
-        unsafe { launch.launch(grid(n as usize, TOKEN_BLOCK)?) }?;
+        unsafe { launch.launch(grid(n as usize, TOKEN_BLOCK)?.into()) }?;
         Ok((logp, lse))
     }
 
@@ -129,7 +130,7 @@ impl Gpu {
         // grad_logits, v); all are contiguous tensors on this device with the
         // shapes checked above, alive until the launch has run on libtorch's
         // stream.
-        unsafe { launch.launch(grid(n as usize, TOKEN_BLOCK)?) }?;
+        unsafe { launch.launch(grid(n as usize, TOKEN_BLOCK)?.into()) }?;
         Ok(grad)
     }
 }
