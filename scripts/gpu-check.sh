@@ -65,7 +65,7 @@ run)
     # The host_* tests run the kernels on the CPU; development machines run them.
     "$bundle/cuda_kernels" --test-threads=1 --skip host_ 2>&1 | tee "$out/tests.log" || status=1
     torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-    LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture 2>&1 | tee -a "$out/tests.log" || status=1
+    LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     echo

@@ -1,10 +1,14 @@
 //! The CUDA kernels on libtorch tensors (features `cuda` and `torch`): the
 //! tensor launchers against the float64 reference, and `kernels = cuda`
-//! chained into autograd giving libtorch's own parameter gradients. Without
-//! a CUDA device they print 'skipped: no CUDA device'.
+//! chained into autograd giving libtorch's own parameter gradients. Each
+//! runs on the GPU (printing 'skipped: no CUDA device' without one) and, as
+//! `host_*` with smaller shapes, on CPU tensors with the host execution of
+//! the same kernel sources (`kernels = cuda-host`).
 #![cfg(all(feature = "cuda", feature = "torch"))]
 
 use p3o::cuda::Gpu;
+use p3o::cuda::host::Host;
+use p3o::cuda::torch_ops::TensorKernels;
 use p3o::reference::tokens::{token_logprob, token_logprob_grad};
 use p3o::tolerance::{BF16_VS_F64, F32_VS_F64};
 use p3o::train::kernels::{Kernels, backward};
@@ -40,19 +44,18 @@ fn cuda_kernels_need_a_cuda_device() {
     assert!(err.contains("device = cuda"), "{err}");
 }
 
-// spec: C-TOKEN-LOGPROB
-#[test]
-fn tensor_launchers_match_reference() {
-    let Some(gpu) = gpu() else { return };
-    let dev = Device::Cuda(0);
+/// The tensor launchers of `kernels` against the reference over `shapes`
+/// ((N, V) pairs), float32 and bfloat16.
+fn check_tensor_launchers(kernels: &dyn TensorKernels, shapes: &[(i64, i64)]) {
+    let dev = kernels.device();
     tch::manual_seed(7);
     for (kind, tol) in [(Kind::Float, F32_VS_F64), (Kind::BFloat16, BF16_VS_F64)] {
-        for (n, v) in [(64i64, 1000i64), (16, 50257)] {
+        for &(n, v) in shapes {
             let logits = (Tensor::rand([n, v], (Kind::Float, dev)) * 20.0 - 10.0).to_kind(kind);
             let targets = Tensor::randint(v, [n], (Kind::Int64, dev));
             let g = Tensor::rand([n], (Kind::Float, dev)) * 2.0 - 1.0;
-            let (logp, lse) = gpu.token_logprob_fwd_tensor(&logits, &targets).unwrap();
-            let grad = gpu
+            let (logp, lse) = kernels.token_logprob_fwd_tensor(&logits, &targets).unwrap();
+            let grad = kernels
                 .token_logprob_bwd_tensor(&logits, &targets, &lse, &g)
                 .unwrap();
             assert_eq!(grad.kind(), kind);
@@ -80,25 +83,38 @@ fn tensor_launchers_match_reference() {
             }
         }
     }
+    // Other dtypes and non-contiguous tensors are refused, not read.
+    let t = Tensor::zeros([2], (Kind::Int64, dev));
+    let double = Tensor::zeros([2, 3], (Kind::Double, dev));
+    assert!(kernels.token_logprob_fwd_tensor(&double, &t).is_err());
+    let strided = Tensor::zeros([3, 2], (Kind::Float, dev)).tr();
+    assert!(kernels.token_logprob_fwd_tensor(&strided, &t).is_err());
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn tensor_launchers_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    check_tensor_launchers(&gpu, &[(64, 1000), (16, 50257)]);
     // Tensors elsewhere are refused, not read.
     let cpu = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let t = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
     assert!(gpu.token_logprob_fwd_tensor(&cpu, &t).is_err());
 }
 
-/// The two-phase backward with the CUDA kernels gives autograd's parameter
-/// gradients on a CUDA model.
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+// spec: C-TOKEN-LOGPROB
 #[test]
-fn cuda_kernels_chain_into_autograd() {
+fn host_tensor_launchers_match_reference() {
+    check_tensor_launchers(&Host, &[(8, 1000), (2, 50257)]);
+}
+
+/// The two-phase backward with the kernels named `name` gives autograd's
+/// parameter gradients on a model on `dev`.
+fn check_chain_into_autograd(name: &str, dev: Device) {
     use p3o::train::builtin::tiny_model;
     use p3o::train::rollout::token_window_with;
-    if gpu().is_none() {
-        return;
-    }
-    let dev = Device::Cuda(0);
     let model = tiny_model(3, dev).unwrap();
-    let cuda = Kernels::from_name("cuda", dev).unwrap();
+    let cuda = Kernels::from_name(name, dev).unwrap();
     let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];
     let responses: Vec<Vec<i64>> = vec![vec![40, 41, 42, 0], vec![50], vec![60, 61]];
     let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4]).to_device(dev);
@@ -132,4 +148,29 @@ fn cuda_kernels_chain_into_autograd() {
         scale > 0.0 && diff <= 1e-4 * scale,
         "max gradient difference {diff} (scale {scale})"
     );
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+#[test]
+fn cuda_kernels_chain_into_autograd() {
+    if gpu().is_none() {
+        return;
+    }
+    check_chain_into_autograd("cuda", Device::Cuda(0));
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+#[test]
+fn host_cuda_kernels_chain_into_autograd() {
+    check_chain_into_autograd("cuda-host", Device::Cpu);
+}
+
+/// `kernels = cuda-host` runs on CPU tensors only.
+#[test]
+fn cuda_host_kernels_need_the_cpu() {
+    let err = match Kernels::from_name("cuda-host", Device::Cuda(0)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("kernels = cuda-host accepted on a CUDA device"),
+    };
+    assert!(err.contains("device = cpu"), "{err}");
 }

@@ -224,7 +224,7 @@ impl HostLogitElement for Bf16 {
 }
 
 /// The entry point's status as a result.
-fn status(code: c_int, grid: Grid) -> Result<(), CudaError> {
+pub(crate) fn status(code: c_int, grid: Grid) -> Result<(), CudaError> {
     launch::check(code == 0, || {
         format!(
             "host execution cannot run blocks of {} threads",

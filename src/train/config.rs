@@ -72,9 +72,10 @@ pub struct TrainConfig {
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
     /// Token log-probs of the training forward: `torch` (libtorch ops),
-    /// `cuda` (the hand-written kernels, features `cuda` and `torch`) or
-    /// `reference` (the float64 reference; a slow check of the chaining into
-    /// autograd that `cuda` uses).
+    /// `cuda` (the hand-written kernels, features `cuda` and `torch`),
+    /// `cuda-host` (the same kernel sources run on the CPU; a very slow
+    /// check) or `reference` (the float64 reference; a slow check of the
+    /// chaining into autograd that `cuda` uses).
     pub kernels: String,
     /// PPO: discount of GAE.
     pub gamma: f64,

@@ -16,11 +16,15 @@
 //! (`crate::reference::tokens`): slow, but it checks the chaining itself on
 //! any machine. `cuda` (feature `cuda`) runs them with the hand-written
 //! kernels on the logits where they are, one read of the logits forward and
-//! one read and write backward, and no `[N, V]` log-softmax.
+//! one read and write backward, and no `[N, V]` log-softmax. `cuda-host`
+//! runs the same kernel sources on CPU tensors (`crate::cuda::host`): very
+//! slow, a check of the kernels inside the trainer on machines without a GPU.
 
 use tch::{Device, Kind, Tensor};
 
 use super::trainer::TrainError;
+#[cfg(feature = "cuda")]
+use crate::cuda::torch_ops::TensorKernels;
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::torch::TorchError;
 
@@ -31,19 +35,20 @@ pub enum Kernels {
     Torch,
     /// The float64 reference, chained by the two-phase backward.
     Reference,
-    /// The CUDA kernels of `kernels/token_logprob.cu`, chained likewise.
+    /// The kernels of `kernels/token_logprob.cu`, on the GPU or run on the
+    /// CPU, chained likewise.
     #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<crate::cuda::Gpu>),
+    Cuda(std::sync::Arc<dyn TensorKernels>),
 }
 
 /// What the backward of an outside log-prob needs besides the logits.
 enum Saved {
     /// Per-row log-sum-exp, float64 on the CPU.
     Host(Vec<f64>),
-    /// The kernels' `[2N]` log-sum-exp, on the device, and the kernels.
+    /// The kernels' `[2N]` log-sum-exp, beside the logits, and the kernels.
     #[cfg(feature = "cuda")]
     Device {
-        gpu: std::sync::Arc<crate::cuda::Gpu>,
+        kernels: std::sync::Arc<dyn TensorKernels>,
         lse: Tensor,
     },
 }
@@ -66,8 +71,9 @@ impl Kernels {
             "torch" => Ok(Kernels::Torch),
             "reference" => Ok(Kernels::Reference),
             "cuda" => Self::cuda(device),
+            "cuda-host" => Self::cuda_host(device),
             other => Err(TrainError::Input(format!(
-                "config key `kernels`: `{other}` (expected torch, reference or cuda)"
+                "config key `kernels`: `{other}` (expected torch, reference, cuda or cuda-host)"
             ))),
         }
     }
@@ -84,10 +90,29 @@ impl Kernels {
             .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_host(device: Device) -> Result<Kernels, TrainError> {
+        if device != Device::Cpu {
+            return Err(TrainError::Input(
+                "config key `kernels`: `cuda-host` runs the kernels on the CPU; it needs device = cpu"
+                    .into(),
+            ));
+        }
+        Ok(Kernels::Cuda(std::sync::Arc::new(crate::cuda::host::Host)))
+    }
+
     #[cfg(not(feature = "cuda"))]
     fn cuda(_: Device) -> Result<Kernels, TrainError> {
         Err(TrainError::Input(
             "config key `kernels`: `cuda` needs a p3o built with features `cuda` and `torch`"
+                .into(),
+        ))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_host(_: Device) -> Result<Kernels, TrainError> {
+        Err(TrainError::Input(
+            "config key `kernels`: `cuda-host` needs a p3o built with features `cuda` and `torch`"
                 .into(),
         ))
     }
@@ -130,11 +155,11 @@ impl Kernels {
                 ))
             }
             #[cfg(feature = "cuda")]
-            Kernels::Cuda(gpu) => {
+            Kernels::Cuda(kernels) => {
                 let (rows, v) = flat_rows(logits);
                 let flat = logits.detach().reshape([rows, v]).contiguous();
                 let t = targets.reshape([rows]).contiguous();
-                let (logp, lse) = gpu
+                let (logp, lse) = kernels
                     .token_logprob_fwd_tensor(&flat, &t)
                     .map_err(cuda_error)?;
                 let leaf = logp.reshape(targets.size()).set_requires_grad(true);
@@ -145,7 +170,7 @@ impl Kernels {
                         logits: logits.shallow_clone(),
                         targets: t,
                         saved: Saved::Device {
-                            gpu: gpu.clone(),
+                            kernels: kernels.clone(),
                             lse,
                         },
                     }),
@@ -168,11 +193,12 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
         .expect("one input, one gradient");
     let grad_logits = match &d.saved {
         #[cfg(feature = "cuda")]
-        Saved::Device { gpu, lse } => {
+        Saved::Device { kernels, lse } => {
             let (rows, v) = flat_rows(&d.logits);
             let flat = d.logits.detach().reshape([rows, v]).contiguous();
             let g = g.reshape([rows]).to_kind(Kind::Float).contiguous();
-            gpu.token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)
+            kernels
+                .token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)
                 .map_err(cuda_error)?
                 .reshape(d.logits.size())
         }
