@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite:
 #   1. the core suite with no features (no set-up needed);
-#   2. feature `cuda`: NVRTC compile checks everywhere, differential tests where
-#      a CUDA device is present ('skipped: no CUDA device' elsewhere);
+#   2. feature `cuda`: NVRTC compile checks everywhere, differential tests on
+#      the host execution of the kernels everywhere and on the GPU where a CUDA
+#      device is present ('skipped: no CUDA device' elsewhere), and the
+#      kernels under ThreadSanitizer (scripts/kernel-race-check.sh);
 #   3. feature `torch`: the LM stack against HF fixtures (libtorch installed
 #      by scripts/setup-torch.sh into ~/.cache/p3o);
 #   4. features `cuda` and `torch`: the kernels on libtorch tensors.
@@ -14,6 +16,7 @@ trap 'rm -f "$log"' EXIT
 cargo test --locked 2>&1 | tee -a "$log"
 scripts/setup-cuda.sh
 cargo test --locked --features cuda --test cuda_kernels -- --nocapture 2>&1 | tee -a "$log"
+scripts/kernel-race-check.sh
 scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh

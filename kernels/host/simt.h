@@ -14,6 +14,7 @@
 
 #include <barrier>
 #include <bit>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -51,7 +52,38 @@ inline T __ldg(const T* p) {
 
 namespace p3o_host {
 
+#if defined(__SANITIZE_THREAD__)
+// Under ThreadSanitizer (scripts/kernel-race-check.sh), a mutex and condition
+// variable barrier, whose ordering the sanitizer sees (it does not see
+// through std::barrier's futex waits). A generation count keeps a thread that
+// races ahead to the next wait from slipping through this one.
+class Barrier {
+  public:
+    explicit Barrier(unsigned count) : count_(count) {}
+
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        unsigned generation = generation_;
+        if (++arrived_ == count_) {
+            arrived_ = 0;
+            ++generation_;
+            lock.unlock();
+            all_arrived_.notify_all();
+            return;
+        }
+        all_arrived_.wait(lock, [&] { return generation_ != generation; });
+    }
+
+  private:
+    std::mutex mutex_;
+    std::condition_variable all_arrived_;
+    unsigned count_;
+    unsigned arrived_ = 0;
+    unsigned generation_ = 0;
+};
+#else
 using Barrier = std::barrier<>;
+#endif
 
 // The 32 lanes of one warp meet here to shuffle.
 struct Warp {
