@@ -28,11 +28,13 @@ struct RowStats {
     float s;
 };
 
+// A masked logit (-inf) adds nothing; it is skipped because, before the
+// first finite element, x - m would be -inf - (-inf) = NaN.
 __device__ __forceinline__ void stats_add(RowStats& a, float x) {
     if (x > a.m) {
         a.s = (a.s + 1.0f) * exp2f((a.m - x) * P3O_LOG2E);  // 0 for the first element
         a.m = x;
-    } else {
+    } else if (x != -P3O_INF) {
         a.s += exp2f((x - a.m) * P3O_LOG2E);
     }
 }

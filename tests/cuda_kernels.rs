@@ -277,19 +277,26 @@ fn assert_scalar(what: &str, i: usize, a: f64, b: f64, tol: f64) {
 const GRAD_FLOOR: f64 = 7.52316384526264e-37;
 
 /// Random `[n, v]` logits uniform in `[-scale, scale]`, targets and upstream
-/// gradients.
+/// gradients; with `masked`, about a third of the logits other than the
+/// targets are `-inf`.
 fn token_inputs<T: Copy>(
     n: usize,
     v: usize,
     scale: f32,
+    masked: bool,
     seed: u64,
     quantise: impl Fn(f32) -> T,
 ) -> (Vec<T>, Vec<i64>, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let logits: Vec<T> = (0..n * v)
-        .map(|_| quantise(scale * (2.0 * rng.random::<f32>() - 1.0)))
-        .collect();
     let targets: Vec<i64> = (0..n).map(|_| rng.random_range(0..v as i64)).collect();
+    let logits: Vec<T> = (0..n * v)
+        .map(|i| {
+            let x = scale * (2.0 * rng.random::<f32>() - 1.0);
+            let is_target = (i % v) as i64 == targets[i / v];
+            let drop = masked && !is_target && rng.random::<f32>() < 1.0 / 3.0;
+            quantise(if drop { f32::NEG_INFINITY } else { x })
+        })
+        .collect();
     let g: Vec<f32> = (0..n).map(|_| 2.0 * rng.random::<f32>() - 1.0).collect();
     (logits, targets, g)
 }
@@ -343,7 +350,7 @@ fn check_token_outputs<T: LogitElement>(
 }
 
 /// fwd and bwd of the token kernels over `shapes` ((V, N) pairs), logits of
-/// scale 3 and 1e4, against the reference.
+/// scale 3 and 1e4 and masked logits, against the reference.
 fn check_token<B: Backend, T: HostLogitElement>(
     b: &B,
     shapes: &[(usize, usize)],
@@ -352,12 +359,13 @@ fn check_token<B: Backend, T: HostLogitElement>(
     grad_tol: f64,
 ) {
     for (i, &(v, n)) in shapes.iter().enumerate() {
-        for scale in [3.0f32, 1e4] {
-            let (logits, targets, g) = token_inputs(n, v, scale, seed + i as u64, &quantise);
+        for (scale, masked) in [(3.0f32, false), (1e4, false), (3.0, true)] {
+            let (logits, targets, g) =
+                token_inputs(n, v, scale, masked, seed + i as u64, &quantise);
             let out = b
                 .token(&logits, &targets, &g, v, quantise(f32::NAN))
                 .unwrap();
-            let ctx = format!("V={v} N={n} scale={scale}");
+            let ctx = format!("V={v} N={n} scale={scale} masked={masked}");
             check_token_outputs(&ctx, &logits, &targets, &g, v, out, grad_tol);
         }
     }
@@ -409,7 +417,7 @@ fn host_token_logprob_bf16_matches_reference() {
 #[test]
 fn host_token_logprob_bwd_with_unequally_aligned_rows() {
     let (v, n) = (1003, 5);
-    let (padded, targets, g) = token_inputs(n, v + 1, 3.0, 300, |x| x);
+    let (padded, targets, g) = token_inputs(n, v + 1, 3.0, false, 300, |x| x);
     let logits = &padded[1..=n * v];
     let (mut logp, mut lse) = (nans(n), nans(2 * n));
     Host.token_logprob_fwd(logits, &targets, v, &mut logp, &mut lse)
