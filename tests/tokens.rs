@@ -22,7 +22,7 @@ proptest! {
         prop_assert!(close(logp, row[t] - lse, 1e-15));
         let total: f64 = (0..row.len()).map(|u| token_logprob(&row, u).0.exp()).sum();
         prop_assert!(close(total, 1.0, 1e-12));
-        let grad = token_logprob_grad(&row, t, lse, g);
+        let grad = token_logprob_grad(&row, t, g);
         for v in 0..row.len() {
             let f = |d: f64| { let mut r = row.clone(); r[v] += d; g * token_logprob(&r, t).0 };
             let fd = (f(FD_STEP) - f(-FD_STEP)) / (2.0 * FD_STEP);
@@ -36,6 +36,25 @@ proptest! {
     fn token_logprob_is_stable(row in prop::collection::vec(-1e4..=1e4f64, 1..=12)) {
         let (logp, lse) = token_logprob(&row, 0);
         prop_assert!(logp.is_finite() && lse.is_finite() && logp <= 1e-9);
+    }
+
+    /// `k` tied maxima at any magnitude (up to 1e30) beside masked entries:
+    /// each has log-prob `-ln k` and gradient `g ([v = t] - 1/k)`; masked
+    /// entries get 0.
+    // spec: C-TOKEN-LOGPROB
+    #[test]
+    fn token_logprob_is_exact_at_any_magnitude(m in -1e30..=1e30f64, k in 1usize..=5, masked in 0usize..=4, g in -2.0..=2.0f64) {
+        let mut row = vec![m; k];
+        row.extend(std::iter::repeat_n(f64::NEG_INFINITY, masked));
+        let (logp, _) = token_logprob(&row, 0);
+        prop_assert!(close(logp, -(k as f64).ln(), 1e-15), "{logp}");
+        let grad = token_logprob_grad(&row, 0, g);
+        let p = 1.0 / k as f64;
+        prop_assert!(close(grad[0], g * (1.0 - p), 1e-15), "{}", grad[0]);
+        for v in 1..k {
+            prop_assert!(close(grad[v], -g * p, 1e-15), "{}", grad[v]);
+        }
+        prop_assert!(grad[k..].iter().all(|&d| d == 0.0));
     }
 
     /// A masked sum ignores masked tokens and is linear.

@@ -43,8 +43,8 @@ pub enum Kernels {
 
 /// What the backward of an outside log-prob needs besides the logits.
 enum Saved {
-    /// Per-row log-sum-exp, float64 on the CPU.
-    Host(Vec<f64>),
+    /// Nothing: the float64 reference recomputes each row's log-sum-exp.
+    Reference,
     /// The kernels' `[2N]` log-sum-exp, beside the logits, and the kernels.
     #[cfg(feature = "cuda")]
     Device {
@@ -136,9 +136,9 @@ impl Kernels {
                 let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))
                     .map_err(TorchError::from)?;
                 let v = v as usize;
-                let (logp, lse): (Vec<f64>, Vec<f64>) = (0..rows as usize)
-                    .map(|r| token_logprob(&x[r * v..(r + 1) * v], t[r] as usize))
-                    .unzip();
+                let logp: Vec<f64> = (0..rows as usize)
+                    .map(|r| token_logprob(&x[r * v..(r + 1) * v], t[r] as usize).0)
+                    .collect();
                 let leaf = Tensor::from_slice(&logp)
                     .to_kind(Kind::Float)
                     .reshape(targets.size())
@@ -150,7 +150,7 @@ impl Kernels {
                         leaf,
                         logits: logits.shallow_clone(),
                         targets: targets.shallow_clone(),
-                        saved: Saved::Host(lse),
+                        saved: Saved::Reference,
                     }),
                 ))
             }
@@ -202,7 +202,7 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
                 .map_err(cuda_error)?
                 .reshape(d.logits.size())
         }
-        Saved::Host(lse) => {
+        Saved::Reference => {
             let (rows, v) = flat_rows(&d.logits);
             let x = host_f64(&d.logits.detach().reshape([rows, v]))?;
             let t = Vec::<i64>::try_from(&d.targets.reshape([rows]).to_device(Device::Cpu))
@@ -210,9 +210,7 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
             let g = host_f64(&g.reshape([rows]))?;
             let v = v as usize;
             let grad: Vec<f64> = (0..rows as usize)
-                .flat_map(|r| {
-                    token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, lse[r], g[r])
-                })
+                .flat_map(|r| token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, g[r]))
                 .collect();
             Tensor::from_slice(&grad)
                 .reshape(d.logits.size())

@@ -204,3 +204,37 @@ pub fn run_p3o(args: &[&str], stdin: &str) -> std::process::Output {
         .expect("stdin takes the input");
     child.wait_with_output().expect("p3o runs to the end")
 }
+
+/// One logit: mostly uniform in `[-1e4, 1e4]`, sometimes masked (`-inf`), a
+/// tie (0) or a magnitude of `1e30`.
+pub fn logit() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        6 => -1e4f32..1e4,
+        2 => Just(f32::NEG_INFINITY),
+        1 => Just(0.0f32),
+        1 => prop_oneof![Just(1e30f32), Just(-1e30f32)],
+    ]
+}
+
+/// `(V, logits [N, V], targets [N])`: V in 1..=300, N in 1..=3, each
+/// target's logit finite ([C-TOKEN-LOGPROB]'s domain).
+pub fn logit_rows() -> impl Strategy<Value = (usize, Vec<f32>, Vec<i64>)> {
+    (1usize..=300, 1usize..=3)
+        .prop_flat_map(|(v, n)| {
+            (
+                Just(v),
+                prop::collection::vec(logit(), n * v),
+                prop::collection::vec(0..v as i64, n),
+                prop::collection::vec(-1e4f32..1e4, n),
+            )
+        })
+        .prop_map(|(v, mut x, t, finite)| {
+            for (r, (&t, f)) in t.iter().zip(finite).enumerate() {
+                let i = r * v + t as usize;
+                if !x[i].is_finite() {
+                    x[i] = f;
+                }
+            }
+            (v, x, t)
+        })
+}
