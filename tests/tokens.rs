@@ -51,8 +51,8 @@ proptest! {
         let grad = token_logprob_grad(&row, 0, g);
         let p = 1.0 / k as f64;
         prop_assert!(close(grad[0], g * (1.0 - p), 1e-15), "{}", grad[0]);
-        for v in 1..k {
-            prop_assert!(close(grad[v], -g * p, 1e-15), "{}", grad[v]);
+        for d in &grad[1..k] {
+            prop_assert!(close(*d, -g * p, 1e-15), "{d}");
         }
         prop_assert!(grad[k..].iter().all(|&d| d == 0.0));
     }
