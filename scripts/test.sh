@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite:
 #   1. the core suite with no features (no set-up needed);
-#   2. feature `cuda`: NVRTC compile checks everywhere, differential tests on
+#   2. feature `cuda`: NVRTC compile checks and ptxas / nvdisasm checks of the
+#      assembled kernels (registers, local memory, 16-byte loads) everywhere,
+#      differential tests on
 #      the host execution of the kernels everywhere and on the GPU where a CUDA
 #      device is present ('skipped: no CUDA device' elsewhere), and the
 #      kernels under ThreadSanitizer (scripts/kernel-race-check.sh);

@@ -8,7 +8,13 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use cudarc::driver::{CudaSlice, DeviceRepr};
+use p3o::cuda::device::KERNEL_NAMES;
 use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
 use p3o::cuda::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
@@ -55,6 +61,187 @@ fn kernels_compile_rejects_warnings() {
 
 /// (logp, lse, grad_logits) of the token kernels.
 type TokenOut<T> = (Vec<f32>, Vec<f32>, Vec<T>);
+
+/// ptxas or nvdisasm as installed by `scripts/setup-cuda.sh` (the folder
+/// `$P3O_CUDA_TOOLS` replaces it).
+fn cuda_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("P3O_CUDA_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("P3O_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/p3o")))
+                .expect("HOME or P3O_CACHE is set");
+            cache.join("cuda-tools-13.0.88/bin")
+        });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/setup-cuda.sh (or set P3O_CUDA_TOOLS)",
+        path.display()
+    );
+    path
+}
+
+/// What ptxas reports of one kernel.
+#[derive(Debug, Default)]
+struct Resources {
+    registers: u32,
+    stack_bytes: u32,
+    spill_bytes: u32,
+}
+
+/// Runs `program` with `args`, returning stdout and stderr; a failure panics
+/// with both.
+fn run_tool(program: &Path, args: &[&OsStr]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{}: {text}", program.display());
+    text
+}
+
+/// The numbers of `ptxas -v`, per kernel.
+fn parse_ptxas(log: &str) -> HashMap<String, Resources> {
+    let number_before = |line: &str, what: &str| -> u32 {
+        let head = &line[..line
+            .find(what)
+            .unwrap_or_else(|| panic!("{what} in {line}"))];
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let mut kernels: HashMap<String, Resources> = HashMap::new();
+    let mut current = String::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().unwrap().to_string();
+            kernels.entry(current.clone()).or_default();
+        } else if line.contains("bytes stack frame") {
+            let r = kernels.get_mut(&current).unwrap();
+            r.stack_bytes = number_before(line, "bytes stack frame");
+            r.spill_bytes = number_before(line, "bytes spill stores")
+                + number_before(line, "bytes spill loads");
+        } else if line.contains("Used") && line.contains("registers") {
+            kernels.get_mut(&current).unwrap().registers = number_before(line, "registers");
+        }
+    }
+    kernels
+}
+
+/// PTX from NVRTC for `compute_{sm}`, assembled by ptxas for `sm_{sm}`:
+/// the resources of each kernel and the disassembly (nvdisasm).
+fn assemble(sm: &str, sources: &[(&str, String)]) -> (HashMap<String, Resources>, String) {
+    let dir = std::env::temp_dir().join(format!("p3o-assemble-{sm}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut kernels, mut sass) = (HashMap::new(), String::new());
+    for (file, ptx) in sources {
+        let ptx_path = dir.join(format!("{file}.ptx"));
+        let cubin = dir.join(format!("{file}.cubin"));
+        std::fs::write(&ptx_path, ptx).unwrap();
+        let arch = format!("-arch=sm_{sm}");
+        let log = run_tool(
+            &cuda_tool("ptxas"),
+            &[
+                arch.as_ref(),
+                "-v".as_ref(),
+                ptx_path.as_os_str(),
+                "-o".as_ref(),
+                cubin.as_os_str(),
+            ],
+        );
+        kernels.extend(parse_ptxas(&log));
+        sass += &run_tool(&cuda_tool("nvdisasm"), &["-c".as_ref(), cubin.as_os_str()]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    (kernels, sass)
+}
+
+/// The instruction mnemonics of kernel `name` in a disassembly.
+fn mnemonics<'a>(sass: &'a str, name: &str) -> Vec<&'a str> {
+    let label = format!(".text.{name}:");
+    let Some(start) = sass.find(&label) else {
+        panic!("{name} is not in the disassembly")
+    };
+    let body = &sass[start + label.len()..];
+    let body = &body[..body.find("\n.text.").map_or(body.len(), |e| e + 1)];
+    body.lines()
+        .filter_map(|l| l.split("*/").nth(1))
+        .filter_map(|l| l.split_whitespace().find(|w| !w.starts_with('@')))
+        .collect()
+}
+
+/// Every kernel assembled for `sm_{sm}`: no local memory (stack frame or
+/// spills); the token kernels fit 32 registers, so that eight blocks of 256
+/// threads (all 2048 threads an SM can hold) share its 65536 registers, and
+/// move the logits with 16-byte loads (and the backward's gradient with
+/// 16-byte stores), as kernels/token_logprob.cu intends.
+fn check_assembly(sm: &str) {
+    let sources: Vec<(&str, String)> = KERNEL_FILES
+        .iter()
+        .map(|(file, _)| (*file, compile(file, &format!("compute_{sm}")).unwrap()))
+        .collect();
+    let (kernels, sass) = assemble(sm, &sources);
+    println!("sm_{sm}: kernel, registers, stack bytes, spill bytes");
+    for name in KERNEL_NAMES {
+        let r = kernels
+            .get(name)
+            .unwrap_or_else(|| panic!("ptxas reported nothing for {name}"));
+        println!(
+            "  {name}: {} registers, {} stack, {} spill",
+            r.registers, r.stack_bytes, r.spill_bytes
+        );
+        assert_eq!(
+            (r.stack_bytes, r.spill_bytes),
+            (0, 0),
+            "{name}: local memory"
+        );
+        if name.starts_with("token_logprob") {
+            assert!(r.registers <= 32, "{name}: {} registers", r.registers);
+            let ops = mnemonics(&sass, name);
+            assert!(
+                ops.iter().any(|op| op.starts_with("LDG.E.128")),
+                "{name}: no 16-byte loads in {ops:?}"
+            );
+            if name.contains("bwd") {
+                assert!(
+                    ops.iter().any(|op| op.starts_with("STG.E.128")),
+                    "{name}: no 16-byte stores in {ops:?}"
+                );
+            }
+        }
+    }
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V1 C-P3O-V2 C-DPO
+#[test]
+fn kernels_assemble_sm80() {
+    check_assembly("80");
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V1 C-P3O-V2 C-DPO
+#[test]
+fn kernels_assemble_sm90() {
+    check_assembly("90");
+}
+
+/// The assembly check has teeth: a dynamically indexed local array is
+/// local memory, and a kernel with 4-byte accesses only has no 16-byte ones.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn kernels_assemble_sees_local_memory_and_scalar_loads() {
+    let src = "extern \"C\" __global__ void local_array(float* p, int i) {\n\
+               float a[1024];\n\
+               for (int j = 0; j < 1024; ++j) a[(j * i) & 1023] = p[j];\n\
+               p[0] = a[i & 1023];\n}\n";
+    let ptx = p3o::cuda::nvrtc::compile_source("local.cu", src, "compute_90").unwrap();
+    let (kernels, sass) = assemble("90", &[("local.cu", ptx)]);
+    assert!(kernels["local_array"].stack_bytes >= 4096, "{kernels:?}");
+    let ops = mnemonics(&sass, "local_array");
+    assert!(!ops.iter().any(|op| op.starts_with("LDG.E.128")), "{ops:?}");
+    assert!(ops.iter().any(|op| op.starts_with("LDG.E")), "{ops:?}");
+}
 
 /// Where the kernels run: the GPU, or the host execution of the same
 /// sources. Every output is poisoned with NaN before the launch.
