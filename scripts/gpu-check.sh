@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The prepared GPU check of the CUDA kernels, in two steps.
+# The prepared GPU checks of the CUDA kernels and of `p3o train`.
 #
 #   scripts/gpu-check.sh bundle   # on a development machine (Rust toolchain):
 #                                 # builds the CUDA test and bench binaries and
-#                                 # copies them, stripped, into gpu-bundle/
+#                                 # `p3o` (features cuda, torch) and copies
+#                                 # them, stripped, into gpu-bundle/
 #   scripts/gpu-check.sh run      # on a CUDA machine with PyTorch 2.11.0+cu130
 #                                 # and CUDA 13 libraries, no Rust, no network:
 #                                 # runs every CUDA test, the kernel benchmarks
 #                                 # and the PyTorch eager peer, table last.
+#   scripts/gpu-check.sh train    # there too (transformers needed): the
+#                                 # built-in task with kernels = cuda against
+#                                 # kernels = torch, then the 410M-shaped
+#                                 # learning check (scripts/gpu-train-check.sh)
+#                                 # in float32, bfloat16 and with kernels = cuda.
+#                                 # DEVICE=cpu tries it without a GPU (the
+#                                 # kernels then run on the CPU: cuda-host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=gpu-bundle
@@ -26,7 +34,13 @@ for line in sys.stdin:
     # The kernels on libtorch tensors (needs the machine's libtorch at run time).
     # shellcheck source=scripts/torch-env.sh
     (source scripts/torch-env.sh && cp "$(cargo test --release --features cuda,torch --test cuda_torch --no-run --message-format=json | exe cuda_torch)" "$bundle/cuda_torch")
-    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch
+    # The CLI for the training checks, and the built-in character tokenizer
+    # that scripts/gpu-train-check.sh gives its random models.
+    (source scripts/torch-env.sh && cargo build --release --features cuda,torch --bin p3o && cp target/release/p3o "$bundle/p3o")
+    tok=$(mktemp -d)
+    "$bundle/p3o" train --out "$tok/run" --set steps=1 --set eval_every=0 >/dev/null
+    cp "$tok/run/final/tokenizer.json" "$bundle/tokenizer.json" && rm -rf "$tok"
+    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch "$bundle"/p3o
     cp benches/torch_eager_logprob.py "$bundle/"
     # The project's pinned NVRTC, for a machine whose own copy is missing or
     # newer than its driver accepts (used when P3O_BUNDLED_NVRTC=1).
@@ -76,8 +90,36 @@ run)
     cat "$out/eager.log" 2>/dev/null || true
     exit $status
     ;;
+train)
+    out=${OUT:-/tmp/p3o-gpu-check}
+    mkdir -p "$out"
+    device=${DEVICE:-cuda}
+    outside=cuda
+    [ "$device" = cpu ] && outside=cuda-host
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    # 1. The built-in task, 5 steps, the same seed: token log-probs from
+    #    libtorch ops against the hand-written kernels.
+    for kernels in torch "$outside"; do
+        rm -rf "$out/tiny-$kernels"
+        LD_LIBRARY_PATH=$torch_lib "$bundle/p3o" train --out "$out/tiny-$kernels" --set device="$device" \
+            --set kernels="$kernels" --set steps=5 --set eval_every=0 --set checkpoint_every=0 >/dev/null
+    done
+    python3 - "$out/tiny-torch/metrics.jsonl" "$out/tiny-$outside/metrics.jsonl" <<'PY'
+import json, sys
+rows = [[json.loads(x) for x in open(f) if json.loads(x).get("split") == "train"] for f in sys.argv[1:]]
+print("built-in task, step 5: kernels = torch | kernels = " + sys.argv[2].split("tiny-")[1].split("/")[0])
+for key in ["loss", "grad_norm", "kl_mean", "reward_mean", "time_update_s"]:
+    a, b = rows[0][-1][key], rows[1][-1][key]
+    print(f"  {key}: {a:.6g} | {b:.6g} (relative difference {abs(a - b) / max(abs(a), 1e-12):.2g})")
+PY
+    # 2. Learning on a Pythia-410M-shaped model: float32 (P3O-V2 and PPO),
+    #    bfloat16, and the kernels in the training forward.
+    DEVICE=$device scripts/gpu-train-check.sh "$bundle" p3o-v2 ppo
+    DEVICE=$device EXTRA="--set dtype=bf16" scripts/gpu-train-check.sh "$bundle" p3o-v2
+    DEVICE=$device EXTRA="--set kernels=$outside" scripts/gpu-train-check.sh "$bundle" p3o-v2
+    ;;
 *)
-    echo "usage: $0 bundle|run" >&2
+    echo "usage: $0 bundle|run|train" >&2
     exit 2
     ;;
 esac

@@ -12,7 +12,9 @@
 # a random 50k-token policy, and so would every gradient); each line printed
 # also gives the reward spread and the mean gradient norm, so a run whose
 # updates are all zero shows. DEVICE=cpu runs the same steps on the CPU
-# (no memory figure) to try the script without a GPU.
+# (no memory figure) to try the script without a GPU; EXTRA adds `--set`
+# options to every run (e.g. EXTRA="--set dtype=bf16"). The random models
+# are made once per $OUT.
 set -euo pipefail
 bundle=$1
 shift
@@ -21,7 +23,7 @@ device=${DEVICE:-cuda}
 work=${OUT:-/tmp}/p3o-gpu-train
 mkdir -p "$work"
 torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-python3 - "$work" "$bundle/tokenizer.json" "$device" <<'PY'
+[ -f "$work/reward-random/model.safetensors" ] || python3 - "$work" "$bundle/tokenizer.json" "$device" <<'PY'
 import shutil, sys, torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 work, tok, device = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -52,7 +54,7 @@ for alg in $algorithms; do
     LD_LIBRARY_PATH=$torch_lib "$bundle/p3o" train --out "$work/run-$alg" --set algorithm="$alg" \
         --set policy="$work/pythia-410m-random" --set reward="$work/reward-random" --set device="$device" \
         --set steps=3 --set batch_size=16 --set minibatch_size=8 --set max_new_tokens=32 --set lr=1e-5 --set eval_every=0 \
-        --set checkpoint_every=0 --set threads=8 > /dev/null
+        --set checkpoint_every=0 --set threads=8 ${EXTRA:-} > /dev/null
     end=$(date +%s.%N)
     [ "$device" != cpu ] && kill "$smi"
     peak=$(sort -n "$work/mem-$alg.txt" | tail -1)
@@ -62,5 +64,5 @@ l = [json.loads(x) for x in open('$work/run-$alg/metrics.jsonl') if json.loads(x
 later = l[1:] or l
 mean = lambda k, rows: sum(x[k] for x in rows) / len(rows)
 print(f\"samples/s (steps 2-3) {mean('samples_per_s', later):.1f}, reward std {mean('reward_std', l):.3f}, grad norm {mean('grad_norm', l):.3g}, ratio mean {mean('ratio_mean', l):.3g}\")")
-    echo "$alg: $stats, peak GPU memory ${peak:-n/a} MiB, wall $(python3 -c "print(round($end-$start,1))") s"
+    echo "$alg${EXTRA:+ ($EXTRA)}: $stats, peak GPU memory ${peak:-n/a} MiB, wall $(python3 -c "print(round($end-$start,1))") s"
 done
