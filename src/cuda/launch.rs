@@ -38,7 +38,7 @@ pub(crate) fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Cud
 }
 
 /// `blocks` blocks of `threads`, if one launch can hold them.
-pub fn grid(blocks: usize, threads: u32) -> Result<Grid, CudaError> {
+fn grid(blocks: usize, threads: u32) -> Result<Grid, CudaError> {
     check(blocks >= 1 && blocks <= i32::MAX as usize, || {
         format!("{blocks} blocks do not fit one launch")
     })?;
