@@ -18,13 +18,13 @@ use super::launch::{self, Grid};
 use super::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
 use crate::reference::Algorithm;
 
-mod ffi {
+pub(crate) mod ffi {
     use std::ffi::c_int;
 
     use crate::cuda::ops::Bf16;
 
     /// The parameters of `PAIR_ARGS` (kernels/pair_losses.cu), then the grid.
-    pub type PairEntry = unsafe extern "C" fn(
+    pub(crate) type PairEntry = unsafe extern "C" fn(
         *const f32,
         *const f32,
         *const f32,
@@ -223,6 +223,16 @@ impl HostLogitElement for Bf16 {
     }
 }
 
+/// The host entry point of the pair kernel of `alg`.
+pub(crate) fn pair_entry(alg: Algorithm) -> Result<ffi::PairEntry, CudaError> {
+    match alg {
+        Algorithm::P3oV1 => Ok(ffi::p3o_host_pair_loss_p3o_v1),
+        Algorithm::P3oV2 => Ok(ffi::p3o_host_pair_loss_p3o_v2),
+        Algorithm::Dpo => Ok(ffi::p3o_host_pair_loss_dpo),
+        other => Err(CudaError::Input(format!("no pair kernel for {other}"))),
+    }
+}
+
 /// The entry point's status as a result.
 pub(crate) fn status(code: c_int, grid: Grid) -> Result<(), CudaError> {
     launch::check(code == 0, || {
@@ -335,12 +345,7 @@ impl Host {
         epsilon: f64,
         out: &mut PairOutputs<Vec<f32>>,
     ) -> Result<(), CudaError> {
-        let entry: ffi::PairEntry = match alg {
-            Algorithm::P3oV1 => ffi::p3o_host_pair_loss_p3o_v1,
-            Algorithm::P3oV2 => ffi::p3o_host_pair_loss_p3o_v2,
-            Algorithm::Dpo => ffi::p3o_host_pair_loss_dpo,
-            other => return Err(CudaError::Input(format!("no pair kernel for {other}"))),
-        };
+        let entry = pair_entry(alg)?;
         let (grid, n) = x.grid(out, Vec::len, Vec::len)?;
         let [g1, g2] = &mut out.grad;
         // SAFETY: every buffer was checked to hold n pairs; threads past n

@@ -93,7 +93,7 @@ impl<F, D> PairInputs<F, D> {
 }
 
 /// The pair kernel of `alg`, if it has one.
-fn pair_kernel(alg: Algorithm) -> Result<&'static str, CudaError> {
+pub(crate) fn pair_kernel(alg: Algorithm) -> Result<&'static str, CudaError> {
     match alg {
         Algorithm::P3oV1 => Ok("pair_loss_p3o_v1"),
         Algorithm::P3oV2 => Ok("pair_loss_p3o_v2"),

@@ -9,10 +9,11 @@
 use cudarc::driver::PushKernelArg;
 use tch::{Device, Kind, Tensor};
 
-use super::host::{Host, HostLogitElement};
+use super::host::{Host, HostLogitElement, pair_entry};
 use super::launch::{self, Grid, check};
-use super::ops::{Bf16, LogitElement};
+use super::ops::{Bf16, LogitElement, PairInputs, PairOutputs, pair_kernel};
 use super::{CudaError, Gpu};
+use crate::reference::Algorithm;
 
 /// The token kernels on the tensors of one device.
 pub trait TensorKernels: Send + Sync {
@@ -44,6 +45,24 @@ pub trait TensorKernels: Send + Sync {
         kind: Kind,
         ptrs: [u64; 5],
         v: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError>;
+
+    /// Launches the pair kernel of `alg` (P3O-V1, P3O-V2 or DPO).
+    ///
+    /// # Safety
+    /// `ptrs` are the data of (lp1, lp2, old1, old2, ref1, ref2, r1, r2,
+    /// loss, g1, g2): contiguous tensors on [`Self::device`] of `n` elements
+    /// (float64 for the rewards, float32 for the rest), as checked by
+    /// `PairInputs::grid`, alive until the launch has run.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_pairs(
+        &self,
+        alg: Algorithm,
+        ptrs: [u64; 11],
+        beta: f64,
+        epsilon: f64,
+        n: i32,
         grid: Grid,
     ) -> Result<(), CudaError>;
 
@@ -121,6 +140,51 @@ pub trait TensorKernels: Send + Sync {
         unsafe { self.launch_bwd(logits.kind(), ptrs, v as i32, grid) }?;
         Ok(grad)
     }
+
+    /// [C-P3O-V1], [C-P3O-V2] or [C-DPO] per pair on tensors of `P`
+    /// elements (float32 log-probs, float64 rewards): the per-pair loss and
+    /// its derivatives with respect to `lp1` and `lp2`, float32.
+    fn pair_loss_tensor(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Tensor, Tensor>,
+        beta: f64,
+        epsilon: f64,
+    ) -> Result<PairOutputs<Tensor>, CudaError> {
+        let logprobs = [&x.lp, &x.lp_old, &x.lp_ref];
+        for t in logprobs.iter().flat_map(|pair| pair.iter()) {
+            self.check_tensor("a sequence log-prob", t, &[Kind::Float])?;
+        }
+        for t in &x.reward {
+            self.check_tensor("a reward", t, &[Kind::Double])?;
+        }
+        let n = x.lp[0].numel() as i64;
+        let empty = || Tensor::empty([n], (Kind::Float, self.device()));
+        let out = PairOutputs {
+            loss: empty(),
+            grad: [empty(), empty()],
+        };
+        let (grid, n32) = x.grid(&out, Tensor::numel, Tensor::numel)?;
+        let ptrs = [
+            &x.lp[0],
+            &x.lp[1],
+            &x.lp_old[0],
+            &x.lp_old[1],
+            &x.lp_ref[0],
+            &x.lp_ref[1],
+            &x.reward[0],
+            &x.reward[1],
+            &out.loss,
+            &out.grad[0],
+            &out.grad[1],
+        ]
+        .map(|t| t.data_ptr() as u64);
+        // SAFETY: every tensor is contiguous on this device with the dtype
+        // checked above (or allocated here) and `n` elements
+        // (`PairInputs::grid`); all outlive the launch.
+        unsafe { self.launch_pairs(alg, ptrs, beta, epsilon, n32, grid) }?;
+        Ok(out)
+    }
 }
 
 /// The (forward, backward) kernels for logits of `kind` (checked to be
@@ -181,6 +245,34 @@ impl TensorKernels for Gpu {
             .arg(&v);
         // SAFETY: arguments match (logits, targets, lse, grad_logp,
         // grad_logits, v); the caller guarantees the rest, as above.
+        unsafe { launch.launch(grid.into()) }?;
+        Ok(())
+    }
+
+    unsafe fn launch_pairs(
+        &self,
+        alg: Algorithm,
+        ptrs: [u64; 11],
+        beta: f64,
+        epsilon: f64,
+        n: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        let mut launch = self
+            .stream
+            .launch_builder(self.kernels.get(pair_kernel(alg)?));
+        for p in &ptrs[..8] {
+            launch.arg(p);
+        }
+        launch.arg(&beta).arg(&epsilon);
+        for p in &ptrs[8..] {
+            launch.arg(p);
+        }
+        launch.arg(&n);
+        // SAFETY: arguments match PAIR_ARGS in kernels/pair_losses.cu (eight
+        // inputs, beta, epsilon, three outputs, n); the caller guarantees
+        // device tensors of n elements, alive until the launch has run on
+        // libtorch's stream; threads past n return at once.
         unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
@@ -258,6 +350,44 @@ impl TensorKernels for Host {
             } else {
                 host_bwd::<f32>(ptrs, v, grid)
             }
+        };
+        super::host::status(code, grid)
+    }
+
+    unsafe fn launch_pairs(
+        &self,
+        alg: Algorithm,
+        ptrs: [u64; 11],
+        beta: f64,
+        epsilon: f64,
+        n: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        let entry = pair_entry(alg)?;
+        let input = |i: usize| ptrs[i] as *const f32;
+        let output = |i: usize| ptrs[i] as *mut f32;
+        // SAFETY: the caller guarantees CPU tensors of n elements with the
+        // dtypes of PAIR_ARGS; the call returns after every thread has
+        // finished.
+        let code = unsafe {
+            entry(
+                input(0),
+                input(1),
+                input(2),
+                input(3),
+                input(4),
+                input(5),
+                ptrs[6] as *const f64,
+                ptrs[7] as *const f64,
+                beta,
+                epsilon,
+                output(8),
+                output(9),
+                output(10),
+                n,
+                grid.blocks,
+                grid.threads,
+            )
         };
         super::host::status(code, grid)
     }

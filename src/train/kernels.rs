@@ -16,16 +16,20 @@
 //! (`crate::reference::tokens`): slow, but it checks the chaining itself on
 //! any machine. `cuda` (feature `cuda`) runs them with the hand-written
 //! kernels on the logits where they are, one read of the logits forward and
-//! one read and write backward, and no `[N, V]` log-softmax. `cuda-host`
-//! runs the same kernel sources on CPU tensors (`crate::cuda::host`): very
-//! slow, a check of the kernels inside the trainer on machines without a GPU.
+//! one read and write backward, and no `[N, V]` log-softmax; the pair losses
+//! of P3O-V1, P3O-V2 and DPO come from their kernels too
+//! ([`Kernels::pair_loss`]). `cuda-host` runs the same kernel sources on CPU
+//! tensors (`crate::cuda::host`): very slow, a check of the kernels inside
+//! the trainer on machines without a GPU.
 
 use tch::{Device, Kind, Tensor};
 
+use super::losses::{self, PairBatch};
 use super::trainer::TrainError;
 #[cfg(feature = "cuda")]
-use crate::cuda::torch_ops::TensorKernels;
+use crate::cuda::{ops::PairInputs, torch_ops::TensorKernels};
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
+use crate::reference::{Algorithm, Hyper};
 use crate::torch::TorchError;
 
 /// Where token log-probs of the training forward come from.
@@ -177,6 +181,43 @@ impl Kernels {
                 ))
             }
         }
+    }
+}
+
+impl Kernels {
+    /// The batch mean of the per-pair loss of `alg` ([`losses::pair_loss`]).
+    /// With `cuda` (or `cuda-host`), P3O-V1, P3O-V2 and DPO come from the
+    /// pair kernels of `kernels/pair_losses.cu`: their per-pair derivatives
+    /// `g` enter autograd as the surrogate `mean(g1 lp1 + g2 lp2)`, whose
+    /// value is replaced by the kernels' loss.
+    pub fn pair_loss(
+        &self,
+        alg: Algorithm,
+        h: &Hyper,
+        b: &PairBatch,
+    ) -> Result<Tensor, TrainError> {
+        #[cfg(feature = "cuda")]
+        if let (Kernels::Cuda(kernels), Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) =
+            (self, alg)
+        {
+            let f32s = |t: &[&Tensor; 2]| t.map(|t| t.detach().to_kind(Kind::Float).contiguous());
+            let x = PairInputs {
+                lp: f32s(&b.lp),
+                lp_old: f32s(&b.lp_old),
+                lp_ref: f32s(&b.lp_ref),
+                reward: b.reward.map(|t| t.to_kind(Kind::Double).contiguous()),
+            };
+            let out = kernels
+                .pair_loss_tensor(alg, &x, h.beta, h.epsilon)
+                .map_err(cuda_error)?;
+            let kind = b.lp[0].kind();
+            let surrogate = (out.grad[0].to_kind(kind) * b.lp[0]
+                + out.grad[1].to_kind(kind) * b.lp[1])
+                .mean(kind);
+            let value = out.loss.mean(Kind::Float).to_kind(kind);
+            return Ok(&surrogate + (value - &surrogate).detach());
+        }
+        Ok(losses::pair_loss(alg, h, b)?)
     }
 }
 

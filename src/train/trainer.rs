@@ -16,7 +16,7 @@ use super::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use super::config::TrainConfig;
 use super::data::load_prompts;
 use super::kernels::{Detached, Kernels, backward};
-use super::losses::{PairBatch, PpoBatch, pair_loss, ppo_loss};
+use super::losses::{PairBatch, PpoBatch, ppo_loss};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
 use super::rollout::{
@@ -402,7 +402,7 @@ impl Trainer {
                     lp_ref: [&refs[0], &refs[1]],
                     reward: [&rew[0], &rew[1]],
                 };
-                let loss = pair_loss(alg, &h, &batch)?;
+                let loss = self.kernels.pair_loss(alg, &h, &batch)?;
                 let loss_v = loss.double_value(&[]);
                 // Clip statistics by the reference's own rule ([C-CLIP]).
                 let to_host = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu));
