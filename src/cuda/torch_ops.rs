@@ -212,12 +212,10 @@ impl TensorKernels for Gpu {
         let mut launch = self
             .stream
             .launch_builder(self.kernels.get(kernel_for(kind).0));
-        launch
-            .arg(&ptrs[0])
-            .arg(&ptrs[1])
-            .arg(&ptrs[2])
-            .arg(&ptrs[3])
-            .arg(&v);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&v);
         // SAFETY: the arguments match the kernel's (logits, targets, logp,
         // lse, v); the caller guarantees device tensors of the grid's
         // lengths, alive until the launch has run on the stream that
@@ -236,13 +234,10 @@ impl TensorKernels for Gpu {
         let mut launch = self
             .stream
             .launch_builder(self.kernels.get(kernel_for(kind).1));
-        launch
-            .arg(&ptrs[0])
-            .arg(&ptrs[1])
-            .arg(&ptrs[2])
-            .arg(&ptrs[3])
-            .arg(&ptrs[4])
-            .arg(&v);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&v);
         // SAFETY: arguments match (logits, targets, lse, grad_logp,
         // grad_logits, v); the caller guarantees the rest, as above.
         unsafe { launch.launch(grid.into()) }?;
