@@ -32,7 +32,8 @@ use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::reference::{Algorithm, Hyper};
 use crate::torch::TorchError;
 
-/// Where token log-probs of the training forward come from.
+/// Where the token log-probs of the training forward (and, with the
+/// kernels, the pair losses) come from.
 #[derive(Clone)]
 pub enum Kernels {
     /// libtorch ops under autograd (gather minus log-sum-exp).
@@ -121,6 +122,41 @@ impl Kernels {
         ))
     }
 
+    /// The batch mean of the per-pair loss of `alg` ([`losses::pair_loss`]).
+    /// With `cuda` (or `cuda-host`), P3O-V1, P3O-V2 and DPO come from the
+    /// pair kernels of `kernels/pair_losses.cu`: their per-pair derivatives
+    /// `g` enter autograd as the surrogate `mean(g1 lp1 + g2 lp2)`, whose
+    /// value is replaced by the kernels' loss.
+    pub fn pair_loss(
+        &self,
+        alg: Algorithm,
+        h: &Hyper,
+        b: &PairBatch,
+    ) -> Result<Tensor, TrainError> {
+        #[cfg(feature = "cuda")]
+        if let (Kernels::Cuda(kernels), Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) =
+            (self, alg)
+        {
+            let f32s = |t: &[&Tensor; 2]| t.map(|t| t.detach().to_kind(Kind::Float).contiguous());
+            let x = PairInputs {
+                lp: f32s(&b.lp),
+                lp_old: f32s(&b.lp_old),
+                lp_ref: f32s(&b.lp_ref),
+                reward: b.reward.map(|t| t.to_kind(Kind::Double).contiguous()),
+            };
+            let out = kernels
+                .pair_loss_tensor(alg, &x, h.beta, h.epsilon)
+                .map_err(cuda_error)?;
+            let kind = b.lp[0].kind();
+            let surrogate = (out.grad[0].to_kind(kind) * b.lp[0]
+                + out.grad[1].to_kind(kind) * b.lp[1])
+                .mean(kind);
+            let value = out.loss.mean(Kind::Float).to_kind(kind);
+            return Ok(&surrogate + (value - &surrogate).detach());
+        }
+        Ok(losses::pair_loss(alg, h, b)?)
+    }
+
     /// `log softmax(logits)[target]` for `logits: [.., V]`, `targets: [..]`;
     /// with an outside backend also the [`Detached`] that [`Self::backward`]
     /// needs.
@@ -181,43 +217,6 @@ impl Kernels {
                 ))
             }
         }
-    }
-}
-
-impl Kernels {
-    /// The batch mean of the per-pair loss of `alg` ([`losses::pair_loss`]).
-    /// With `cuda` (or `cuda-host`), P3O-V1, P3O-V2 and DPO come from the
-    /// pair kernels of `kernels/pair_losses.cu`: their per-pair derivatives
-    /// `g` enter autograd as the surrogate `mean(g1 lp1 + g2 lp2)`, whose
-    /// value is replaced by the kernels' loss.
-    pub fn pair_loss(
-        &self,
-        alg: Algorithm,
-        h: &Hyper,
-        b: &PairBatch,
-    ) -> Result<Tensor, TrainError> {
-        #[cfg(feature = "cuda")]
-        if let (Kernels::Cuda(kernels), Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) =
-            (self, alg)
-        {
-            let f32s = |t: &[&Tensor; 2]| t.map(|t| t.detach().to_kind(Kind::Float).contiguous());
-            let x = PairInputs {
-                lp: f32s(&b.lp),
-                lp_old: f32s(&b.lp_old),
-                lp_ref: f32s(&b.lp_ref),
-                reward: b.reward.map(|t| t.to_kind(Kind::Double).contiguous()),
-            };
-            let out = kernels
-                .pair_loss_tensor(alg, &x, h.beta, h.epsilon)
-                .map_err(cuda_error)?;
-            let kind = b.lp[0].kind();
-            let surrogate = (out.grad[0].to_kind(kind) * b.lp[0]
-                + out.grad[1].to_kind(kind) * b.lp[1])
-                .mean(kind);
-            let value = out.loss.mean(Kind::Float).to_kind(kind);
-            return Ok(&surrogate + (value - &surrogate).detach());
-        }
-        Ok(losses::pair_loss(alg, h, b)?)
     }
 }
 
