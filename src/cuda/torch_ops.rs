@@ -197,6 +197,33 @@ fn kernel_for(kind: Kind) -> (&'static str, &'static str) {
     }
 }
 
+impl Gpu {
+    /// Launches token kernel `name` with the pointer arguments `ptrs`, then
+    /// `v`, on the stream that libtorch also uses.
+    ///
+    /// # Safety
+    /// `ptrs` and `v` are the kernel's arguments in its order: device
+    /// tensors of the lengths `grid` was computed from, alive until the
+    /// launch has run (no other op touches them meanwhile, as libtorch's
+    /// ops run on the same stream).
+    unsafe fn launch_token(
+        &self,
+        name: &str,
+        ptrs: &[u64],
+        v: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        let mut launch = self.stream.launch_builder(self.kernels.get(name));
+        for p in ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&v);
+        // SAFETY: the caller guarantees the arguments and the buffers.
+        unsafe { launch.launch(grid.into()) }?;
+        Ok(())
+    }
+}
+
 impl TensorKernels for Gpu {
     fn device(&self) -> Device {
         Device::Cuda(self.ctx.ordinal())
@@ -209,19 +236,9 @@ impl TensorKernels for Gpu {
         v: i32,
         grid: Grid,
     ) -> Result<(), CudaError> {
-        let mut launch = self
-            .stream
-            .launch_builder(self.kernels.get(kernel_for(kind).0));
-        for p in &ptrs {
-            launch.arg(p);
-        }
-        launch.arg(&v);
-        // SAFETY: the arguments match the kernel's (logits, targets, logp,
-        // lse, v); the caller guarantees device tensors of the grid's
-        // lengths, alive until the launch has run on the stream that
-        // libtorch also uses, so no other op touches them meanwhile.
-        unsafe { launch.launch(grid.into()) }?;
-        Ok(())
+        // SAFETY: (logits, targets, logp, lse) then v is the forward
+        // kernel's signature; the caller guarantees the rest.
+        unsafe { self.launch_token(kernel_for(kind).0, &ptrs, v, grid) }
     }
 
     unsafe fn launch_bwd(
@@ -231,17 +248,9 @@ impl TensorKernels for Gpu {
         v: i32,
         grid: Grid,
     ) -> Result<(), CudaError> {
-        let mut launch = self
-            .stream
-            .launch_builder(self.kernels.get(kernel_for(kind).1));
-        for p in &ptrs {
-            launch.arg(p);
-        }
-        launch.arg(&v);
-        // SAFETY: arguments match (logits, targets, lse, grad_logp,
-        // grad_logits, v); the caller guarantees the rest, as above.
-        unsafe { launch.launch(grid.into()) }?;
-        Ok(())
+        // SAFETY: (logits, targets, lse, grad_logp, grad_logits) then v is
+        // the backward kernel's signature; the caller guarantees the rest.
+        unsafe { self.launch_token(kernel_for(kind).1, &ptrs, v, grid) }
     }
 
     unsafe fn launch_pairs(
