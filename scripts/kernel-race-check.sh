@@ -10,4 +10,11 @@ mkdir -p "$out"
 g++ -std=c++20 -O1 -g -fsanitize=thread -fno-strict-aliasing -Wall -Wextra \
     -Wno-unknown-pragmas -Wno-unused-parameter \
     kernels/host/kernels.cpp kernels/host/race_check.cpp -o "$out/race_check"
-TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$out/race_check"
+run=("$out/race_check")
+# ThreadSanitizer's fixed memory layout can clash with strong address-space
+# randomisation (vm.mmap_rnd_bits = 32 on some kernels); run without it where
+# the system allows.
+if setarch "$(uname -m)" -R true 2>/dev/null; then
+    run=(setarch "$(uname -m)" -R "${run[@]}")
+fi
+TSAN_OPTIONS="halt_on_error=1 exitcode=66" "${run[@]}"
