@@ -169,59 +169,48 @@ pub trait HostLogitElement: LogitElement {
     ) -> c_int;
 }
 
-impl HostLogitElement for f32 {
-    unsafe fn fwd(
-        x: *const f32,
-        t: *const i64,
-        logp: *mut f32,
-        lse: *mut f32,
-        v: c_int,
-        g: Grid,
-    ) -> c_int {
-        // SAFETY: the caller's contract is the kernel's.
-        unsafe { ffi::p3o_host_token_logprob_fwd_f32(x, t, logp, lse, v, g.blocks, g.threads) }
-    }
+/// `HostLogitElement` for `$t` through its two entry points.
+macro_rules! host_logit_element {
+    ($t:ty, $fwd:ident, $bwd:ident) => {
+        impl HostLogitElement for $t {
+            unsafe fn fwd(
+                x: *const $t,
+                t: *const i64,
+                logp: *mut f32,
+                lse: *mut f32,
+                v: c_int,
+                g: Grid,
+            ) -> c_int {
+                // SAFETY: the caller's contract is the kernel's.
+                unsafe { ffi::$fwd(x, t, logp, lse, v, g.blocks, g.threads) }
+            }
 
-    unsafe fn bwd(
-        x: *const f32,
-        t: *const i64,
-        lse: *const f32,
-        gl: *const f32,
-        out: *mut f32,
-        v: c_int,
-        g: Grid,
-    ) -> c_int {
-        // SAFETY: the caller's contract is the kernel's.
-        unsafe { ffi::p3o_host_token_logprob_bwd_f32(x, t, lse, gl, out, v, g.blocks, g.threads) }
-    }
+            unsafe fn bwd(
+                x: *const $t,
+                t: *const i64,
+                lse: *const f32,
+                gl: *const f32,
+                out: *mut $t,
+                v: c_int,
+                g: Grid,
+            ) -> c_int {
+                // SAFETY: the caller's contract is the kernel's.
+                unsafe { ffi::$bwd(x, t, lse, gl, out, v, g.blocks, g.threads) }
+            }
+        }
+    };
 }
 
-impl HostLogitElement for Bf16 {
-    unsafe fn fwd(
-        x: *const Bf16,
-        t: *const i64,
-        logp: *mut f32,
-        lse: *mut f32,
-        v: c_int,
-        g: Grid,
-    ) -> c_int {
-        // SAFETY: the caller's contract is the kernel's.
-        unsafe { ffi::p3o_host_token_logprob_fwd_bf16(x, t, logp, lse, v, g.blocks, g.threads) }
-    }
-
-    unsafe fn bwd(
-        x: *const Bf16,
-        t: *const i64,
-        lse: *const f32,
-        gl: *const f32,
-        out: *mut Bf16,
-        v: c_int,
-        g: Grid,
-    ) -> c_int {
-        // SAFETY: the caller's contract is the kernel's.
-        unsafe { ffi::p3o_host_token_logprob_bwd_bf16(x, t, lse, gl, out, v, g.blocks, g.threads) }
-    }
-}
+host_logit_element!(
+    f32,
+    p3o_host_token_logprob_fwd_f32,
+    p3o_host_token_logprob_bwd_f32
+);
+host_logit_element!(
+    Bf16,
+    p3o_host_token_logprob_fwd_bf16,
+    p3o_host_token_logprob_bwd_bf16
+);
 
 /// The host entry point of the pair kernel of `alg`.
 pub(crate) fn pair_entry(alg: Algorithm) -> Result<ffi::PairEntry, CudaError> {
