@@ -114,12 +114,13 @@ proptest! {
     ) {
         let r: Vec<Vec<f64>> = rewards.iter().map(|v| v.iter().map(|&x| f64::from(x)).collect()).collect();
         let w = win_rates(&r);
-        for i in 0..r.len() {
-            prop_assert_eq!(w[i][i].mean, 0.5);
-            prop_assert_eq!(w[i][i].se, 0.0);
-            for j in 0..r.len() {
-                prop_assert!((w[i][j].mean + w[j][i].mean - 1.0).abs() < 1e-12);
-                prop_assert!((w[i][j].se - w[j][i].se).abs() < 1e-12);
+        prop_assert_eq!(w.len(), r.len());
+        for (i, row) in w.iter().enumerate() {
+            prop_assert_eq!(row[i].mean, 0.5);
+            prop_assert_eq!(row[i].se, 0.0);
+            for (j, wij) in row.iter().enumerate() {
+                prop_assert!((wij.mean + w[j][i].mean - 1.0).abs() < 1e-12);
+                prop_assert!((wij.se - w[j][i].se).abs() < 1e-12);
             }
         }
         let better: Vec<f64> = r[0].iter().map(|x| x + 1.0).collect();
