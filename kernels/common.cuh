@@ -12,12 +12,43 @@ __device__ __forceinline__ float bf16_to_f32(p3o_bf16 h) {
     return __uint_as_float(((unsigned int)h) << 16);
 }
 
-// float32 -> bf16, round to nearest even (inputs here are finite).
+// float32 -> bf16, round to nearest even; a NaN stays a NaN.
 __device__ __forceinline__ p3o_bf16 f32_to_bf16(float f) {
     unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (p3o_bf16)0x7fc0u;
     u += 0x7fffu + ((u >> 16) & 1u);
     return (p3o_bf16)(u >> 16);
 }
+
+// Two instructions with no portable C++ spelling. The device runs the PTX
+// instruction; the host execution (kernels/host/simt.h) computes the same
+// function in C++.
+#ifdef __CUDA_ARCH__
+// 2^x, with results below float32's normal range (2^-126) flushed to zero:
+// one MUFU.EX2, where exp2f adds three instructions to produce subnormals.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// Two float32 rounded to bf16 (nearest even) and packed into one word, `lo`
+// in the low half: one instruction (sm_80 and later).
+__device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+#else
+inline float exp2_ftz(float x) {
+    float r = exp2f(x);
+    return r < 1.17549435e-38f ? 0.0f : r;  // NaN passes through
+}
+
+inline unsigned int pack_bf16x2(float lo, float hi) {
+    return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+}
+#endif
 
 // Running statistics of an online softmax: the maximum m and the sum of
 // exp(x - m) over every element except one copy of the maximum (whose term is
@@ -37,6 +68,60 @@ __device__ __forceinline__ void stats_add(RowStats& a, float x) {
     } else if (x != -P3O_INF) {
         a.s += exp2f((x - a.m) * P3O_LOG2E);
     }
+}
+
+// The online softmax of one thread over whole chunks of its elements (the
+// vector body of token_logprob_fwd): the maximum m, the sum of exp(x - m)
+// over the elements below m, and the number of elements equal to m (one
+// copy of the maximum stays out of the sum, as in RowStats). Each chunk's
+// extremes are taken first, so that the common chunk (none of its elements
+// is the maximum so far, every term is in float32's normal range) costs a
+// subtraction, a multiplication, an exp2 and an add per element, without
+// branches.
+struct ChunkStats {
+    float m;
+    float rest;
+    float ties;
+};
+
+template <int K>
+__device__ __forceinline__ void chunk_add(ChunkStats& a, const float (&x)[K]) {
+    float hi = x[0];
+    float lo = x[0];
+#pragma unroll
+    for (int j = 1; j < K; ++j) {
+        hi = fmaxf(hi, x[j]);
+        lo = fminf(lo, x[j]);
+    }
+    if (hi > a.m) {
+        a.rest = (a.rest + a.ties) * exp2f((a.m - hi) * P3O_LOG2E);  // 0 for the first
+        a.ties = 0.0f;
+        a.m = hi;
+    }
+    // While every element so far is -inf, measure from 0: x - base is then
+    // -inf (adding nothing) instead of -inf - (-inf) = NaN.
+    float base = a.m == -P3O_INF ? 0.0f : a.m;
+    if (hi == a.m || (lo - base) * P3O_LOG2E < -125.0f) {
+        // Ties with the maximum, or terms that may fall below 2^-126.
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            bool tie = x[j] == base;
+            float e = exp2f((x[j] - base) * P3O_LOG2E);
+            a.rest += tie ? 0.0f : e;
+            a.ties += tie ? 1.0f : 0.0f;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < K; ++j) a.rest += exp2_ftz((x[j] - base) * P3O_LOG2E);
+    }
+}
+
+// The RowStats of a thread's chunks: every tie but one joins the sum.
+__device__ __forceinline__ RowStats chunk_row_stats(ChunkStats a) {
+    RowStats r;
+    r.m = a.m;
+    r.s = a.rest + fmaxf(a.ties - 1.0f, 0.0f);
+    return r;
 }
 
 __device__ __forceinline__ RowStats stats_merge(RowStats a, RowStats b) {

@@ -11,7 +11,10 @@
 //   fwd: reads V*b (one pass, online softmax) + 8 bytes of target, writes 12
 //        bytes (logp, lse hi and lo);
 //   bwd: reads V*b logits + 20 bytes (target, lse, upstream gradient), writes
-//        V*b gradient. No N x V intermediate exists in either direction.
+//        V*b gradient, then reads and rewrites the target's entry (2b
+//        bytes). No N x V intermediate exists in either direction.
+// Neither loop branches per element: the forward takes each chunk's extremes
+// first (ChunkStats), the backward treats the target's entry after the row.
 
 #define TOKEN_BLOCK 256
 
@@ -41,46 +44,48 @@ token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restr
                       float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const float* x = logits + row * (long long)v;
-    RowStats acc = {-P3O_INF, 0.0f};
+    ChunkStats acc = {-P3O_INF, 0.0f, 0.0f};
     int head = head_len(x, 4, v);
     int v4 = (v - head) >> 2;
     const float4* x4 = reinterpret_cast<const float4*>(x + head);
     int i = threadIdx.x;
-    // Four independent 16-byte loads in flight per thread.
+    // Four independent 16-byte loads in flight per thread, one chunk.
     for (; i + 3 * TOKEN_BLOCK < v4; i += 4 * TOKEN_BLOCK) {
         float4 q[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) q[k] = __ldg(x4 + i + k * TOKEN_BLOCK);
+        float c[16];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            stats_add(acc, q[k].x);
-            stats_add(acc, q[k].y);
-            stats_add(acc, q[k].z);
-            stats_add(acc, q[k].w);
+            c[4 * k] = q[k].x;
+            c[4 * k + 1] = q[k].y;
+            c[4 * k + 2] = q[k].z;
+            c[4 * k + 3] = q[k].w;
         }
+        chunk_add(acc, c);
     }
     for (; i < v4; i += TOKEN_BLOCK) {
         float4 q = __ldg(x4 + i);
-        stats_add(acc, q.x);
-        stats_add(acc, q.y);
-        stats_add(acc, q.z);
-        stats_add(acc, q.w);
+        float c[4] = {q.x, q.y, q.z, q.w};
+        chunk_add(acc, c);
     }
+    RowStats stats = chunk_row_stats(acc);
     // The unaligned head and the tail: fewer than 8 elements in all.
     int rest = v - head - 4 * v4;
-    if ((int)threadIdx.x < head) stats_add(acc, __ldg(x + threadIdx.x));
-    if ((int)threadIdx.x < rest) stats_add(acc, __ldg(x + head + 4 * v4 + threadIdx.x));
+    if ((int)threadIdx.x < head) stats_add(stats, __ldg(x + threadIdx.x));
+    if ((int)threadIdx.x < rest) stats_add(stats, __ldg(x + head + 4 * v4 + threadIdx.x));
     long long t = targets[row];
     // An out-of-range target is never read: its row gets logp = NaN.
-    finish_row(acc, (t >= 0 && t < v) ? x[t] : P3O_NAN, row, logp, lse);
+    finish_row(stats, (t >= 0 && t < v) ? x[t] : P3O_NAN, row, logp, lse);
 }
 
-__device__ __forceinline__ void stats_add_bf16x8(RowStats& acc, uint4 q) {
+// The eight bf16 of a 16-byte word as float32, in memory order.
+__device__ __forceinline__ void unpack_bf16x8(uint4 q, float* c) {
     unsigned int w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        stats_add(acc, __uint_as_float(w[j] << 16));
-        stats_add(acc, __uint_as_float(w[j] & 0xffff0000u));
+        c[2 * j] = __uint_as_float(w[j] << 16);
+        c[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
     }
 }
 
@@ -89,8 +94,8 @@ token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
                        float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
-    RowStats acc = {-P3O_INF, 0.0f};
-    // Eight bf16 per 16-byte load, four loads in flight.
+    ChunkStats acc = {-P3O_INF, 0.0f, 0.0f};
+    // Eight bf16 per 16-byte load, four loads in flight, one chunk per load.
     int head = head_len(x, 8, v);
     int v8 = (v - head) >> 3;
     const uint4* x8 = reinterpret_cast<const uint4*>(x + head);
@@ -100,24 +105,40 @@ token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
 #pragma unroll
         for (int k = 0; k < 4; ++k) q[k] = __ldg(x8 + i + k * TOKEN_BLOCK);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) stats_add_bf16x8(acc, q[k]);
+        for (int k = 0; k < 4; ++k) {
+            float c[8];
+            unpack_bf16x8(q[k], c);
+            chunk_add(acc, c);
+        }
     }
-    for (; i < v8; i += TOKEN_BLOCK) stats_add_bf16x8(acc, __ldg(x8 + i));
+    for (; i < v8; i += TOKEN_BLOCK) {
+        float c[8];
+        unpack_bf16x8(__ldg(x8 + i), c);
+        chunk_add(acc, c);
+    }
+    RowStats stats = chunk_row_stats(acc);
     int rest = v - head - 8 * v8;
-    if ((int)threadIdx.x < head) stats_add(acc, bf16_to_f32(x[threadIdx.x]));
-    if ((int)threadIdx.x < rest) stats_add(acc, bf16_to_f32(x[head + 8 * v8 + threadIdx.x]));
+    if ((int)threadIdx.x < head) stats_add(stats, bf16_to_f32(x[threadIdx.x]));
+    if ((int)threadIdx.x < rest) stats_add(stats, bf16_to_f32(x[head + 8 * v8 + threadIdx.x]));
     long long t = targets[row];
-    finish_row(acc, (t >= 0 && t < v) ? bf16_to_f32(x[t]) : P3O_NAN, row, logp, lse);
+    finish_row(stats, (t >= 0 && t < v) ? bf16_to_f32(x[t]) : P3O_NAN, row, logp, lse);
 }
 
 // ---- backward --------------------------------------------------------------
 
-// g ([target] - exp(x - lse)) with lse = hi + lo: x - hi is exact whenever x
-// is within a factor 2 of hi (Sterbenz), which covers every x whose softmax
-// value float32 can hold; the target's 1 - p is -expm1(x - lse).
-__device__ __forceinline__ float token_grad(float x, float g, float hi, float lo, bool is_target) {
-    float d = (x - hi) - lo;
-    return is_target ? -g * expm1f(d) : -g * exp2f(d * P3O_LOG2E);
+// Every entry of a row is first written as if it were not the target's,
+// -g exp(x - lse) with lse = hi + lo, computed as 2^((x - hi) log2 e - lo log2 e):
+// x - hi is exact whenever x is within a factor 2 of hi (Sterbenz), which
+// covers every x whose softmax float32 can hold, and entries below float32's
+// normal range are flushed to zero (within the bound of [C-TOKEN-LOGPROB]).
+// The row's target entry is then rewritten by one thread as
+// g (1 - p_t) = -g expm1(x_t - lse), without cancellation.
+__device__ __forceinline__ float other_grad(float x, float neg_g, float hi, float lo_log2e) {
+    return neg_g * exp2_ftz(fmaf(x - hi, P3O_LOG2E, -lo_log2e));
+}
+
+__device__ __forceinline__ float target_grad(float x, float g, float hi, float lo) {
+    return -g * expm1f((x - hi) - lo);
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
@@ -130,7 +151,8 @@ token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restr
     float g = grad_logp[row];
     float hi = lse[2 * row];
     float lo = lse[2 * row + 1];
-    long long t = targets[row];
+    float neg_g = -g;
+    float lo_log2e = lo * P3O_LOG2E;
     // Vector accesses need the input and output rows equally misaligned.
     bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
     int head = vec ? head_len(x, 4, v) : v;
@@ -139,19 +161,21 @@ token_logprob_bwd_f32(const float* __restrict__ logits, const long long* __restr
     float4* o4 = reinterpret_cast<float4*>(out + head);
     for (int i = threadIdx.x; i < v4; i += TOKEN_BLOCK) {
         float4 q = __ldg(x4 + i);
-        long long b = head + 4LL * i;
         float4 r;
-        r.x = token_grad(q.x, g, hi, lo, b == t);
-        r.y = token_grad(q.y, g, hi, lo, b + 1 == t);
-        r.z = token_grad(q.z, g, hi, lo, b + 2 == t);
-        r.w = token_grad(q.w, g, hi, lo, b + 3 == t);
+        r.x = other_grad(q.x, neg_g, hi, lo_log2e);
+        r.y = other_grad(q.y, neg_g, hi, lo_log2e);
+        r.z = other_grad(q.z, neg_g, hi, lo_log2e);
+        r.w = other_grad(q.w, neg_g, hi, lo_log2e);
         o4[i] = r;
     }
     // Head (all of the row when not vectorised) and tail.
-    for (int i = threadIdx.x; i < head; i += TOKEN_BLOCK) out[i] = token_grad(__ldg(x + i), g, hi, lo, i == t);
+    for (int i = threadIdx.x; i < head; i += TOKEN_BLOCK) out[i] = other_grad(__ldg(x + i), neg_g, hi, lo_log2e);
     for (int i = head + 4 * v4 + threadIdx.x; i < v; i += TOKEN_BLOCK) {
-        out[i] = token_grad(__ldg(x + i), g, hi, lo, i == t);
+        out[i] = other_grad(__ldg(x + i), neg_g, hi, lo_log2e);
     }
+    __syncthreads();  // the block's stores to the row come before the rewrite
+    long long t = targets[row];
+    if (threadIdx.x == 0 && t >= 0 && t < v) out[t] = target_grad(x[t], g, hi, lo);
 }
 
 extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
@@ -164,29 +188,31 @@ token_logprob_bwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __r
     float g = grad_logp[row];
     float hi = lse[2 * row];
     float lo = lse[2 * row + 1];
-    long long t = targets[row];
+    float neg_g = -g;
+    float lo_log2e = lo * P3O_LOG2E;
     bool vec = (((unsigned long long)x ^ (unsigned long long)out) & 15) == 0;
     int head = vec ? head_len(x, 8, v) : v;
     int v8 = (v - head) >> 3;
     const uint4* x8 = reinterpret_cast<const uint4*>(x + head);
     uint4* o8 = reinterpret_cast<uint4*>(out + head);
     for (int i = threadIdx.x; i < v8; i += TOKEN_BLOCK) {
-        uint4 q = __ldg(x8 + i);
-        unsigned int w[4] = {q.x, q.y, q.z, q.w};
+        float c[8];
+        unpack_bf16x8(__ldg(x8 + i), c);
         unsigned int r[4];
-        long long b = head + 8LL * i;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            float lo_v = token_grad(__uint_as_float(w[j] << 16), g, hi, lo, b + 2 * j == t);
-            float hi_v = token_grad(__uint_as_float(w[j] & 0xffff0000u), g, hi, lo, b + 2 * j + 1 == t);
-            r[j] = (unsigned int)f32_to_bf16(lo_v) | ((unsigned int)f32_to_bf16(hi_v) << 16);
+            r[j] = pack_bf16x2(other_grad(c[2 * j], neg_g, hi, lo_log2e),
+                               other_grad(c[2 * j + 1], neg_g, hi, lo_log2e));
         }
         o8[i] = make_uint4(r[0], r[1], r[2], r[3]);
     }
     for (int i = threadIdx.x; i < head; i += TOKEN_BLOCK) {
-        out[i] = f32_to_bf16(token_grad(bf16_to_f32(x[i]), g, hi, lo, i == t));
+        out[i] = f32_to_bf16(other_grad(bf16_to_f32(x[i]), neg_g, hi, lo_log2e));
     }
     for (int i = head + 8 * v8 + threadIdx.x; i < v; i += TOKEN_BLOCK) {
-        out[i] = f32_to_bf16(token_grad(bf16_to_f32(x[i]), g, hi, lo, i == t));
+        out[i] = f32_to_bf16(other_grad(bf16_to_f32(x[i]), neg_g, hi, lo_log2e));
     }
+    __syncthreads();  // the block's stores to the row come before the rewrite
+    long long t = targets[row];
+    if (threadIdx.x == 0 && t >= 0 && t < v) out[t] = f32_to_bf16(target_grad(bf16_to_f32(x[t]), g, hi, lo));
 }

@@ -30,7 +30,8 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
 /// (log-probs, logsumexp, sums, pair losses) and, for a gradient row,
 /// `max_v |a - b| <= F32_VS_F64 * max_v |b| + 2^-120 |g|` (`g` the row's
 /// upstream gradient: softmax values under float32's normal range are not
-/// representable, so errors below that floor are not counted).
+/// representable, and the kernels flush them to zero, so errors below that
+/// floor are not counted).
 pub const F32_VS_F64: f64 = 1e-5;
 
 /// As `F32_VS_F64` for outputs stored in bfloat16 (8 significant bits,

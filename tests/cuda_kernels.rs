@@ -623,6 +623,48 @@ proptest! {
     }
 }
 
+/// Rows whose target holds all but a sliver of the mass, every other logit
+/// 87.5 to 88.5 below it: each of their terms is under float32's normal
+/// range (2^-126), but their sum (about 8e-34) is not, and it is the
+/// target's gradient g (1 - p_t). The thread that meets the target first
+/// measures its later elements from it, so a forward that flushed subnormal
+/// terms to zero would lose that thread's ~500 terms, four times the
+/// gradient check's floor.
+fn check_subnormal_terms<B: Backend, T: HostLogitElement>(
+    b: &B,
+    quantise: impl Fn(f32) -> T,
+    grad_tol: f64,
+) {
+    let v = 128256;
+    let targets: Vec<i64> = vec![0, 64001];
+    let mut logits = Vec::with_capacity(targets.len() * v);
+    for &t in &targets {
+        // Gaps 87.5, 88 and 88.5, exact in bfloat16 too.
+        let gap = |i: i64| 87.5 + 0.5 * (i % 3) as f32;
+        logits.extend((0..v as i64).map(|i| quantise(if i == t { 3.0 } else { 3.0 - gap(i) })));
+    }
+    let g = vec![1.0f32, -0.5];
+    let out = b
+        .token(&logits, &targets, &g, v, quantise(f32::NAN))
+        .unwrap();
+    check_token_outputs("subnormal terms", &logits, &targets, &g, v, out, grad_tol);
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn token_logprob_keeps_subnormal_terms() {
+    let Some(gpu) = gpu() else { return };
+    check_subnormal_terms::<_, f32>(&gpu, |x| x, F32_VS_F64);
+    check_subnormal_terms(&gpu, Bf16::from_f32, BF16_VS_F64);
+}
+
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn host_token_logprob_keeps_subnormal_terms() {
+    check_subnormal_terms::<_, f32>(&Host, |x| x, F32_VS_F64);
+    check_subnormal_terms(&Host, Bf16::from_f32, BF16_VS_F64);
+}
+
 /// Logits and gradient rows at different 16-byte offsets (a view of a
 /// tensor can start anywhere): the backward's scalar path.
 // spec: C-TOKEN-LOGPROB

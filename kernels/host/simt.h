@@ -7,7 +7,8 @@
 // __shared__ arrays be function-level statics; launches are serialised.
 //
 // Not modelled: the device's math library (its exp2f and expm1f differ from
-// the host's in the last bits), NVRTC code generation, partial-warp masks
+// the host's in the last bits; exp2_ftz's flush to zero is modelled, in
+// common.cuh), NVRTC code generation, partial-warp masks
 // (only full-warp, warp-uniform shuffles are accepted) and memory ordering
 // beyond what the barriers give.
 #pragma once
