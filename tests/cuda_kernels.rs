@@ -158,25 +158,73 @@ fn assemble(sm: &str, sources: &[(&str, String)]) -> (HashMap<String, Resources>
     (kernels, sass)
 }
 
-/// The instruction mnemonics of kernel `name` in a disassembly.
-fn mnemonics<'a>(sass: &'a str, name: &str) -> Vec<&'a str> {
+/// The disassembly of kernel `name`, up to the next kernel's.
+fn kernel_text<'a>(sass: &'a str, name: &str) -> &'a str {
     let label = format!(".text.{name}:");
     let Some(start) = sass.find(&label) else {
         panic!("{name} is not in the disassembly")
     };
     let body = &sass[start + label.len()..];
-    let body = &body[..body.find("\n.text.").map_or(body.len(), |e| e + 1)];
-    body.lines()
+    &body[..body.find("\n.text.").map_or(body.len(), |e| e + 1)]
+}
+
+/// The instructions of a disassembly's lines, without their addresses.
+fn instructions(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
         .filter_map(|l| l.split("*/").nth(1))
-        .filter_map(|l| l.split_whitespace().find(|w| !w.starts_with('@')))
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+}
+
+/// The instruction mnemonics of kernel `name` in a disassembly.
+fn mnemonics<'a>(sass: &'a str, name: &str) -> Vec<&'a str> {
+    instructions(kernel_text(sass, name))
+        .filter_map(|i| i.split_whitespace().find(|w| !w.starts_with('@')))
         .collect()
+}
+
+/// The loops of kernel `name`: for each backward branch, the instructions
+/// from its target label to the branch itself.
+fn loops<'a>(sass: &'a str, name: &str) -> Vec<Vec<&'a str>> {
+    let mut labels = HashMap::new();
+    let mut body = Vec::new();
+    let mut found = Vec::new();
+    for line in kernel_text(sass, name).lines() {
+        if let Some(label) = line.trim().strip_suffix(':') {
+            labels.insert(label, body.len());
+            continue;
+        }
+        let Some(ins) = instructions(line).next() else {
+            continue;
+        };
+        body.push(ins);
+        let target = ins.split("BRA `(").nth(1).and_then(|t| t.split(')').next());
+        if let Some(&start) = target.and_then(|t| labels.get(t)) {
+            found.push(body[start..].to_vec());
+        }
+    }
+    found
+}
+
+/// The branches (its own back edge included) of the loop of kernel `name`
+/// that holds an instruction starting with `op`.
+fn loop_branches(sass: &str, name: &str, op: &str) -> usize {
+    let all = loops(sass, name);
+    let Some(body) = all.iter().find(|l| {
+        l.iter()
+            .any(|i| i.split_whitespace().any(|w| w.starts_with(op)))
+    }) else {
+        panic!("{name}: no loop with {op} among {all:?}")
+    };
+    body.iter().filter(|i| i.contains("BRA")).count()
 }
 
 /// Every kernel assembled for `sm_{sm}`: no local memory (stack frame or
 /// spills); the token kernels fit 32 registers, so that eight blocks of 256
 /// threads (all 2048 threads an SM can hold) share its 65536 registers, and
 /// move the logits with 16-byte loads (and the backward's gradient with
-/// 16-byte stores), as kernels/token_logprob.cu intends.
+/// 16-byte stores, in a loop with no branch per logit), as
+/// kernels/token_logprob.cu intends.
 fn check_assembly(sm: &str) {
     let sources: Vec<(&str, String)> = KERNEL_FILES
         .iter()
@@ -209,6 +257,8 @@ fn check_assembly(sm: &str) {
                     ops.iter().any(|op| op.starts_with("STG.E.128")),
                     "{name}: no 16-byte stores in {ops:?}"
                 );
+                let branches = loop_branches(&sass, name, "STG.E.128");
+                assert_eq!(branches, 1, "{name}: a branch inside the vector loop");
             }
         }
     }
@@ -227,20 +277,27 @@ fn kernels_assemble_sm90() {
 }
 
 /// The assembly check has teeth: a dynamically indexed local array is
-/// local memory, and a kernel with 4-byte accesses only has no 16-byte ones.
+/// local memory, a kernel with 4-byte accesses only has no 16-byte ones, and
+/// a loop with an `expm1f` for some elements branches inside.
 // spec: C-TOKEN-LOGPROB
 #[test]
-fn kernels_assemble_sees_local_memory_and_scalar_loads() {
+fn kernels_assemble_sees_local_memory_scalar_loads_and_branches() {
     let src = "extern \"C\" __global__ void local_array(float* p, int i) {\n\
                float a[1024];\n\
                for (int j = 0; j < 1024; ++j) a[(j * i) & 1023] = p[j];\n\
-               p[0] = a[i & 1023];\n}\n";
-    let ptx = p3o::cuda::nvrtc::compile_source("local.cu", src, "compute_90").unwrap();
-    let (kernels, sass) = assemble("90", &[("local.cu", ptx)]);
+               p[0] = a[i & 1023];\n}\n\
+               extern \"C\" __global__ void branchy(float4* p, int n, int t) {\n\
+               for (int i = threadIdx.x; i < n; i += 256) {\n\
+               float4 q = p[i];\n\
+               q.x = i == t ? expm1f(q.x) : q.x * 2.0f;\n\
+               p[i] = q;\n}\n}\n";
+    let ptx = p3o::cuda::nvrtc::compile_source("teeth.cu", src, "compute_90").unwrap();
+    let (kernels, sass) = assemble("90", &[("teeth.cu", ptx)]);
     assert!(kernels["local_array"].stack_bytes >= 4096, "{kernels:?}");
     let ops = mnemonics(&sass, "local_array");
     assert!(!ops.iter().any(|op| op.starts_with("LDG.E.128")), "{ops:?}");
     assert!(ops.iter().any(|op| op.starts_with("LDG.E")), "{ops:?}");
+    assert!(loop_branches(&sass, "branchy", "STG.E.128") > 1);
 }
 
 /// Where the kernels run: the GPU, or the host execution of the same
