@@ -1,7 +1,8 @@
-//! fwd + bwd of the token log-prob kernels at N = 16384 rows, timed with CUDA
-//! events, against a device-to-device copy of the logits in the same run.
-//! Bytes moved by fwd + bwd: 3 N V b (two reads and one write of the
-//! matrix); by the copy: 2 N V b. Prints a table of GB/s at the end.
+//! The token log-prob kernels at N = 16384 rows, timed with CUDA events:
+//! the forward alone, the backward alone and both, against a
+//! device-to-device copy of the logits in the same run. Bytes moved: fwd
+//! N V b (one read of the matrix), bwd 2 N V b (a read and a write), both
+//! 3 N V b; the copy 2 N V b. Prints a table of GB/s at the end.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,11 +15,26 @@ use p3o::cuda::{CudaError, Gpu};
 const N: usize = 16_384;
 const VOCABS: [usize; 3] = [32_000, 50_257, 128_256];
 
-/// (name, bytes per iteration, per-iteration times) of every benchmark.
-static TIMES: Mutex<Vec<(String, f64, Vec<f64>)>> = Mutex::new(Vec::new());
+/// One benchmark's per-iteration times.
+struct Timing {
+    /// dtype and V, e.g. "bf16 V=32000".
+    shape: String,
+    /// "fwd", "bwd", "fwd+bwd" or "copy".
+    part: &'static str,
+    bytes: f64,
+    times: Vec<f64>,
+}
 
-/// Times `iters` runs of `f` between two CUDA events on the GPU's stream.
-fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
+static TIMES: Mutex<Vec<Timing>> = Mutex::new(Vec::new());
+
+/// Times `iters` runs of `f` between two CUDA events on the GPU's stream
+/// and records the time per iteration under (`shape`, `part`).
+fn timed(
+    gpu: &Gpu,
+    (shape, part, bytes): (&str, &'static str, f64),
+    iters: u64,
+    mut f: impl FnMut(),
+) -> Duration {
     let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = gpu.ctx.new_event(timing).unwrap();
     let end = gpu.ctx.new_event(timing).unwrap();
@@ -28,16 +44,19 @@ fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
     }
     end.record(&gpu.stream).unwrap();
     end.synchronize().unwrap();
-    Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3)
-}
-
-fn record(name: &str, bytes: f64, iters: u64, d: Duration) {
-    let mut t = TIMES.lock().unwrap();
+    let d = Duration::from_secs_f64(f64::from(start.elapsed_ms(&end).unwrap()) / 1e3);
     let per = d.as_secs_f64() / iters as f64;
-    match t.iter_mut().find(|(n, _, _)| n == name) {
-        Some(entry) => entry.2.push(per),
-        None => t.push((name.to_string(), bytes, vec![per])),
+    let mut t = TIMES.lock().unwrap();
+    match t.iter_mut().find(|e| e.shape == shape && e.part == part) {
+        Some(e) => e.times.push(per),
+        None => t.push(Timing {
+            shape: shape.to_string(),
+            part,
+            bytes,
+            times: vec![per],
+        }),
     }
+    d
 }
 
 fn bench_dtype<T: LogitElement>(
@@ -53,7 +72,7 @@ fn bench_dtype<T: LogitElement>(
         .measurement_time(Duration::from_secs(2));
     for v in VOCABS {
         let elems = N * v;
-        let b = std::mem::size_of::<T>() as f64;
+        let matrix = elems as f64 * std::mem::size_of::<T>() as f64;
         // A cheap deterministic fill, not zeros: varied logits in [-8, 8].
         let host: Vec<T> = (0..elems)
             .map(|i| make(((i.wrapping_mul(2_654_435_761) % 65_536) as f32 / 4096.0) - 8.0))
@@ -72,32 +91,46 @@ fn bench_dtype<T: LogitElement>(
         let mut logp = gpu.stream.alloc_zeros::<f32>(N).unwrap();
         let mut lse = gpu.stream.alloc_zeros::<f32>(2 * N).unwrap();
         let mut grad = gpu.stream.alloc_zeros::<T>(elems).unwrap();
+        let shape = format!("{label} V={v}");
 
-        let kernel_bytes = 3.0 * elems as f64 * b;
-        group.throughput(Throughput::Bytes(kernel_bytes as u64));
-        let name = format!("{label} V={v} fwd+bwd");
+        group.throughput(Throughput::Bytes(matrix as u64));
+        group.bench_function(BenchmarkId::new("fwd", v), |bench| {
+            bench.iter_custom(|iters| {
+                timed(gpu, (&shape, "fwd", matrix), iters, || {
+                    gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
+                        .unwrap();
+                })
+            })
+        });
+        // The backward alone reads the forward's `lse`.
+        gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
+            .unwrap();
+        group.throughput(Throughput::Bytes(2 * matrix as u64));
+        group.bench_function(BenchmarkId::new("bwd", v), |bench| {
+            bench.iter_custom(|iters| {
+                timed(gpu, (&shape, "bwd", 2.0 * matrix), iters, || {
+                    gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
+                        .unwrap();
+                })
+            })
+        });
+        group.throughput(Throughput::Bytes(3 * matrix as u64));
         group.bench_function(BenchmarkId::new("fwd+bwd", v), |bench| {
             bench.iter_custom(|iters| {
-                let d = timed(gpu, iters, || {
+                timed(gpu, (&shape, "fwd+bwd", 3.0 * matrix), iters, || {
                     gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
                         .unwrap();
                     gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
                         .unwrap();
-                });
-                record(&name, kernel_bytes, iters, d);
-                d
+                })
             })
         });
-        let copy_bytes = 2.0 * elems as f64 * b;
-        group.throughput(Throughput::Bytes(copy_bytes as u64));
-        let name = format!("{label} V={v} copy");
+        group.throughput(Throughput::Bytes(2 * matrix as u64));
         group.bench_function(BenchmarkId::new("copy", v), |bench| {
             bench.iter_custom(|iters| {
-                let d = timed(gpu, iters, || {
+                timed(gpu, (&shape, "copy", 2.0 * matrix), iters, || {
                     gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap()
-                });
-                record(&name, copy_bytes, iters, d);
-                d
+                })
             })
         });
     }
@@ -128,24 +161,25 @@ fn main() {
         "\n{:<26} {:>10} {:>10} {:>8}",
         "kernel (N = 16384)", "ms", "GB/s", "of copy"
     );
-    for pair in t.chunks(2) {
-        let [(kname, kbytes, ktimes), (_, cbytes, ctimes)] = pair else {
-            continue;
-        };
-        let (km, cm) = (median(ktimes), median(ctimes));
-        let (kbw, cbw) = (kbytes / km / 1e9, cbytes / cm / 1e9);
-        println!(
-            "{:<26} {:>10.3} {:>10.0} {:>7.0}%",
-            kname,
-            km * 1e3,
-            kbw,
-            100.0 * kbw / cbw
-        );
+    let gbs = |e: &Timing| e.bytes / median(&e.times) / 1e9;
+    for copy in t.iter().filter(|e| e.part == "copy") {
+        for e in t
+            .iter()
+            .filter(|e| e.shape == copy.shape && e.part != "copy")
+        {
+            println!(
+                "{:<26} {:>10.3} {:>10.0} {:>7.0}%",
+                format!("{} {}", e.shape, e.part),
+                median(&e.times) * 1e3,
+                gbs(e),
+                100.0 * gbs(e) / gbs(copy)
+            );
+        }
         println!(
             "{:<26} {:>10.3} {:>10.0}",
-            kname.replace("fwd+bwd", "copy"),
-            cm * 1e3,
-            cbw
+            format!("{} copy", copy.shape),
+            median(&copy.times) * 1e3,
+            gbs(copy)
         );
     }
 }
