@@ -670,14 +670,31 @@ proptest! {
     // spec: C-TOKEN-LOGPROB
     #[test]
     fn host_token_kernels_hold_on_any_row((v, logits, targets) in common::logit_rows()) {
-        let g: Vec<f32> = (0..targets.len()).map(|r| 1.0 - r as f32 * 0.75).collect();
-        let out = Host.token(&logits, &targets, &g, v, f32::NAN).unwrap();
-        check_token_outputs("f32", &logits, &targets, &g, v, out, F32_VS_F64);
-        let logits: Vec<Bf16> = logits.iter().map(|&x| Bf16::from_f32(x)).collect();
-        let nan = Bf16::from_f32(f32::NAN);
-        let out = Host.token(&logits, &targets, &g, v, nan).unwrap();
-        check_token_outputs("bf16", &logits, &targets, &g, v, out, BF16_VS_F64);
+        check_host_token_rows(v, &logits, &targets);
     }
+
+    /// Rows long enough for the forward's four-load loop in both dtypes
+    /// (V > 6144), with many ties: its chunks take both the exact and the
+    /// branch-free path.
+    // spec: C-TOKEN-LOGPROB
+    #[test]
+    fn host_token_kernels_hold_on_long_rows(
+        (v, logits, targets) in common::rows_of(6145..=9000, 1..=1, common::clustered_logit())
+    ) {
+        check_host_token_rows(v, &logits, &targets);
+    }
+}
+
+/// The host execution of the token kernels on `logits` in float32 and in
+/// bfloat16, against the reference.
+fn check_host_token_rows(v: usize, logits: &[f32], targets: &[i64]) {
+    let g: Vec<f32> = (0..targets.len()).map(|r| 1.0 - r as f32 * 0.75).collect();
+    let out = Host.token(logits, targets, &g, v, f32::NAN).unwrap();
+    check_token_outputs("f32", logits, targets, &g, v, out, F32_VS_F64);
+    let logits: Vec<Bf16> = logits.iter().map(|&x| Bf16::from_f32(x)).collect();
+    let nan = Bf16::from_f32(f32::NAN);
+    let out = Host.token(&logits, targets, &g, v, nan).unwrap();
+    check_token_outputs("bf16", &logits, targets, &g, v, out, BF16_VS_F64);
 }
 
 /// Rows whose target holds all but a sliver of the mass, every other logit

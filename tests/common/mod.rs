@@ -5,6 +5,7 @@
 use ndarray::{Array1, Array2};
 use p3o::reference::{Algorithm, Batch, Hyper, Pair, PairConsts, PairVars, Problem};
 use proptest::prelude::*;
+use std::ops::RangeInclusive;
 
 /// Contexts in 1..=4, actions in 2..=6.
 pub fn dims() -> impl Strategy<Value = (usize, usize)> {
@@ -12,11 +13,7 @@ pub fn dims() -> impl Strategy<Value = (usize, usize)> {
 }
 
 /// An `[x, k]` table with entries in `range`.
-pub fn table(
-    x: usize,
-    k: usize,
-    range: std::ops::RangeInclusive<f64>,
-) -> impl Strategy<Value = Array2<f64>> {
+pub fn table(x: usize, k: usize, range: RangeInclusive<f64>) -> impl Strategy<Value = Array2<f64>> {
     prop::collection::vec(range, x * k)
         .prop_map(move |v| Array2::from_shape_vec((x, k), v).unwrap())
 }
@@ -207,7 +204,7 @@ pub fn run_p3o(args: &[&str], stdin: &str) -> std::process::Output {
 
 /// One logit: mostly uniform in `[-1e4, 1e4]`, sometimes masked (`-inf`), a
 /// tie (0) or a magnitude of `1e30`.
-pub fn logit() -> impl Strategy<Value = f32> {
+pub fn logit() -> impl Strategy<Value = f32> + Clone {
     prop_oneof![
         6 => -1e4f32..1e4,
         2 => Just(f32::NEG_INFINITY),
@@ -216,14 +213,34 @@ pub fn logit() -> impl Strategy<Value = f32> {
     ]
 }
 
-/// `(V, logits [N, V], targets [N])`: V in 1..=300, N in 1..=3, each
-/// target's logit finite ([C-TOKEN-LOGPROB]'s domain).
+/// One logit of a long row: quarter steps in `[-8, 8]` (so ties with the
+/// maximum are common, yet most chunks of a row hold none), one in 40
+/// masked.
+pub fn clustered_logit() -> impl Strategy<Value = f32> + Clone {
+    prop_oneof![
+        39 => (-32i32..=32).prop_map(|k| k as f32 * 0.25),
+        1 => Just(f32::NEG_INFINITY),
+    ]
+}
+
+/// `(V, logits [N, V], targets [N])`: V in 1..=300, N in 1..=3, logits
+/// from [`logit`], each target's logit finite ([C-TOKEN-LOGPROB]'s domain).
 pub fn logit_rows() -> impl Strategy<Value = (usize, Vec<f32>, Vec<i64>)> {
-    (1usize..=300, 1usize..=3)
-        .prop_flat_map(|(v, n)| {
+    rows_of(1..=300, 1..=3, logit())
+}
+
+/// As [`logit_rows`] with V in `lengths`, N in `rows` and logits from
+/// `logit`.
+pub fn rows_of(
+    lengths: RangeInclusive<usize>,
+    rows: RangeInclusive<usize>,
+    logit: impl Strategy<Value = f32> + Clone,
+) -> impl Strategy<Value = (usize, Vec<f32>, Vec<i64>)> {
+    (lengths, rows)
+        .prop_flat_map(move |(v, n)| {
             (
                 Just(v),
-                prop::collection::vec(logit(), n * v),
+                prop::collection::vec(logit.clone(), n * v),
                 prop::collection::vec(0..v as i64, n),
                 prop::collection::vec(-1e4f32..1e4, n),
             )
