@@ -34,6 +34,10 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
 /// floor are not counted).
 pub const F32_VS_F64: f64 = 1e-5;
 
+/// The gradient rows' absolute floor under `F32_VS_F64` and `BF16_VS_F64`,
+/// relative to the upstream gradient: `2^-120`.
+pub const GRAD_FLOOR: f64 = 1.0 / (1u128 << 120) as f64;
+
 /// As `F32_VS_F64` for outputs stored in bfloat16 (8 significant bits,
 /// rounding to nearest: at most 2^-9 relative, doubled for the float32
 /// arithmetic before it).

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
+use p3o::cuda::compare::{Disagreement, TokenRow, check_token_row};
 use p3o::cuda::device::KERNEL_NAMES;
 use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
 use p3o::cuda::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
+use p3o::cuda::token_case::TokenCase;
 use p3o::cuda::{CudaError, Gpu};
 use p3o::reference::gae::gae;
 use p3o::reference::tokens::{masked_sum, token_logprob, token_logprob_grad};
@@ -519,10 +521,6 @@ fn assert_scalar(what: &str, i: usize, a: f64, b: f64, tol: f64) {
     );
 }
 
-/// Softmax values below `2^-120` (relative to the upstream gradient) are
-/// beyond float32's normal range; errors under this floor are not counted.
-const GRAD_FLOOR: f64 = 7.52316384526264e-37;
-
 /// Random `[n, v]` logits uniform in `[-scale, scale]`, targets and upstream
 /// gradients; with `masked`, about a third of the logits other than the
 /// targets are `-inf`.
@@ -559,39 +557,66 @@ fn check_token_outputs<T: LogitElement>(
     (logp, lse, grad): TokenOut<T>,
     grad_tol: f64,
 ) {
-    let mut row = vec![0.0f64; v];
-    for r in 0..targets.len() {
-        for (dst, src) in row.iter_mut().zip(&logits[r * v..(r + 1) * v]) {
-            *dst = src.to_f64();
+    let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|v| v.to_f64()).collect() };
+    for (r, &t) in targets.iter().enumerate() {
+        let cols = r * v..(r + 1) * v;
+        let row = TokenRow {
+            logits: &wide(&logits[cols.clone()]),
+            target: t as usize,
+            g: f64::from(g[r]),
+            logp: f64::from(logp[r]),
+            lse: f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]),
+            grad: &wide(&grad[cols]),
+        };
+        if let Err(e) = check_token_row(row, F32_VS_F64, grad_tol) {
+            panic!("{ctx} row {r}: {e}");
         }
-        let t = targets[r] as usize;
-        let (want_logp, want_lse) = token_logprob(&row, t);
-        assert_scalar(
-            &format!("{ctx} logp"),
-            r,
-            f64::from(logp[r]),
-            want_logp,
-            F32_VS_F64,
-        );
-        let got_lse = f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]);
-        assert_scalar(&format!("{ctx} lse"), r, got_lse, want_lse, F32_VS_F64);
-        let want = token_logprob_grad(&row, t, f64::from(g[r]));
-        let scale_row = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let worst = grad[r * v..(r + 1) * v]
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a.to_f64() - b).abs())
-            .fold(0.0f64, |m, e| {
-                if e.is_nan() || m.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(e)
-                }
-            });
-        let floor = f64::from(g[r]).abs() * GRAD_FLOOR;
+    }
+}
+
+/// The comparison passes the reference's own outputs and catches each
+/// kind of wrong output: a scalar off, a gradient entry off, one left
+/// unwritten.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn check_token_row_has_teeth() {
+    let x = [0.5, f64::NEG_INFINITY, -2.0, 3.0];
+    let (logp, lse) = token_logprob(&x, 2);
+    let grad = token_logprob_grad(&x, 2, -0.75);
+    let row = TokenRow {
+        logits: &x,
+        target: 2,
+        g: -0.75,
+        logp,
+        lse,
+        grad: &grad,
+    };
+    fn check(row: TokenRow<'_>) -> Result<(), Disagreement> {
+        check_token_row(row, F32_VS_F64, F32_VS_F64)
+    }
+    assert_eq!(check(row), Ok(()));
+    let off = logp * (1.0 + 3.0 * F32_VS_F64);
+    assert!(matches!(
+        check(TokenRow { logp: off, ..row }),
+        Err(Disagreement::Scalar { what: "logp", .. })
+    ));
+    assert!(matches!(
+        check(TokenRow {
+            lse: f64::NAN,
+            ..row
+        }),
+        Err(Disagreement::Scalar { what: "lse", .. })
+    ));
+    for (at, bad) in [(3, grad[3] + 1e-3), (1, f64::NAN)] {
+        let mut wrong = grad.clone();
+        wrong[at] = bad;
+        let got = check(TokenRow {
+            grad: &wrong,
+            ..row
+        });
         assert!(
-            worst <= grad_tol * scale_row + floor,
-            "{ctx} grad row {r}: max error {worst:e} vs row scale {scale_row:e}"
+            matches!(got, Err(Disagreement::Gradient { at: a, .. }) if a == at),
+            "{got:?}"
         );
     }
 }
@@ -683,6 +708,35 @@ proptest! {
     ) {
         check_host_token_rows(v, &logits, &targets);
     }
+}
+
+/// The fuzz target `host_token_kernels`'s committed seeds and crash files
+/// (`fuzz/seeds/host_token_kernels`, `fuzz/regressions/host_token_kernels`),
+/// replayed: the host execution agrees with the reference on each.
+// spec: C-TOKEN-LOGPROB
+#[test]
+fn host_token_fuzz_cases_replay() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut seeds = 0;
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join("host_token_kernels")) else {
+            continue;
+        };
+        for path in entries.map(|e| e.unwrap().path()) {
+            if path.extension().is_some_and(|e| e == "md") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let Ok(case) = TokenCase::from_bytes(&bytes) else {
+                continue;
+            };
+            if let Err(e) = case.check_host() {
+                panic!("{}: {e}", path.display());
+            }
+            seeds += usize::from(dir == "seeds");
+        }
+    }
+    assert!(seeds >= 8, "{seeds} seeds");
 }
 
 /// The host execution of the token kernels on `logits` in float32 and in

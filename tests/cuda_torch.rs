@@ -7,9 +7,9 @@
 #![cfg(all(feature = "cuda", feature = "torch"))]
 
 use p3o::cuda::Gpu;
+use p3o::cuda::compare::{TokenRow, check_token_row};
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
-use p3o::reference::tokens::{token_logprob, token_logprob_grad};
 use p3o::tolerance::{BF16_VS_F64, F32_VS_F64};
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
@@ -60,26 +60,21 @@ fn check_tensor_launchers(kernels: &dyn TensorKernels, shapes: &[(i64, i64)]) {
                 .unwrap();
             assert_eq!(grad.kind(), kind);
             let (x, t, g) = (host(&logits), host(&targets), host(&g));
-            let (logp, grad) = (host(&logp), host(&grad));
+            let (logp, lse, grad) = (host(&logp), host(&lse), host(&grad));
             let v = v as usize;
             for r in 0..n as usize {
-                let row = &x[r * v..(r + 1) * v];
-                let (want, _) = token_logprob(row, t[r] as usize);
-                assert!(
-                    (logp[r] - want).abs() <= F32_VS_F64 * want.abs().max(1.0),
-                    "{kind:?} V={v} row {r}: logp {} vs {want}",
-                    logp[r]
-                );
-                let want = token_logprob_grad(row, t[r] as usize, g[r]);
-                let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                let worst = grad[r * v..(r + 1) * v]
-                    .iter()
-                    .zip(&want)
-                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    worst <= tol * scale + 1e-30,
-                    "{kind:?} V={v} row {r}: {worst:e}"
-                );
+                let cols = r * v..(r + 1) * v;
+                let row = TokenRow {
+                    logits: &x[cols.clone()],
+                    target: t[r] as usize,
+                    g: g[r],
+                    logp: logp[r],
+                    lse: lse[2 * r] + lse[2 * r + 1],
+                    grad: &grad[cols],
+                };
+                if let Err(e) = check_token_row(row, F32_VS_F64, tol) {
+                    panic!("{kind:?} V={v} row {r}: {e}");
+                }
             }
         }
     }

@@ -6,11 +6,13 @@
 //! time, so the crate builds and its compile tests run on machines without a
 //! GPU.
 
+pub mod compare;
 pub mod device;
 pub mod host;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod token_case;
 #[cfg(feature = "torch")]
 pub mod torch_ops;
 

@@ -1,0 +1,16 @@
+//! Differential target: on any case decoded from the bytes
+//! (`p3o::cuda::token_case`), the host execution of the token kernels and
+//! the float64 reference agree on every row ([C-TOKEN-LOGPROB]).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use p3o::cuda::token_case::TokenCase;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(case) = TokenCase::from_bytes(data) else {
+        return;
+    };
+    if let Err(e) = case.check_host() {
+        panic!("{e}\n{case:?}");
+    }
+});

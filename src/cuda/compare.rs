@@ -1,0 +1,70 @@
+//! The token kernels' outputs for one row against the float64 reference
+//! ([C-TOKEN-LOGPROB]): the one comparison that the differential tests
+//! (`tests/cuda_kernels.rs`) and the fuzz target `host_token_kernels` share.
+
+use crate::reference::tokens::{token_logprob, token_logprob_grad};
+use crate::tolerance::GRAD_FLOOR;
+
+/// What a row's kernel outputs got wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Disagreement {
+    /// `logp` or `lse` off by more than `tol * max(1, |reference|)`.
+    #[error("{what}: kernel {got}, reference {want}")]
+    Scalar {
+        what: &'static str,
+        got: f64,
+        want: f64,
+    },
+    /// The gradient row's worst entry off by more than `allowed`.
+    #[error("gradient entry {at}: max error {worst:e}, allowed {allowed:e}")]
+    Gradient { at: usize, worst: f64, allowed: f64 },
+}
+
+/// One row's inputs and what the kernels wrote for it, widened to float64:
+/// `lse` the sum of the forward's `(hi, lo)` pair, `grad` the backward's row
+/// for upstream gradient `g`.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenRow<'a> {
+    pub logits: &'a [f64],
+    pub target: usize,
+    pub g: f64,
+    pub logp: f64,
+    pub lse: f64,
+    pub grad: &'a [f64],
+}
+
+/// Checks `row` against the reference: `logp` and `lse` to relative `tol`
+/// (absolute below 1), the gradient to `grad_tol` times the row's largest
+/// reference entry plus `GRAD_FLOOR |g|` (see `crate::tolerance`). A NaN
+/// anywhere in the outputs (an entry left unwritten) disagrees.
+pub fn check_token_row(row: TokenRow<'_>, tol: f64, grad_tol: f64) -> Result<(), Disagreement> {
+    let (want_logp, want_lse) = token_logprob(row.logits, row.target);
+    scalar("logp", row.logp, want_logp, tol)?;
+    scalar("lse", row.lse, want_lse, tol)?;
+
+    let want = token_logprob_grad(row.logits, row.target, row.g);
+    let scale = want.iter().fold(0.0f64, |m, d| m.max(d.abs()));
+    let allowed = grad_tol * scale + GRAD_FLOOR * row.g.abs();
+    let (at, worst) = row
+        .grad
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        // A NaN (unwritten entry) ranks above every error.
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0));
+    if worst.is_nan() || worst > allowed {
+        return Err(Disagreement::Gradient { at, worst, allowed });
+    }
+    Ok(())
+}
+
+/// `got` within `tol * max(1, |want|)` of `want`.
+fn scalar(what: &'static str, got: f64, want: f64, tol: f64) -> Result<(), Disagreement> {
+    if (got - want).abs() <= tol * want.abs().max(1.0) {
+        Ok(())
+    } else {
+        Err(Disagreement::Scalar { what, got, want })
+    }
+}

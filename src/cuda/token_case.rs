@@ -1,0 +1,175 @@
+//! Token-kernel cases decoded from arbitrary bytes: the input of the fuzz
+//! target `host_token_kernels` (a differential target: the host execution of
+//! `kernels/token_logprob.cu` and the float64 reference must agree on every
+//! row) and of the replay of its crash files in `tests/cuda_kernels.rs`.
+//!
+//! A case stays inside [C-TOKEN-LOGPROB]'s domain: finite logits of
+//! magnitude at most `2^126` (so every difference of two logits, and
+//! `logp`, is a float32) or `-inf`, each target's logit finite, and upstream
+//! gradients 0 or of magnitude in `[2^-20, 2^20]` (so the gradient's
+//! largest entries are normal floats, where the relative tolerance applies).
+//! The logits are drawn from a small palette, so that ties, masked entries
+//! and terms near float32's subnormal range are common, and rows are up to
+//! 9000 long, past the forward's four-load loop in both dtypes.
+
+use arbitrary::{Result, Unstructured};
+
+use super::CudaError;
+use super::compare::{Disagreement, TokenRow, check_token_row};
+use super::host::{Host, HostLogitElement};
+use super::ops::Bf16;
+use crate::tolerance::{BF16_VS_F64, F32_VS_F64};
+
+/// The largest logit magnitude of the domain.
+const MAX_LOGIT: f32 = f32::from_bits((127 + 126) << 23); // 2^126
+
+/// The longest row a case has.
+const MAX_V: usize = 9000;
+
+/// One decoded case: `[n, v]` float32 logits (rounded to bfloat16 first
+/// when `bf16`), targets and upstream gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenCase {
+    pub v: usize,
+    pub logits: Vec<f32>,
+    pub targets: Vec<i64>,
+    pub g: Vec<f32>,
+    pub bf16: bool,
+}
+
+/// Why a case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseFailure {
+    #[error("the kernels refused the case: {0}")]
+    Launch(#[from] CudaError),
+    #[error("row {row}: {what}")]
+    Row { row: usize, what: Disagreement },
+}
+
+impl TokenCase {
+    /// Decodes `data`. Running out of bytes is not an error: the rest of
+    /// the case takes default values (and a row repeats its pattern).
+    pub fn from_bytes(data: &[u8]) -> Result<TokenCase> {
+        let mut u = Unstructured::new(data);
+        let bf16 = u.arbitrary()?;
+        let v = u.int_in_range(1..=MAX_V)?;
+        let n = u.int_in_range(1..=3usize)?;
+        let palette = palette(&mut u)?;
+        let mut targets = Vec::with_capacity(n);
+        let mut g = Vec::with_capacity(n);
+        for _ in 0..n {
+            targets.push(u.int_in_range(0..=v as i64 - 1)?);
+            g.push(upstream_gradient(&mut u)?);
+        }
+        // The rest of the bytes pick palette entries, cyclically.
+        let pattern = u.take_rest();
+        let pick = |i: usize| match pattern {
+            [] => palette[0],
+            p => palette[usize::from(p[i % p.len()]) % palette.len()],
+        };
+        let mut logits: Vec<f32> = (0..n * v).map(pick).collect();
+        for (r, &t) in targets.iter().enumerate() {
+            let x = &mut logits[r * v + t as usize];
+            if !x.is_finite() {
+                *x = palette
+                    .iter()
+                    .copied()
+                    .find(|p| p.is_finite())
+                    .unwrap_or(0.0);
+            }
+        }
+        if bf16 {
+            for x in &mut logits {
+                *x = Bf16::from_f32(*x).to_f32();
+            }
+        }
+        Ok(TokenCase {
+            v,
+            logits,
+            targets,
+            g,
+            bf16,
+        })
+    }
+
+    /// Runs the host execution of the token kernels on the case (outputs
+    /// poisoned with NaN first) and checks every row against the reference.
+    pub fn check_host(&self) -> std::result::Result<(), CaseFailure> {
+        if self.bf16 {
+            let x: Vec<Bf16> = self.logits.iter().map(|&x| Bf16::from_f32(x)).collect();
+            self.check(&x, Bf16::from_f32(f32::NAN), BF16_VS_F64)
+        } else {
+            self.check(&self.logits, f32::NAN, F32_VS_F64)
+        }
+    }
+
+    fn check<T: HostLogitElement>(
+        &self,
+        logits: &[T],
+        nan: T,
+        grad_tol: f64,
+    ) -> std::result::Result<(), CaseFailure> {
+        let n = self.targets.len();
+        let (mut logp, mut lse) = (vec![f32::NAN; n], vec![f32::NAN; 2 * n]);
+        let mut grad = vec![nan; logits.len()];
+        Host.token_logprob_fwd(logits, &self.targets, self.v, &mut logp, &mut lse)?;
+        Host.token_logprob_bwd(logits, &self.targets, &lse, &self.g, self.v, &mut grad)?;
+        let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|e| e.to_f64()).collect() };
+        for (r, &t) in self.targets.iter().enumerate() {
+            let cols = r * self.v..(r + 1) * self.v;
+            let row = TokenRow {
+                logits: &wide(&logits[cols.clone()]),
+                target: t as usize,
+                g: f64::from(self.g[r]),
+                logp: f64::from(logp[r]),
+                lse: f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]),
+                grad: &wide(&grad[cols]),
+            };
+            check_token_row(row, F32_VS_F64, grad_tol)
+                .map_err(|what| CaseFailure::Row { row: r, what })?;
+        }
+        Ok(())
+    }
+}
+
+/// One to eight logit values: raw float32 bits (clamped into the domain),
+/// quarter steps in `[-8, 8]`, `-inf`, or the first value less a multiple
+/// of 1/2 up to 128 (terms from 1 down past float32's subnormal range).
+fn palette(u: &mut Unstructured<'_>) -> Result<Vec<f32>> {
+    let k = u.int_in_range(1..=8usize)?;
+    let mut values: Vec<f32> = Vec::with_capacity(k);
+    for _ in 0..k {
+        let x = match u.int_in_range(0..=3u8)? {
+            0 => {
+                let x = f32::from_bits(u.arbitrary()?);
+                if x.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    x.clamp(-MAX_LOGIT, MAX_LOGIT)
+                }
+            }
+            1 => f32::from(u.int_in_range(-32i8..=32)?) * 0.25,
+            2 => f32::NEG_INFINITY,
+            _ => {
+                let base = values.first().copied().filter(|b| b.is_finite());
+                base.unwrap_or(0.0) - f32::from(u.int_in_range(0u8..=255)?) * 0.5
+            }
+        };
+        values.push(x);
+    }
+    Ok(values)
+}
+
+/// 0, or a float32 of magnitude in `[2^-20, 2^20]` from raw bits.
+fn upstream_gradient(u: &mut Unstructured<'_>) -> Result<f32> {
+    let bits: u32 = u.arbitrary()?;
+    let x = f32::from_bits(bits);
+    if bits & 0x7fff_ffff == 0 || !x.is_finite() {
+        return Ok(0.0);
+    }
+    // Keep the sign and mantissa, fold the exponent into [-20, 20].
+    let exponent = ((bits >> 23) & 0xff) % 41;
+    Ok(f32::from_bits(
+        (bits & 0x807f_ffff) | ((exponent + 127 - 20) << 23),
+    ))
+}
