@@ -27,21 +27,43 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
 
 /// A float32 kernel against the float64 reference on the same inputs:
 /// elementwise `|a - b| <= F32_VS_F64 * max(1, |b|)` for per-row scalars
-/// (log-probs, logsumexp, sums, pair losses) and, for a gradient row,
-/// `max_v |a - b| <= F32_VS_F64 * max_v |b| + 2^-120 |g|` (`g` the row's
-/// upstream gradient: softmax values under float32's normal range are not
-/// representable, and the kernels flush them to zero, so errors below that
-/// floor are not counted).
+/// (log-probs, logsumexp, sums, pair losses); gradient rows are held to a
+/// [`GradTolerance`].
 pub const F32_VS_F64: f64 = 1e-5;
-
-/// The gradient rows' absolute floor under `F32_VS_F64` and `BF16_VS_F64`,
-/// relative to the upstream gradient: `2^-120`.
-pub const GRAD_FLOOR: f64 = 1.0 / (1u128 << 120) as f64;
 
 /// As `F32_VS_F64` for outputs stored in bfloat16 (8 significant bits,
 /// rounding to nearest: at most 2^-9 relative, doubled for the float32
 /// arithmetic before it).
 pub const BF16_VS_F64: f64 = 1.0 / 256.0;
+
+/// The gradient rows' floor relative to the upstream gradient `g`:
+/// `2^-120`. Softmax values under float32's normal range are not
+/// representable, and the kernels may flush them to zero
+/// ([C-TOKEN-LOGPROB]), so errors below `2^-120 |g|` are not counted.
+pub const GRAD_FLOOR: f64 = 1.0 / (1u128 << 120) as f64;
+
+/// A kernel's gradient row against the reference, for the type it is
+/// stored in: `max_v |a - b| <= relative * max_v |b| + GRAD_FLOOR |g| +
+/// subnormal`, where `subnormal` is half the spacing of the type's
+/// subnormal numbers (an entry under the normal range is rounded to it,
+/// whatever the arithmetic before).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradTolerance {
+    pub relative: f64,
+    pub subnormal: f64,
+}
+
+/// [`GradTolerance`] of a float32 gradient: subnormal spacing `2^-149`.
+pub const F32_GRAD: GradTolerance = GradTolerance {
+    relative: F32_VS_F64,
+    subnormal: 1.0 / (1u128 << 127) as f64 / (1u128 << 23) as f64,
+};
+
+/// [`GradTolerance`] of a bfloat16 gradient: subnormal spacing `2^-133`.
+pub const BF16_GRAD: GradTolerance = GradTolerance {
+    relative: BF16_VS_F64,
+    subnormal: 1.0 / (1u128 << 127) as f64 / (1u128 << 7) as f64,
+};
 
 /// The optimizer's fused float32 host pass against the same AdamW as libtorch
 /// tensor operations (the same float32 operations in the same order; the

@@ -24,7 +24,7 @@ use p3o::cuda::{CudaError, Gpu};
 use p3o::reference::gae::gae;
 use p3o::reference::tokens::{masked_sum, token_logprob, token_logprob_grad};
 use p3o::reference::{Algorithm, Hyper, PairConsts, PairVars, pair_loss};
-use p3o::tolerance::{BF16_VS_F64, F32_VS_F64};
+use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64, GradTolerance};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -555,7 +555,7 @@ fn check_token_outputs<T: LogitElement>(
     g: &[f32],
     v: usize,
     (logp, lse, grad): TokenOut<T>,
-    grad_tol: f64,
+    grad_tol: GradTolerance,
 ) {
     let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|v| v.to_f64()).collect() };
     for (r, &t) in targets.iter().enumerate() {
@@ -568,7 +568,7 @@ fn check_token_outputs<T: LogitElement>(
             lse: f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]),
             grad: &wide(&grad[cols]),
         };
-        if let Err(e) = check_token_row(row, F32_VS_F64, grad_tol) {
+        if let Err(e) = check_token_row(row, grad_tol) {
             panic!("{ctx} row {r}: {e}");
         }
     }
@@ -592,7 +592,7 @@ fn check_token_row_has_teeth() {
         grad: &grad,
     };
     fn check(row: TokenRow<'_>) -> Result<(), Disagreement> {
-        check_token_row(row, F32_VS_F64, F32_VS_F64)
+        check_token_row(row, F32_GRAD)
     }
     assert_eq!(check(row), Ok(()));
     let off = logp * (1.0 + 3.0 * F32_VS_F64);
@@ -628,7 +628,7 @@ fn check_token<B: Backend, T: HostLogitElement>(
     shapes: &[(usize, usize)],
     seed: u64,
     quantise: impl Fn(f32) -> T,
-    grad_tol: f64,
+    grad_tol: GradTolerance,
 ) {
     for (i, &(v, n)) in shapes.iter().enumerate() {
         for (scale, masked) in [(3.0f32, false), (1e4, false), (3.0, true)] {
@@ -662,26 +662,26 @@ const HOST_TOKEN_SHAPES: [(usize, usize); 5] =
 #[test]
 fn token_logprob_f32_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    check_token::<_, f32>(&gpu, &TOKEN_SHAPES, 100, |x| x, F32_VS_F64);
+    check_token::<_, f32>(&gpu, &TOKEN_SHAPES, 100, |x| x, F32_GRAD);
 }
 
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn token_logprob_bf16_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    check_token(&gpu, &TOKEN_SHAPES, 200, Bf16::from_f32, BF16_VS_F64);
+    check_token(&gpu, &TOKEN_SHAPES, 200, Bf16::from_f32, BF16_GRAD);
 }
 
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn host_token_logprob_f32_matches_reference() {
-    check_token::<_, f32>(&Host, &HOST_TOKEN_SHAPES, 100, |x| x, F32_VS_F64);
+    check_token::<_, f32>(&Host, &HOST_TOKEN_SHAPES, 100, |x| x, F32_GRAD);
 }
 
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn host_token_logprob_bf16_matches_reference() {
-    check_token(&Host, &HOST_TOKEN_SHAPES, 200, Bf16::from_f32, BF16_VS_F64);
+    check_token(&Host, &HOST_TOKEN_SHAPES, 200, Bf16::from_f32, BF16_GRAD);
 }
 
 proptest! {
@@ -744,11 +744,11 @@ fn host_token_fuzz_cases_replay() {
 fn check_host_token_rows(v: usize, logits: &[f32], targets: &[i64]) {
     let g: Vec<f32> = (0..targets.len()).map(|r| 1.0 - r as f32 * 0.75).collect();
     let out = Host.token(logits, targets, &g, v, f32::NAN).unwrap();
-    check_token_outputs("f32", logits, targets, &g, v, out, F32_VS_F64);
+    check_token_outputs("f32", logits, targets, &g, v, out, F32_GRAD);
     let logits: Vec<Bf16> = logits.iter().map(|&x| Bf16::from_f32(x)).collect();
     let nan = Bf16::from_f32(f32::NAN);
     let out = Host.token(&logits, targets, &g, v, nan).unwrap();
-    check_token_outputs("bf16", &logits, targets, &g, v, out, BF16_VS_F64);
+    check_token_outputs("bf16", &logits, targets, &g, v, out, BF16_GRAD);
 }
 
 /// Rows whose target holds all but a sliver of the mass, every other logit
@@ -761,7 +761,7 @@ fn check_host_token_rows(v: usize, logits: &[f32], targets: &[i64]) {
 fn check_subnormal_terms<B: Backend, T: HostLogitElement>(
     b: &B,
     quantise: impl Fn(f32) -> T,
-    grad_tol: f64,
+    grad_tol: GradTolerance,
 ) {
     let v = 128256;
     let targets: Vec<i64> = vec![0, 64001];
@@ -782,15 +782,15 @@ fn check_subnormal_terms<B: Backend, T: HostLogitElement>(
 #[test]
 fn token_logprob_keeps_subnormal_terms() {
     let Some(gpu) = gpu() else { return };
-    check_subnormal_terms::<_, f32>(&gpu, |x| x, F32_VS_F64);
-    check_subnormal_terms(&gpu, Bf16::from_f32, BF16_VS_F64);
+    check_subnormal_terms::<_, f32>(&gpu, |x| x, F32_GRAD);
+    check_subnormal_terms(&gpu, Bf16::from_f32, BF16_GRAD);
 }
 
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn host_token_logprob_keeps_subnormal_terms() {
-    check_subnormal_terms::<_, f32>(&Host, |x| x, F32_VS_F64);
-    check_subnormal_terms(&Host, Bf16::from_f32, BF16_VS_F64);
+    check_subnormal_terms::<_, f32>(&Host, |x| x, F32_GRAD);
+    check_subnormal_terms(&Host, Bf16::from_f32, BF16_GRAD);
 }
 
 /// Logits and gradient rows at different 16-byte offsets (a view of a
@@ -813,7 +813,7 @@ fn host_token_logprob_bwd_with_unequally_aligned_rows() {
     Host.token_logprob_bwd(logits, &targets, &lse, &g, v, &mut grad)
         .unwrap();
     let out = (logp, lse, grad);
-    check_token_outputs("unaligned", logits, &targets, &g, v, out, F32_VS_F64);
+    check_token_outputs("unaligned", logits, &targets, &g, v, out, F32_GRAD);
 }
 
 /// Masked sums over `[B, T]` shapes, with and without a subtrahend.

@@ -10,7 +10,7 @@ use p3o::cuda::Gpu;
 use p3o::cuda::compare::{TokenRow, check_token_row};
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
-use p3o::tolerance::{BF16_VS_F64, F32_VS_F64};
+use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64};
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
 
@@ -49,7 +49,7 @@ fn cuda_kernels_need_a_cuda_device() {
 fn check_tensor_launchers(kernels: &dyn TensorKernels, shapes: &[(i64, i64)]) {
     let dev = kernels.device();
     tch::manual_seed(7);
-    for (kind, tol) in [(Kind::Float, F32_VS_F64), (Kind::BFloat16, BF16_VS_F64)] {
+    for (kind, tol) in [(Kind::Float, F32_GRAD), (Kind::BFloat16, BF16_GRAD)] {
         for &(n, v) in shapes {
             let logits = (Tensor::rand([n, v], (Kind::Float, dev)) * 20.0 - 10.0).to_kind(kind);
             let targets = Tensor::randint(v, [n], (Kind::Int64, dev));
@@ -72,7 +72,7 @@ fn check_tensor_launchers(kernels: &dyn TensorKernels, shapes: &[(i64, i64)]) {
                     lse: lse[2 * r] + lse[2 * r + 1],
                     grad: &grad[cols],
                 };
-                if let Err(e) = check_token_row(row, F32_VS_F64, tol) {
+                if let Err(e) = check_token_row(row, tol) {
                     panic!("{kind:?} V={v} row {r}: {e}");
                 }
             }

@@ -11,6 +11,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Err(e) = case.check_host() {
-        panic!("{e}\n{case:?}");
+        let dtype = if case.bf16 { "bf16" } else { "f32" };
+        let (v, t, g) = (case.v, &case.targets, &case.g);
+        panic!("{e}\n{dtype} V={v} targets {t:?} g {g:?}");
     }
 });
