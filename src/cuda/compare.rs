@@ -8,7 +8,7 @@ use crate::tolerance::{F32_VS_F64, GRAD_FLOOR, GradTolerance};
 /// What a row's kernel outputs got wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Disagreement {
-    /// `logp` or `lse` off by more than `tol * max(1, |reference|)`.
+    /// `logp` or `lse` off by more than `F32_VS_F64 * max(1, |reference|)`.
     #[error("{what}: kernel {got}, reference {want}")]
     Scalar {
         what: &'static str,

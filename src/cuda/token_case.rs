@@ -6,8 +6,8 @@
 //! A case stays inside [C-TOKEN-LOGPROB]'s domain: finite logits of
 //! magnitude at most `2^126` (so every difference of two logits, and
 //! `logp`, is a float32) or `-inf`, each target's logit finite, and upstream
-//! gradients 0 or of magnitude in `[2^-20, 2^20]` (so the gradient's
-//! largest entries are normal floats, where the relative tolerance applies).
+//! gradients 0 or of magnitude in `[2^-20, 2^20]` (entries `g p` for `p`
+//! down to `2^-100` then stay normal floats).
 //! The logits are drawn from a small palette, so that ties, masked entries
 //! and terms near float32's subnormal range are common, and a target may be
 //! lifted above the rest of its row; rows are up to 131072 long.
