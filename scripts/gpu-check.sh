@@ -88,6 +88,7 @@ run)
     grep -E "^test result" "$out/tests.log" || true
     sed -n '/^kernel (N = 16384)/,$p' "$out/bench.log" 2>/dev/null || true
     cat "$out/eager.log" 2>/dev/null || true
+    echo "gpu-check run: ${SECONDS} s of wall time (the issue's limit: 360 s)"
     exit $status
     ;;
 train)
