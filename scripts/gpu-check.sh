@@ -84,11 +84,10 @@ run)
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     echo
-    echo "== summary ($(cat "$out/device.txt" | head -1))"
+    echo "== summary ($(head -1 "$out/device.txt"); tests, bench and eager took ${SECONDS} s, limit 360 s)"
     grep -E "^test result" "$out/tests.log" || true
     sed -n '/^kernel (N = 16384)/,$p' "$out/bench.log" 2>/dev/null || true
     cat "$out/eager.log" 2>/dev/null || true
-    echo "gpu-check run: ${SECONDS} s of wall time (the issue's limit: 360 s)"
     exit $status
     ;;
 train)
