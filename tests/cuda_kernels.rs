@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
-use p3o::cuda::compare::{Disagreement, TokenRow, check_token_row};
+use p3o::cuda::compare::{Disagreement, TokenOutputs, TokenRow, check_token_row, check_token_rows};
 use p3o::cuda::device::KERNEL_NAMES;
 use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
@@ -557,20 +557,13 @@ fn check_token_outputs<T: LogitElement>(
     (logp, lse, grad): TokenOut<T>,
     grad_tol: GradTolerance,
 ) {
-    let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|v| v.to_f64()).collect() };
-    for (r, &t) in targets.iter().enumerate() {
-        let cols = r * v..(r + 1) * v;
-        let row = TokenRow {
-            logits: &wide(&logits[cols.clone()]),
-            target: t as usize,
-            g: f64::from(g[r]),
-            logp: f64::from(logp[r]),
-            lse: f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]),
-            grad: &wide(&grad[cols]),
-        };
-        if let Err(e) = check_token_row(row, grad_tol) {
-            panic!("{ctx} row {r}: {e}");
-        }
+    let out = TokenOutputs {
+        logp: &logp,
+        lse: &lse,
+        grad: &grad,
+    };
+    if let Err((r, e)) = check_token_rows(logits, targets, g, v, out, grad_tol) {
+        panic!("{ctx} row {r}: {e}");
     }
 }
 

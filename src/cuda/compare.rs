@@ -2,6 +2,7 @@
 //! ([C-TOKEN-LOGPROB]): the one comparison that the differential tests
 //! (`tests/cuda_kernels.rs`) and the fuzz target `host_token_kernels` share.
 
+use super::ops::LogitElement;
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::tolerance::{F32_VS_F64, GRAD_FLOOR, GradTolerance};
 
@@ -55,6 +56,41 @@ pub fn check_token_row(row: TokenRow<'_>, grad: GradTolerance) -> Result<(), Dis
         .unwrap_or((0, 0.0));
     if worst.is_nan() || worst > allowed {
         return Err(Disagreement::Gradient { at, worst, allowed });
+    }
+    Ok(())
+}
+
+/// What the token kernels wrote for `N` rows: `logp [N]`, `lse [2N]` (the
+/// `(hi, lo)` pairs) and the gradient `[N, V]`.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenOutputs<'a, T> {
+    pub logp: &'a [f32],
+    pub lse: &'a [f32],
+    pub grad: &'a [T],
+}
+
+/// [`check_token_row`] on every row of `[N, V]` logits with targets and
+/// upstream gradients `[N]`: the first row that disagrees, and how.
+pub fn check_token_rows<T: LogitElement>(
+    logits: &[T],
+    targets: &[i64],
+    g: &[f32],
+    v: usize,
+    out: TokenOutputs<'_, T>,
+    grad: GradTolerance,
+) -> Result<(), (usize, Disagreement)> {
+    let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|e| e.to_f64()).collect() };
+    for (r, &t) in targets.iter().enumerate() {
+        let cols = r * v..(r + 1) * v;
+        let row = TokenRow {
+            logits: &wide(&logits[cols.clone()]),
+            target: t as usize,
+            g: f64::from(g[r]),
+            logp: f64::from(out.logp[r]),
+            lse: f64::from(out.lse[2 * r]) + f64::from(out.lse[2 * r + 1]),
+            grad: &wide(&out.grad[cols]),
+        };
+        check_token_row(row, grad).map_err(|e| (r, e))?;
     }
     Ok(())
 }

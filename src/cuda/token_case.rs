@@ -17,7 +17,7 @@ use std::ops::RangeInclusive;
 use arbitrary::{Result, Unstructured};
 
 use super::CudaError;
-use super::compare::{Disagreement, TokenRow, check_token_row};
+use super::compare::{Disagreement, TokenOutputs, check_token_rows};
 use super::host::{Host, HostLogitElement};
 use super::ops::Bf16;
 use crate::tolerance::{BF16_GRAD, F32_GRAD, GradTolerance};
@@ -126,20 +126,13 @@ impl TokenCase {
         let mut grad = vec![nan; logits.len()];
         Host.token_logprob_fwd(logits, &self.targets, self.v, &mut logp, &mut lse)?;
         Host.token_logprob_bwd(logits, &self.targets, &lse, &self.g, self.v, &mut grad)?;
-        let wide = |x: &[T]| -> Vec<f64> { x.iter().map(|e| e.to_f64()).collect() };
-        for (r, &t) in self.targets.iter().enumerate() {
-            let cols = r * self.v..(r + 1) * self.v;
-            let row = TokenRow {
-                logits: &wide(&logits[cols.clone()]),
-                target: t as usize,
-                g: f64::from(self.g[r]),
-                logp: f64::from(logp[r]),
-                lse: f64::from(lse[2 * r]) + f64::from(lse[2 * r + 1]),
-                grad: &wide(&grad[cols]),
-            };
-            check_token_row(row, grad_tol).map_err(|what| CaseFailure::Row { row: r, what })?;
-        }
-        Ok(())
+        let out = TokenOutputs {
+            logp: &logp,
+            lse: &lse,
+            grad: &grad,
+        };
+        check_token_rows(logits, &self.targets, &self.g, self.v, out, grad_tol)
+            .map_err(|(row, what)| CaseFailure::Row { row, what })
     }
 }
 
