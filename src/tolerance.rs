@@ -56,7 +56,7 @@ pub struct GradTolerance {
 /// [`GradTolerance`] of a float32 gradient: subnormal spacing `2^-149`.
 pub const F32_GRAD: GradTolerance = GradTolerance {
     relative: F32_VS_F64,
-    subnormal: 1.0 / (1u128 << 127) as f64 / (1u128 << 23) as f64,
+    subnormal: F32_SUBNORMAL_HALF,
 };
 
 /// [`GradTolerance`] of a bfloat16 gradient: subnormal spacing `2^-133`.
@@ -64,6 +64,29 @@ pub const BF16_GRAD: GradTolerance = GradTolerance {
     relative: BF16_VS_F64,
     subnormal: 1.0 / (1u128 << 127) as f64 / (1u128 << 7) as f64,
 };
+
+/// A float32 output of a kernel that computes in float64 and rounds once to
+/// float32 at the end (the pair, sequence-sum and GAE kernels,
+/// [C-F64-KERNELS]), against the float64 reference on the same inputs:
+/// `|a - b| <= F32_ROUNDING |b| + F64_SUMMANDS scale + F32_SUBNORMAL_HALF`,
+/// where `scale` is the magnitude of what the computation adds and
+/// multiplies (see `p3o::cuda::compare`): the two float64 computations may
+/// order their operations differently, contract them into fused
+/// multiply-adds, or call exp and log1p with a last-bit difference, and
+/// where terms cancel, those roundings count against the terms, not the
+/// result.
+pub const F32_ROUNDING: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// See [`F32_ROUNDING`]: about 90000 roundings of `2^-53` relative to the
+/// summands, enough for a masked sum of 4096 terms or a GAE scan of 2048
+/// steps at a few roundings each (the error bound of a recursive sum grows
+/// with its length), and a float32 computation of the same quantities
+/// (`2^-24` per operation) still fails it where terms cancel.
+pub const F64_SUMMANDS: f64 = 1e-11;
+
+/// Half the spacing of float32's subnormal numbers, `2^-150`: the
+/// rounding of a result under float32's normal range.
+pub const F32_SUBNORMAL_HALF: f64 = 1.0 / (1u128 << 127) as f64 / (1u128 << 23) as f64;
 
 /// The optimizer's fused float32 host pass against the same AdamW as libtorch
 /// tensor operations (the same float32 operations in the same order; the

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
-use p3o::cuda::compare::{Disagreement, TokenOutputs, TokenRow, check_token_row, check_token_rows};
+use p3o::cuda::compare::{
+    self, Disagreement, GaeOutputs, TokenOutputs, TokenRow, check_token_row, check_token_rows,
+};
 use p3o::cuda::device::KERNEL_NAMES;
 use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
@@ -22,7 +24,7 @@ use p3o::cuda::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
 use p3o::cuda::token_case::TokenCase;
 use p3o::cuda::{CudaError, Gpu};
 use p3o::reference::gae::gae;
-use p3o::reference::tokens::{masked_sum, token_logprob, token_logprob_grad};
+use p3o::reference::tokens::{token_logprob, token_logprob_grad};
 use p3o::reference::{Algorithm, Hyper, PairConsts, PairVars, pair_loss};
 use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64, GradTolerance};
 use proptest::prelude::*;
@@ -513,14 +515,6 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
-/// `|a - b| <= tol * max(1, |b|)`, NaN failing.
-fn assert_scalar(what: &str, i: usize, a: f64, b: f64, tol: f64) {
-    assert!(
-        (a - b).abs() <= tol * b.abs().max(1.0),
-        "{what}[{i}]: kernel {a}, reference {b}"
-    );
-}
-
 /// Random `[n, v]` logits uniform in `[-scale, scale]`, targets and upstream
 /// gradients; with `masked`, about a third of the logits other than the
 /// targets are `-inf`.
@@ -612,6 +606,137 @@ fn check_token_row_has_teeth() {
             "{got:?}"
         );
     }
+}
+
+/// The float64 kernels' comparisons ([C-F64-KERNELS]) pass the reference's
+/// outputs rounded to float32 and catch: a sum accumulated in float32
+/// where terms cancel, a loss off by 16 float32 roundings, a gradient
+/// clipped off the band's edge (while one on the edge may be either), and
+/// an output left unwritten.
+// spec: C-F64-KERNELS C-CLIP
+#[test]
+fn float64_checks_have_teeth() {
+    // 2^30 + 1 - 2^30: 1 in float64, 0 in float32.
+    let a = [1_073_741_824.0f32, 1.0, -1_073_741_824.0];
+    let mask = [1.0f32; 3];
+    assert_eq!(compare::check_seq_sums(&a, None, &mask, 3, &[1.0]), Ok(()));
+    for bad in [0.0, f32::NAN] {
+        let got = compare::check_seq_sums(&a, None, &mask, 3, &[bad]);
+        assert!(
+            matches!(got, Err((0, Disagreement::Rounded { .. }))),
+            "{got:?}"
+        );
+    }
+
+    // P3O-V2, eps = 1/4, l_old = 1: pair 0 has l = 2 (clipped, gradient 0),
+    // pair 1 has l = 1.25, on the band's edge (gradient passes).
+    let x = PairInputs {
+        lp: [vec![-1.0f32, -1.75], vec![-3.0, -3.0]],
+        lp_old: [vec![-2.0f32, -2.0], vec![-3.0, -3.0]],
+        lp_ref: [vec![-2.5f32, -2.5], vec![-2.0, -2.0]],
+        reward: [vec![1.5, 1.5], vec![-0.5, -0.5]],
+    };
+    let h = Hyper {
+        beta: 0.1,
+        epsilon: 0.25,
+        vf_coef: 1.0,
+    };
+    let reference = |h: &Hyper, i: usize| {
+        let at = |p: &[Vec<f32>; 2]| [f64::from(p[0][i]), f64::from(p[1][i])];
+        let c = PairConsts {
+            reward: [x.reward[0][i], x.reward[1][i]],
+            lp_old: at(&x.lp_old),
+            lp_ref: at(&x.lp_ref),
+        };
+        pair_loss(
+            Algorithm::P3oV2,
+            h,
+            &c,
+            PairVars {
+                lp: at(&x.lp),
+                value: 0.0,
+            },
+        )
+    };
+    let want: Vec<_> = (0..2).map(|i| reference(&h, i)).collect();
+    let free = reference(
+        &Hyper {
+            epsilon: f64::INFINITY,
+            ..h
+        },
+        0,
+    )
+    .grad
+    .lp;
+    assert_eq!(want[0].grad.lp, [0.0, 0.0]);
+    assert!(want[1].grad.lp[0] != 0.0);
+    let out = |f: &dyn Fn(usize, &mut [f32; 3])| {
+        let mut rows: Vec<[f32; 3]> = want
+            .iter()
+            .map(|w| [w.loss as f32, w.grad.lp[0] as f32, w.grad.lp[1] as f32])
+            .collect();
+        for (i, r) in rows.iter_mut().enumerate() {
+            f(i, r);
+        }
+        PairOutputs {
+            loss: rows.iter().map(|r| r[0]).collect(),
+            grad: [1, 2].map(|k| rows.iter().map(|r| r[k]).collect()),
+        }
+    };
+    let check = |o: &PairOutputs<Vec<f32>>| compare::check_pairs(Algorithm::P3oV2, &h, &x, o);
+    assert_eq!(check(&out(&|_, _| {})), Ok(()));
+    // On the edge, the clipped side's 0 is right too.
+    assert_eq!(
+        check(&out(&|i, r| if i == 1 {
+            r[1] = 0.0;
+            r[2] = 0.0
+        })),
+        Ok(())
+    );
+    let off_edge = check(&out(&|i, r| {
+        if i == 0 {
+            r[1] = free[0] as f32
+        }
+    }));
+    assert!(
+        matches!(off_edge, Err((0, Disagreement::Rounded { .. }))),
+        "{off_edge:?}"
+    );
+    let loss_off = check(&out(&|i, r| {
+        if i == 1 {
+            r[0] *= 1.0 + 16.0 / 16_777_216.0
+        }
+    }));
+    assert!(
+        matches!(loss_off, Err((1, Disagreement::Rounded { .. }))),
+        "{loss_off:?}"
+    );
+    let unwritten = check(&out(&|i, r| {
+        if i == 1 {
+            r[2] = f32::NAN
+        }
+    }));
+    assert!(
+        matches!(unwritten, Err((1, Disagreement::Rounded { .. }))),
+        "{unwritten:?}"
+    );
+
+    // GAE over one sequence of 3 (the last token masked).
+    let (r, v, m) = ([1.0f32, -0.5, 2.0], [0.25f32, 0.5, 4.0], [1.0f32, 1.0, 0.0]);
+    let wide = |x: &[f32]| x.iter().map(|&e| f64::from(e)).collect::<Vec<_>>();
+    let (adv, ret) = gae(&wide(&r), &wide(&v), &wide(&m), 0.99, 0.95);
+    let narrow = |x: &[f64]| x.iter().map(|&e| e as f32).collect::<Vec<_>>();
+    let (adv, ret) = (narrow(&adv), narrow(&ret));
+    let check = |adv: &[f32], ret: &[f32]| {
+        compare::check_gae((&r, &v, &m), (0.99, 0.95), 3, GaeOutputs { adv, ret })
+    };
+    assert_eq!(check(&adv, &ret), Ok(()));
+    let mut bad = adv.clone();
+    bad[0] *= 1.0 + 16.0 / 16_777_216.0;
+    assert!(matches!(check(&bad, &ret), Err(((0, 0), _))));
+    let mut bad = ret.clone();
+    bad[2] = f32::NAN;
+    assert!(matches!(check(&adv, &bad), Err(((0, 2), _))));
 }
 
 /// fwd and bwd of the token kernels over `shapes` ((V, N) pairs), logits of
@@ -848,18 +973,10 @@ fn check_seq_sum<B: Backend>(backend: &B, shapes: &[(usize, usize)]) {
             })
             .collect();
         for with_c in [false, true] {
-            let out = backend
-                .seq_sum(&a, with_c.then_some(&c[..]), &mask, t_len)
-                .unwrap();
-            for (i, got) in out.iter().enumerate() {
-                let s = i * t_len..(i + 1) * t_len;
-                let f = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
-                let want = masked_sum(
-                    &f(&a[s.clone()]),
-                    with_c.then(|| f(&c[s.clone()])).as_deref(),
-                    &f(&mask[s]),
-                );
-                assert_scalar("seq sum", i, f64::from(*got), want, F32_VS_F64);
+            let c = with_c.then_some(&c[..]);
+            let out = backend.seq_sum(&a, c, &mask, t_len).unwrap();
+            if let Err((row, e)) = compare::check_seq_sums(&a, c, &mask, t_len, &out) {
+                panic!("[{b}, {t_len}] row {row}: {e}");
             }
         }
     }
@@ -921,42 +1038,13 @@ fn check_pairs<B: Backend>(backend: &B, n: usize) {
             },
         ] {
             let out = backend.pairs(alg, &x, h.beta, h.epsilon).unwrap();
-            let mut clipped = 0;
-            for i in 0..n {
-                let f = |p: &[Vec<f32>; 2]| [f64::from(p[0][i]), f64::from(p[1][i])];
-                let c = PairConsts {
-                    reward: [x.reward[0][i], x.reward[1][i]],
-                    lp_old: f(&x.lp_old),
-                    lp_ref: f(&x.lp_ref),
-                };
-                let want = pair_loss(
-                    alg,
-                    &h,
-                    &c,
-                    PairVars {
-                        lp: f(&x.lp),
-                        value: 0.0,
-                    },
-                );
-                let ctx = format!("{alg} eps={}", h.epsilon);
-                let got = [&out.loss, &out.grad[0], &out.grad[1]].map(|o| f64::from(o[i]));
-                assert_scalar(&format!("{ctx} loss"), i, got[0], want.loss, F32_VS_F64);
-                assert_scalar(
-                    &format!("{ctx} d/dlp1"),
-                    i,
-                    got[1],
-                    want.grad.lp[0],
-                    F32_VS_F64,
-                );
-                assert_scalar(
-                    &format!("{ctx} d/dlp2"),
-                    i,
-                    got[2],
-                    want.grad.lp[1],
-                    F32_VS_F64,
-                );
-                clipped += usize::from(want.grad.lp[0] == 0.0 || want.grad.lp[1] == 0.0);
+            if let Err((i, e)) = compare::check_pairs(alg, &h, &x, &out) {
+                panic!("{alg} eps={} pair {i}: {e}", h.epsilon);
             }
+            // The kernel's zero gradients, now known to be the reference's.
+            let clipped = (0..n)
+                .filter(|&i| out.grad[0][i] == 0.0 || out.grad[1][i] == 0.0)
+                .count();
             if alg != Algorithm::Dpo && h.epsilon.is_finite() {
                 assert!(
                     clipped > n / 10,
@@ -995,21 +1083,12 @@ fn check_gae<B: Backend>(backend: &B, b: usize, t_len: usize) {
         .collect();
     let (gamma, lambda) = (0.99, 0.95);
     let (adv, ret) = backend.gae(&r, &v, &m, gamma, lambda, t_len).unwrap();
-    let f = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
-    for i in 0..b {
-        let s = i * t_len..(i + 1) * t_len;
-        let (wa, wr) = gae(
-            &f(&r[s.clone()]),
-            &f(&v[s.clone()]),
-            &f(&m[s.clone()]),
-            gamma,
-            lambda,
-        );
-        for t in 0..t_len {
-            let k = s.start + t;
-            assert_scalar("advantage", k, f64::from(adv[k]), wa[t], F32_VS_F64);
-            assert_scalar("return", k, f64::from(ret[k]), wr[t], F32_VS_F64);
-        }
+    let out = GaeOutputs {
+        adv: &adv,
+        ret: &ret,
+    };
+    if let Err(((b, t), e)) = compare::check_gae((&r, &v, &m), (gamma, lambda), t_len, out) {
+        panic!("sequence {b}, token {t}: {e}");
     }
 }
 

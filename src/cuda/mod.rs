@@ -12,6 +12,7 @@ pub mod host;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod sequence_case;
 pub mod token_case;
 #[cfg(feature = "torch")]
 pub mod torch_ops;
