@@ -21,6 +21,7 @@ use p3o::cuda::device::KERNEL_NAMES;
 use p3o::cuda::host::{Host, HostLogitElement};
 use p3o::cuda::nvrtc::{KERNEL_FILES, compile};
 use p3o::cuda::ops::{Bf16, LogitElement, PairInputs, PairOutputs};
+use p3o::cuda::sequence_case::{SequenceCase, SequenceKernels};
 use p3o::cuda::token_case::TokenCase;
 use p3o::cuda::{CudaError, Gpu};
 use p3o::reference::gae::gae;
@@ -306,7 +307,7 @@ fn kernels_assemble_sees_local_memory_scalar_loads_and_branches() {
 
 /// Where the kernels run: the GPU, or the host execution of the same
 /// sources. Every output is poisoned with NaN before the launch.
-trait Backend {
+trait Backend: SequenceKernels {
     /// fwd and bwd of the token kernels.
     fn token<T: HostLogitElement>(
         &self,
@@ -316,45 +317,10 @@ trait Backend {
         v: usize,
         nan: T,
     ) -> Result<TokenOut<T>, CudaError>;
-
-    fn seq_sum(
-        &self,
-        a: &[f32],
-        c: Option<&[f32]>,
-        mask: &[f32],
-        t_len: usize,
-    ) -> Result<Vec<f32>, CudaError>;
-
-    fn pairs(
-        &self,
-        alg: Algorithm,
-        x: &PairInputs<Vec<f32>, Vec<f64>>,
-        beta: f64,
-        epsilon: f64,
-    ) -> Result<PairOutputs<Vec<f32>>, CudaError>;
-
-    /// (advantages, returns).
-    #[allow(clippy::too_many_arguments)]
-    fn gae(
-        &self,
-        r: &[f32],
-        v: &[f32],
-        m: &[f32],
-        gamma: f64,
-        lambda: f64,
-        t_len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), CudaError>;
 }
 
 fn nans(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]
-}
-
-fn nan_outputs(n: usize) -> PairOutputs<Vec<f32>> {
-    PairOutputs {
-        loss: nans(n),
-        grad: [nans(n), nans(n)],
-    }
 }
 
 impl Backend for Host {
@@ -371,44 +337,6 @@ impl Backend for Host {
         self.token_logprob_fwd(logits, targets, v, &mut logp, &mut lse)?;
         self.token_logprob_bwd(logits, targets, &lse, g, v, &mut grad)?;
         Ok((logp, lse, grad))
-    }
-
-    fn seq_sum(
-        &self,
-        a: &[f32],
-        c: Option<&[f32]>,
-        mask: &[f32],
-        t_len: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let mut out = nans(a.len() / t_len.max(1));
-        self.masked_seq_sum(a, c, mask, t_len, &mut out)?;
-        Ok(out)
-    }
-
-    fn pairs(
-        &self,
-        alg: Algorithm,
-        x: &PairInputs<Vec<f32>, Vec<f64>>,
-        beta: f64,
-        epsilon: f64,
-    ) -> Result<PairOutputs<Vec<f32>>, CudaError> {
-        let mut out = nan_outputs(x.lp[0].len());
-        self.pair_loss(alg, x, beta, epsilon, &mut out)?;
-        Ok(out)
-    }
-
-    fn gae(
-        &self,
-        r: &[f32],
-        v: &[f32],
-        m: &[f32],
-        gamma: f64,
-        lambda: f64,
-        t_len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-        let (mut adv, mut ret) = (nans(r.len()), nans(r.len()));
-        Host.gae(r, v, m, gamma, lambda, t_len, &mut adv, &mut ret)?;
-        Ok((adv, ret))
     }
 }
 
@@ -442,64 +370,6 @@ impl Backend for Gpu {
             download(self, &lse),
             self.stream.memcpy_dtov(&grad)?,
         ))
-    }
-
-    fn seq_sum(
-        &self,
-        a: &[f32],
-        c: Option<&[f32]>,
-        mask: &[f32],
-        t_len: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let (da, dm) = (upload(self, a), upload(self, mask));
-        let dc = c.map(|c| upload(self, c));
-        let mut out = upload(self, &nans(a.len() / t_len.max(1)));
-        self.masked_seq_sum(&da, dc.as_ref(), &dm, t_len, &mut out)?;
-        Ok(download(self, &out))
-    }
-
-    fn pairs(
-        &self,
-        alg: Algorithm,
-        x: &PairInputs<Vec<f32>, Vec<f64>>,
-        beta: f64,
-        epsilon: f64,
-    ) -> Result<PairOutputs<Vec<f32>>, CudaError> {
-        let up = |v: &[Vec<f32>; 2]| v.each_ref().map(|v| upload(self, v));
-        let inputs = PairInputs {
-            lp: up(&x.lp),
-            lp_old: up(&x.lp_old),
-            lp_ref: up(&x.lp_ref),
-            reward: x.reward.each_ref().map(|r| upload(self, r)),
-        };
-        let n = x.lp[0].len();
-        let mut out = PairOutputs {
-            loss: upload(self, &nans(n)),
-            grad: [upload(self, &nans(n)), upload(self, &nans(n))],
-        };
-        self.pair_loss(alg, &inputs, beta, epsilon, &mut out)?;
-        Ok(PairOutputs {
-            loss: download(self, &out.loss),
-            grad: out.grad.each_ref().map(|g| download(self, g)),
-        })
-    }
-
-    fn gae(
-        &self,
-        r: &[f32],
-        v: &[f32],
-        m: &[f32],
-        gamma: f64,
-        lambda: f64,
-        t_len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-        let (dr, dv, dm) = (upload(self, r), upload(self, v), upload(self, m));
-        let mut adv = upload(self, &nans(r.len()));
-        let mut ret = upload(self, &nans(r.len()));
-        Gpu::gae(
-            self, &dr, &dv, &dm, gamma, lambda, t_len, &mut adv, &mut ret,
-        )?;
-        Ok((download(self, &adv), download(self, &ret)))
     }
 }
 
@@ -828,42 +698,79 @@ proptest! {
     }
 }
 
-/// The fuzz target `host_token_kernels`'s committed seeds and crash files
-/// (`fuzz/seeds/host_token_kernels`, `fuzz/regressions/host_token_kernels`),
-/// replayed on `b`: each decoded case agrees with the reference.
-fn check_fuzz_cases<B: Backend>(b: &B) {
+/// The committed seeds and crash files of fuzz target `target`
+/// (`fuzz/seeds/<target>`, `fuzz/regressions/<target>`), each with whether
+/// it is a seed. At least 8 seeds must be there.
+fn fuzz_cases(target: &str) -> Vec<(PathBuf, bool)> {
     // The source tree, or (for a test binary carried to another machine and
     // run from a copy of the repository's root) the working directory.
     let mut root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     if !root.is_dir() {
         root = PathBuf::from("fuzz");
     }
-    let mut seeds = 0;
+    let mut cases = vec![];
     for dir in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join("host_token_kernels")) else {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
             continue;
         };
         for path in entries.map(|e| e.unwrap().path()) {
-            if path.extension().is_some_and(|e| e == "md") {
-                continue;
+            if path.extension().is_none_or(|e| e != "md") {
+                cases.push((path, dir == "seeds"));
             }
-            let Ok(case) = TokenCase::from_bytes(&std::fs::read(&path).unwrap()) else {
-                continue;
-            };
-            let (v, t, g) = (case.v, &case.targets, &case.g);
-            let ctx = path.display().to_string();
-            if case.bf16 {
-                let x: Vec<Bf16> = case.logits.iter().map(|&x| Bf16::from_f32(x)).collect();
-                let out = b.token(&x, t, g, v, Bf16::from_f32(f32::NAN)).unwrap();
-                check_token_outputs(&ctx, &x, t, g, v, out, BF16_GRAD);
-            } else {
-                let out = b.token(&case.logits, t, g, v, f32::NAN).unwrap();
-                check_token_outputs(&ctx, &case.logits, t, g, v, out, F32_GRAD);
-            }
-            seeds += usize::from(dir == "seeds");
         }
     }
-    assert!(seeds >= 8, "{seeds} seeds under {}", root.display());
+    let seeds = cases.iter().filter(|c| c.1).count();
+    assert!(
+        seeds >= 8,
+        "{seeds} seeds of {target} under {}",
+        root.display()
+    );
+    cases
+}
+
+/// The fuzz target `host_token_kernels`'s seeds and crash files, replayed
+/// on `b`: each decoded case agrees with the reference.
+fn check_fuzz_cases<B: Backend>(b: &B) {
+    for (path, _) in fuzz_cases("host_token_kernels") {
+        let Ok(case) = TokenCase::from_bytes(&std::fs::read(&path).unwrap()) else {
+            continue;
+        };
+        let (v, t, g) = (case.v, &case.targets, &case.g);
+        let ctx = path.display().to_string();
+        if case.bf16 {
+            let x: Vec<Bf16> = case.logits.iter().map(|&x| Bf16::from_f32(x)).collect();
+            let out = b.token(&x, t, g, v, Bf16::from_f32(f32::NAN)).unwrap();
+            check_token_outputs(&ctx, &x, t, g, v, out, BF16_GRAD);
+        } else {
+            let out = b.token(&case.logits, t, g, v, f32::NAN).unwrap();
+            check_token_outputs(&ctx, &case.logits, t, g, v, out, F32_GRAD);
+        }
+    }
+}
+
+/// The fuzz target `host_sequence_kernels`'s seeds and crash files,
+/// replayed on `b`.
+fn check_sequence_fuzz_cases<B: Backend>(b: &B) {
+    for (path, _) in fuzz_cases("host_sequence_kernels") {
+        if let Ok(case) = SequenceCase::from_bytes(&std::fs::read(&path).unwrap()) {
+            if let Err(e) = case.check(b) {
+                panic!("{}: {e}", path.display());
+            }
+        }
+    }
+}
+
+// spec: C-F64-KERNELS C-P3O-V1 C-P3O-V2 C-DPO C-SEQ-LOGPROB C-GAE
+#[test]
+fn sequence_fuzz_cases_replay() {
+    let Some(gpu) = gpu() else { return };
+    check_sequence_fuzz_cases(&gpu);
+}
+
+// spec: C-F64-KERNELS C-P3O-V1 C-P3O-V2 C-DPO C-SEQ-LOGPROB C-GAE
+#[test]
+fn host_sequence_fuzz_cases_replay() {
+    check_sequence_fuzz_cases(&Host);
 }
 
 // spec: C-TOKEN-LOGPROB

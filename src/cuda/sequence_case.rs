@@ -11,10 +11,12 @@
 
 use arbitrary::{Result, Unstructured};
 
-use super::CudaError;
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
 use super::compare::{Disagreement, GaeOutputs, check_gae, check_pairs, check_seq_sums};
 use super::host::Host;
 use super::ops::{PairInputs, PairOutputs};
+use super::{CudaError, Gpu};
 use crate::reference::{Algorithm, Hyper};
 
 /// Sequence log-probs: magnitude at most `2^16`.
@@ -89,40 +91,27 @@ impl SequenceCase {
         }
     }
 
-    /// Runs the host execution of the case's kernel (outputs poisoned with
-    /// NaN first) and checks every output against the reference.
-    pub fn check_host(&self) -> std::result::Result<(), CaseFailure> {
-        let nans = |n: usize| vec![f32::NAN; n];
+    /// Runs the case's kernel on `k` and checks every output against the
+    /// reference.
+    pub fn check(&self, k: &impl SequenceKernels) -> std::result::Result<(), CaseFailure> {
+        let at = |at: String| move |what| CaseFailure::Output { at, what };
         match self {
             SequenceCase::Pairs {
                 alg, beta, epsilon, ..
             } => {
                 let x = self.pair_inputs().expect("a pair case");
-                let n = x.lp[0].len();
-                let mut out = PairOutputs {
-                    loss: nans(n),
-                    grad: [nans(n), nans(n)],
-                };
-                Host.pair_loss(*alg, &x, *beta, *epsilon, &mut out)?;
+                let out = k.pairs(*alg, &x, *beta, *epsilon)?;
                 let h = Hyper {
                     beta: *beta,
                     epsilon: *epsilon,
                     vf_coef: 1.0,
                 };
-                check_pairs(*alg, &h, &x, &out).map_err(|(i, what)| CaseFailure::Output {
-                    at: format!("{alg} pair {i}"),
-                    what,
-                })
+                check_pairs(*alg, &h, &x, &out).map_err(|(i, e)| at(format!("{alg} pair {i}"))(e))
             }
             SequenceCase::SeqSum { t_len, a, c, mask } => {
-                let mut out = nans(a.len() / t_len);
-                Host.masked_seq_sum(a, c.as_deref(), mask, *t_len, &mut out)?;
-                check_seq_sums(a, c.as_deref(), mask, *t_len, &out).map_err(|(b, what)| {
-                    CaseFailure::Output {
-                        at: format!("sequence {b}"),
-                        what,
-                    }
-                })
+                let out = k.seq_sum(a, c.as_deref(), mask, *t_len)?;
+                check_seq_sums(a, c.as_deref(), mask, *t_len, &out)
+                    .map_err(|(b, e)| at(format!("sequence {b}"))(e))
             }
             SequenceCase::Gae {
                 t_len,
@@ -132,22 +121,20 @@ impl SequenceCase {
                 gamma,
                 lambda,
             } => {
-                let (mut adv, mut ret) = (nans(rewards.len()), nans(rewards.len()));
-                Host.gae(
-                    rewards, values, mask, *gamma, *lambda, *t_len, &mut adv, &mut ret,
-                )?;
+                let (adv, ret) = k.gae(rewards, values, mask, *gamma, *lambda, *t_len)?;
                 let out = GaeOutputs {
                     adv: &adv,
                     ret: &ret,
                 };
-                check_gae((rewards, values, mask), (*gamma, *lambda), *t_len, out).map_err(
-                    |((b, t), what)| CaseFailure::Output {
-                        at: format!("sequence {b}, token {t}"),
-                        what,
-                    },
-                )
+                check_gae((rewards, values, mask), (*gamma, *lambda), *t_len, out)
+                    .map_err(|((b, t), e)| at(format!("sequence {b}, token {t}"))(e))
             }
         }
+    }
+
+    /// [`Self::check`] on the host execution of the kernels.
+    pub fn check_host(&self) -> std::result::Result<(), CaseFailure> {
+        self.check(&Host)
     }
 
     /// A pair case's inputs in the launchers' layout.
@@ -167,6 +154,165 @@ impl SequenceCase {
             }),
             _ => None,
         }
+    }
+}
+
+/// The float64 kernels on host slices, wherever they run; every output is
+/// poisoned with NaN before the launch, so that an unwritten one shows.
+pub trait SequenceKernels {
+    /// [C-P3O-V1], [C-P3O-V2] or [C-DPO] per pair.
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> std::result::Result<PairOutputs<Vec<f32>>, CudaError>;
+
+    /// [C-SEQ-LOGPROB]: one sum per row of `t_len`.
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> std::result::Result<Vec<f32>, CudaError>;
+
+    /// [C-GAE]: (advantages, value targets).
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> std::result::Result<(Vec<f32>, Vec<f32>), CudaError>;
+}
+
+fn nans(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+fn nan_pair_outputs(n: usize) -> PairOutputs<Vec<f32>> {
+    PairOutputs {
+        loss: nans(n),
+        grad: [nans(n), nans(n)],
+    }
+}
+
+impl SequenceKernels for Host {
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> std::result::Result<PairOutputs<Vec<f32>>, CudaError> {
+        let mut out = nan_pair_outputs(x.lp[0].len());
+        self.pair_loss(alg, x, beta, epsilon, &mut out)?;
+        Ok(out)
+    }
+
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> std::result::Result<Vec<f32>, CudaError> {
+        let mut out = nans(a.len() / t_len.max(1));
+        self.masked_seq_sum(a, c, mask, t_len, &mut out)?;
+        Ok(out)
+    }
+
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> std::result::Result<(Vec<f32>, Vec<f32>), CudaError> {
+        let (mut adv, mut ret) = (nans(r.len()), nans(r.len()));
+        Host::gae(self, r, v, m, gamma, lambda, t_len, &mut adv, &mut ret)?;
+        Ok((adv, ret))
+    }
+}
+
+/// Host data on the device, on the GPU's stream.
+fn upload<T: DeviceRepr>(gpu: &Gpu, v: &[T]) -> std::result::Result<CudaSlice<T>, CudaError> {
+    Ok(gpu.stream.memcpy_stod(v)?)
+}
+
+/// The kernels on the device: inputs uploaded, outputs (poisoned on the
+/// device) downloaded.
+impl SequenceKernels for Gpu {
+    fn pairs(
+        &self,
+        alg: Algorithm,
+        x: &PairInputs<Vec<f32>, Vec<f64>>,
+        beta: f64,
+        epsilon: f64,
+    ) -> std::result::Result<PairOutputs<Vec<f32>>, CudaError> {
+        let up = |v: &[Vec<f32>; 2]| -> std::result::Result<[CudaSlice<f32>; 2], CudaError> {
+            Ok([upload(self, &v[0])?, upload(self, &v[1])?])
+        };
+        let inputs = PairInputs {
+            lp: up(&x.lp)?,
+            lp_old: up(&x.lp_old)?,
+            lp_ref: up(&x.lp_ref)?,
+            reward: [upload(self, &x.reward[0])?, upload(self, &x.reward[1])?],
+        };
+        let poisoned = nan_pair_outputs(x.lp[0].len());
+        let mut out = PairOutputs {
+            loss: upload(self, &poisoned.loss)?,
+            grad: up(&poisoned.grad)?,
+        };
+        self.pair_loss(alg, &inputs, beta, epsilon, &mut out)?;
+        Ok(PairOutputs {
+            loss: self.stream.memcpy_dtov(&out.loss)?,
+            grad: [
+                self.stream.memcpy_dtov(&out.grad[0])?,
+                self.stream.memcpy_dtov(&out.grad[1])?,
+            ],
+        })
+    }
+
+    fn seq_sum(
+        &self,
+        a: &[f32],
+        c: Option<&[f32]>,
+        mask: &[f32],
+        t_len: usize,
+    ) -> std::result::Result<Vec<f32>, CudaError> {
+        let (da, dm) = (upload(self, a)?, upload(self, mask)?);
+        let dc = c.map(|c| upload(self, c)).transpose()?;
+        let mut out = upload(self, &nans(a.len() / t_len.max(1)))?;
+        self.masked_seq_sum(&da, dc.as_ref(), &dm, t_len, &mut out)?;
+        Ok(self.stream.memcpy_dtov(&out)?)
+    }
+
+    fn gae(
+        &self,
+        r: &[f32],
+        v: &[f32],
+        m: &[f32],
+        gamma: f64,
+        lambda: f64,
+        t_len: usize,
+    ) -> std::result::Result<(Vec<f32>, Vec<f32>), CudaError> {
+        let (dr, dv, dm) = (upload(self, r)?, upload(self, v)?, upload(self, m)?);
+        let mut adv = upload(self, &nans(r.len()))?;
+        let mut ret = upload(self, &nans(r.len()))?;
+        Gpu::gae(
+            self, &dr, &dv, &dm, gamma, lambda, t_len, &mut adv, &mut ret,
+        )?;
+        Ok((
+            self.stream.memcpy_dtov(&adv)?,
+            self.stream.memcpy_dtov(&ret)?,
+        ))
     }
 }
 
