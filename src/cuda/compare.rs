@@ -6,6 +6,7 @@
 //! checked to one float32 rounding plus float64 roundings scaled by their
 //! summands ([C-F64-KERNELS]).
 
+use super::CudaError;
 use super::ops::{LogitElement, PairInputs, PairOutputs};
 use crate::reference::gae::gae;
 use crate::reference::losses::{log_sigmoid, sigmoid};
@@ -37,6 +38,16 @@ pub enum Disagreement {
         want: f64,
         allowed: f64,
     },
+}
+
+/// Why a fuzz case (`token_case`, `sequence_case`) failed: the launch
+/// refused it, or an output (named by `at`) disagrees with the reference.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseFailure {
+    #[error("the kernels refused the case: {0}")]
+    Launch(#[from] CudaError),
+    #[error("{at}: {what}")]
+    Output { at: String, what: Disagreement },
 }
 
 /// One row's inputs and what the kernels wrote for it, widened to float64:

@@ -13,7 +13,7 @@ use arbitrary::{Result, Unstructured};
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
 
-use super::compare::{Disagreement, GaeOutputs, check_gae, check_pairs, check_seq_sums};
+use super::compare::{CaseFailure, GaeOutputs, check_gae, check_pairs, check_seq_sums};
 use super::host::Host;
 use super::ops::{PairInputs, PairOutputs};
 use super::{CudaError, Gpu};
@@ -66,15 +66,6 @@ pub enum SequenceCase {
         gamma: f64,
         lambda: f64,
     },
-}
-
-/// Why a case failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CaseFailure {
-    #[error("the kernel refused the case: {0}")]
-    Launch(#[from] CudaError),
-    #[error("{at}: {what}")]
-    Output { at: String, what: Disagreement },
 }
 
 impl SequenceCase {

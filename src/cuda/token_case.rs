@@ -16,8 +16,7 @@ use std::ops::RangeInclusive;
 
 use arbitrary::{Result, Unstructured};
 
-use super::CudaError;
-use super::compare::{Disagreement, TokenOutputs, check_token_rows};
+use super::compare::{CaseFailure, TokenOutputs, check_token_rows};
 use super::host::{Host, HostLogitElement};
 use super::ops::Bf16;
 use crate::tolerance::{BF16_GRAD, F32_GRAD, GradTolerance};
@@ -40,15 +39,6 @@ pub struct TokenCase {
     pub targets: Vec<i64>,
     pub g: Vec<f32>,
     pub bf16: bool,
-}
-
-/// Why a case failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CaseFailure {
-    #[error("the kernels refused the case: {0}")]
-    Launch(#[from] CudaError),
-    #[error("row {row}: {what}")]
-    Row { row: usize, what: Disagreement },
 }
 
 impl TokenCase {
@@ -131,8 +121,12 @@ impl TokenCase {
             lse: &lse,
             grad: &grad,
         };
-        check_token_rows(logits, &self.targets, &self.g, self.v, out, grad_tol)
-            .map_err(|(row, what)| CaseFailure::Row { row, what })
+        check_token_rows(logits, &self.targets, &self.g, self.v, out, grad_tol).map_err(
+            |(row, what)| CaseFailure::Output {
+                at: format!("row {row}"),
+                what,
+            },
+        )
     }
 }
 
