@@ -6,7 +6,8 @@
 #      differential tests on
 #      the host execution of the kernels everywhere and on the GPU where a CUDA
 #      device is present ('skipped: no CUDA device' elsewhere), and the
-#      kernels under ThreadSanitizer (scripts/kernel-race-check.sh);
+#      kernels under ThreadSanitizer (scripts/kernel-race-check.sh); the fuzz
+#      targets type-check;
 #   3. feature `torch`: the LM stack against HF fixtures (libtorch installed
 #      by scripts/setup-torch.sh into ~/.cache/p3o);
 #   4. features `cuda` and `torch`: the kernels on libtorch tensors.
@@ -19,6 +20,8 @@ cargo test --locked 2>&1 | tee -a "$log"
 scripts/setup-cuda.sh
 cargo test --locked --features cuda --test cuda_kernels -- --nocapture 2>&1 | tee -a "$log"
 scripts/kernel-race-check.sh
+# The fuzz targets (their own workspace, run by `cargo fuzz`) still build.
+cargo check --manifest-path fuzz/Cargo.toml --bins
 scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
