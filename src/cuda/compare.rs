@@ -152,13 +152,20 @@ fn rounded(what: &'static str, got: f32, want: f64, scale: f64) -> Result<(), Di
     }
 }
 
-/// The magnitudes that a pair's float64 roundings scale with: the loss's,
-/// the gradient's, and the clipped quantities' (with their band's edges),
-/// for telling whether one lies on an edge.
+/// The magnitudes that a pair's float64 roundings scale with (the loss's and
+/// the gradient's), and whether each gradient's clipped quantity lies
+/// within such roundings of its band's edge.
 struct PairScale {
     loss: f64,
     grad: f64,
-    clipped: [f64; 2],
+    on_edge: [bool; 2],
+}
+
+/// Whether `q` lies within `F64_SUMMANDS * scale` of either edge of the band
+/// `[lo, hi]` (never, for an unbounded band).
+fn on_edge(q: f64, (lo, hi): (f64, f64), scale: f64) -> bool {
+    let near = |edge: f64| (q - edge).abs() <= F64_SUMMANDS * scale;
+    lo.is_finite() && (near(lo) || near(hi))
 }
 
 /// # Formula
@@ -167,17 +174,17 @@ struct PairScale {
 /// whose argument carries a rounding of `|lp_i - lp_old_i|`:
 /// - P3O: the weight `D rho1 rho2` has scale `W = S_D rho1 rho2 (2 + |lp1 -
 ///   lp_old1| + |lp2 - lp_old2|)`, the gradient's scale. V1's loss adds
-///   `D rho_j clip(rho_i)`, scale `W |clip(rho_i)| / rho_i` each, and its
+///   `D rho_j clip(rho_i)`, scale `W |clip(rho_i)| / rho_i` each; its
 ///   clipped `rho_i` and band `1 +- eps` carry roundings of `rho_i (2 +
 ///   |lp_i - lp_old_i|) + 1 + eps`. V2 clips `l = lp1 - lp2` against
 ///   `lp_old1 - lp_old2 +- eps`, roundings of `L = |lp1| + |lp2| +
 ///   |lp_old1| + |lp_old2| + eps`, so its loss `A clip(l)` has scale
-///   `W |clip(l)| + |A| L`.
+///   `W |clip(l)| + |A| L`. An unbounded band adds no rounding.
 /// - DPO: the margin `u` is summed from `S_u = beta (|lp1| + |lp_ref1| +
 ///   |lp2| + |lp_ref2|)` and `s = sigma(r1 - r2)` from `S_r = |r1| + |r2|`;
 ///   the loss has slope at most 1 in `u` and `|u|` in `s`, so its scale is
 ///   `S_u + (1 + |u|) (S_r + 2)` plus its two terms; the gradient's is
-///   `beta (S_u + S_r + 2)`.
+///   `beta (S_u + S_r + 2)`. Nothing is clipped.
 fn pair_scale(alg: Algorithm, h: &Hyper, c: &PairConsts, lp: [f64; 2]) -> PairScale {
     let eps = h.epsilon;
     if alg == Algorithm::Dpo {
@@ -189,7 +196,7 @@ fn pair_scale(alg: Algorithm, h: &Hyper, c: &PairConsts, lp: [f64; 2]) -> PairSc
         return PairScale {
             loss: s_u + (1.0 + u.abs()) * s_r + terms,
             grad: h.beta * (s_u + s_r),
-            clipped: [0.0; 2],
+            on_edge: [false; 2],
         };
     }
     let s_d = c.reward[0].abs()
@@ -198,7 +205,6 @@ fn pair_scale(alg: Algorithm, h: &Hyper, c: &PairConsts, lp: [f64; 2]) -> PairSc
     let step = [0, 1].map(|i| (lp[i] - c.lp_old[i]).abs());
     let rho = [0, 1].map(|i| (lp[i] - c.lp_old[i]).exp());
     let w = s_d * rho[0] * rho[1] * (2.0 + step[0] + step[1]);
-    // The band's own rounding (none when it is unbounded).
     let band = if eps.is_finite() { eps } else { 0.0 };
     if alg == Algorithm::P3oV2 {
         let l = lp[0] - lp[1];
@@ -207,26 +213,23 @@ fn pair_scale(alg: Algorithm, h: &Hyper, c: &PairConsts, lp: [f64; 2]) -> PairSc
         let logs = lp[0].abs() + lp[1].abs() + c.lp_old[0].abs() + c.lp_old[1].abs() + band;
         let r = c.shaped_reward(h.beta);
         let a = ((r[0] - r[1]) * rho[0] * rho[1]).abs();
+        let edge = on_edge(l, (l_old - eps, l_old + eps), logs);
         PairScale {
             loss: w * clip + a * logs,
             grad: w,
-            clipped: [logs; 2],
+            on_edge: [edge; 2],
         }
     } else {
         let clip = rho.map(|q| q.max(1.0 - eps).min(1.0 + eps).abs());
         PairScale {
             loss: w * (clip[0] / rho[0] + clip[1] / rho[1]),
             grad: w,
-            clipped: [0, 1].map(|i| rho[i] * (2.0 + step[i]) + 1.0 + band),
+            on_edge: [0, 1].map(|i| {
+                let scale = rho[i] * (2.0 + step[i]) + 1.0 + band;
+                on_edge(rho[i], (1.0 - eps, 1.0 + eps), scale)
+            }),
         }
     }
-}
-
-/// Whether `q` lies within `F64_SUMMANDS * scale` of either edge of the band
-/// `[lo, hi]` (never, for an unbounded band).
-fn on_edge(q: f64, (lo, hi): (f64, f64), scale: f64) -> bool {
-    let near = |edge: f64| (q - edge).abs() <= F64_SUMMANDS * scale;
-    lo.is_finite() && (near(lo) || near(hi))
 }
 
 /// The pair kernel of `alg` ([C-P3O-V1], [C-P3O-V2] or [C-DPO]) wrote `out`
@@ -251,33 +254,26 @@ pub fn check_pairs(
             lp_old: wide(&x.lp_old),
             lp_ref: wide(&x.lp_ref),
         };
-        let lp = wide(&x.lp);
-        let at = PairVars { lp, value: 0.0 };
+        let at = PairVars {
+            lp: wide(&x.lp),
+            value: 0.0,
+        };
         let want = pair_loss(alg, h, &c, at);
-        let scale = pair_scale(alg, h, &c, lp);
+        let scale = pair_scale(alg, h, &c, at.lp);
         let check = || -> Result<(), Disagreement> {
             rounded("loss", out.loss[i], want.loss, scale.loss)?;
-            let free = pair_loss(alg, &unclipped, &c, at).grad.lp;
             for k in 0..2 {
                 let what = ["d loss / d lp1", "d loss / d lp2"][k];
                 let got = out.grad[k][i];
-                let (q, band) = match alg {
-                    Algorithm::P3oV2 => {
-                        let l_old = c.lp_old[0] - c.lp_old[1];
-                        (lp[0] - lp[1], (l_old - h.epsilon, l_old + h.epsilon))
-                    }
-                    _ => (
-                        (lp[k] - c.lp_old[k]).exp(),
-                        (1.0 - h.epsilon, 1.0 + h.epsilon),
-                    ),
+                let Err(e) = rounded(what, got, want.grad.lp[k], scale.grad) else {
+                    continue;
                 };
-                let edge = alg != Algorithm::Dpo && on_edge(q, band, scale.clipped[k]);
-                let first = rounded(what, got, want.grad.lp[k], scale.grad);
-                let either = [0.0, free[k]]
+                let other_side = [0.0, pair_loss(alg, &unclipped, &c, at).grad.lp[k]];
+                let either = other_side
                     .iter()
                     .any(|&other| rounded(what, got, other, scale.grad).is_ok());
-                if first.is_err() && !(edge && either) {
-                    return first;
+                if !(scale.on_edge[k] && either) {
+                    return Err(e);
                 }
             }
             Ok(())
