@@ -54,6 +54,7 @@ impl LogitElement for Bf16 {
 
 /// The inputs of a batch of `n` pairs: six sequence log-probs and two
 /// float64 rewards per pair, in device buffers (or, for `host`, vectors).
+#[derive(Clone, Debug, PartialEq)]
 pub struct PairInputs<F = CudaSlice<f32>, D = CudaSlice<f64>> {
     pub lp: [F; 2],
     pub lp_old: [F; 2],

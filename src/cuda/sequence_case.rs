@@ -40,15 +40,12 @@ const MAX_SCAN_LEN: usize = 2048;
 /// One decoded case.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SequenceCase {
-    /// `n` pairs through the pair kernel of `alg` (P3O-V1, P3O-V2, DPO).
+    /// Pairs through the pair kernel of `alg` (P3O-V1, P3O-V2, DPO).
     Pairs {
         alg: Algorithm,
         beta: f64,
         epsilon: f64,
-        lp: [Vec<f32>; 2],
-        lp_old: [Vec<f32>; 2],
-        lp_ref: [Vec<f32>; 2],
-        reward: [Vec<f64>; 2],
+        x: PairInputs<Vec<f32>, Vec<f64>>,
     },
     /// Masked sums of `[B, t_len]` summands, with a subtrahend `c` or not.
     SeqSum {
@@ -88,16 +85,18 @@ impl SequenceCase {
         let at = |at: String| move |what| CaseFailure::Output { at, what };
         match self {
             SequenceCase::Pairs {
-                alg, beta, epsilon, ..
+                alg,
+                beta,
+                epsilon,
+                x,
             } => {
-                let x = self.pair_inputs().expect("a pair case");
-                let out = k.pairs(*alg, &x, *beta, *epsilon)?;
+                let out = k.pairs(*alg, x, *beta, *epsilon)?;
                 let h = Hyper {
                     beta: *beta,
                     epsilon: *epsilon,
                     vf_coef: 1.0,
                 };
-                check_pairs(*alg, &h, &x, &out).map_err(|(i, e)| at(format!("{alg} pair {i}"))(e))
+                check_pairs(*alg, &h, x, &out).map_err(|(i, e)| at(format!("{alg} pair {i}"))(e))
             }
             SequenceCase::SeqSum { t_len, a, c, mask } => {
                 let out = k.seq_sum(a, c.as_deref(), mask, *t_len)?;
@@ -126,25 +125,6 @@ impl SequenceCase {
     /// [`Self::check`] on the host execution of the kernels.
     pub fn check_host(&self) -> std::result::Result<(), CaseFailure> {
         self.check(&Host)
-    }
-
-    /// A pair case's inputs in the launchers' layout.
-    pub fn pair_inputs(&self) -> Option<PairInputs<Vec<f32>, Vec<f64>>> {
-        match self {
-            SequenceCase::Pairs {
-                lp,
-                lp_old,
-                lp_ref,
-                reward,
-                ..
-            } => Some(PairInputs {
-                lp: lp.clone(),
-                lp_old: lp_old.clone(),
-                lp_ref: lp_ref.clone(),
-                reward: reward.clone(),
-            }),
-            _ => None,
-        }
     }
 }
 
@@ -411,14 +391,17 @@ fn pairs(u: &mut Unstructured<'_>, alg: Algorithm) -> Result<SequenceCase> {
             .map(|(&o, &s)| (o + s).clamp(-MAX_LOGPROB, MAX_LOGPROB))
             .collect()
     });
-    Ok(SequenceCase::Pairs {
-        alg,
-        beta,
-        epsilon,
+    let x = PairInputs {
         lp,
         lp_ref: [field(4, &logprobs), field(5, &logprobs)],
         reward: [picks(p, 6, 8, &rewards, n), picks(p, 7, 8, &rewards, n)],
         lp_old,
+    };
+    Ok(SequenceCase::Pairs {
+        alg,
+        beta,
+        epsilon,
+        x,
     })
 }
 
