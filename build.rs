@@ -17,7 +17,9 @@ fn main() {
 /// tests on machines without a GPU.
 fn host_kernels() {
     println!("cargo:rerun-if-changed=kernels");
-    cc::Build::new()
+    println!("cargo:rerun-if-env-changed=P3O_HOST_KERNEL_FLAGS");
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++20")
         .file("kernels/host/kernels.cpp")
@@ -27,8 +29,16 @@ fn host_kernels() {
         .flag_if_supported("-Wno-unknown-pragmas")
         // NVRTC's warnings are errors (src/cuda/nvrtc.rs); the host compiler
         // adds this one for the DPO kernel's unused epsilon.
-        .flag_if_supported("-Wno-unused-parameter")
-        .compile("p3o_host_kernels");
+        .flag_if_supported("-Wno-unused-parameter");
+    // Extra flags for these sources only: scripts/fuzz.sh passes clang's
+    // `-fsanitize=fuzzer-no-link`, so that libFuzzer sees the kernels'
+    // branches and not only the Rust side's.
+    if let Ok(flags) = std::env::var("P3O_HOST_KERNEL_FLAGS") {
+        for flag in flags.split_whitespace() {
+            build.flag(flag);
+        }
+    }
+    build.compile("p3o_host_kernels");
 }
 
 /// Feature `torch`: link libtorch_cuda and embed an rpath to libtorch.
