@@ -367,6 +367,8 @@ fn pairs(u: &mut Unstructured<'_>, alg: Algorithm) -> Result<SequenceCase> {
     if epsilon <= f64::from(MAX_STEP) {
         steps.extend([epsilon as f32, -epsilon as f32]);
     }
+    // Rewards from float32 values, a quarter of them moved by 2^-30 so that
+    // a reward difference is not always exact.
     let rewards: Vec<f64> = palette(u, MAX_REWARD as f32)?
         .into_iter()
         .map(|r| {
@@ -405,8 +407,8 @@ fn pairs(u: &mut Unstructured<'_>, alg: Algorithm) -> Result<SequenceCase> {
     })
 }
 
-/// Rows and their length: 1 to 4 rows of up to `max` tokens, short lengths
-/// (below one block of the sum) as likely as long ones.
+/// Rows and their length: 1 to 4 rows of up to `max` tokens, lengths up to
+/// 300 (the sum's blocks have 128 threads) as likely as any length.
 fn shape(u: &mut Unstructured<'_>, max: usize) -> Result<(usize, usize)> {
     let rows = u.int_in_range(1..=4usize)?;
     let t_len = if u.arbitrary()? {
