@@ -698,6 +698,100 @@ proptest! {
     }
 }
 
+/// Why a decoded sequence case leaves [C-F64-KERNELS]'s domain, if it does.
+fn outside_f64_domain(case: &SequenceCase) -> Option<String> {
+    let bounded = |x: &[f32], max: f32| x.iter().all(|v| v.is_finite() && v.abs() <= max);
+    let zero_one = |m: &[f32]| m.iter().all(|&v| v == 0.0 || v == 1.0);
+    let unit = |x: f64| (0.0..=1.0).contains(&x);
+    match case {
+        SequenceCase::Pairs {
+            beta, epsilon, x, ..
+        } => {
+            let logs = [&x.lp, &x.lp_old, &x.lp_ref];
+            let steps = (0..2).all(|k| {
+                x.lp[k]
+                    .iter()
+                    .zip(&x.lp_old[k])
+                    .all(|(a, b)| (a - b).abs() <= 17.0)
+            });
+            let rewards = x.reward.iter().flatten().all(|r| r.abs() <= 16_777_216.0);
+            let coefs = (0.0..=64.0).contains(beta)
+                && ((0.0..=64.0).contains(epsilon) || *epsilon == f64::INFINITY);
+            let ok = logs.iter().all(|p| p.iter().all(|v| bounded(v, 65_536.0)))
+                && steps
+                && rewards
+                && coefs;
+            (!ok).then(|| format!("pairs: steps {steps}, rewards {rewards}, coefficients {coefs}"))
+        }
+        SequenceCase::SeqSum { a, c, mask, .. } => {
+            let max = 18_446_744_073_709_551_616.0;
+            let ok =
+                bounded(a, max) && c.as_ref().is_none_or(|c| bounded(c, max)) && zero_one(mask);
+            (!ok).then(|| "sequence sum".to_string())
+        }
+        SequenceCase::Gae {
+            t_len,
+            rewards,
+            values,
+            mask,
+            gamma,
+            lambda,
+        } => {
+            let max = 4_294_967_296.0;
+            let right_padded = mask
+                .chunks(*t_len)
+                .all(|row| row.windows(2).all(|w| w[0] >= w[1]));
+            let ok = bounded(rewards, max)
+                && bounded(values, max)
+                && zero_one(mask)
+                && right_padded
+                && unit(*gamma)
+                && unit(*lambda);
+            (!ok).then(|| {
+                format!("GAE: right-padded {right_padded}, gamma {gamma}, lambda {lambda}")
+            })
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        ..common::config("tests/proptest-regressions/cuda_kernels.txt")
+    })]
+
+    /// Whatever the bytes, a decoded sequence case lies in the domain its
+    /// tolerance is stated for, so a fuzz failure is never the decoder's.
+    // spec: C-F64-KERNELS
+    #[test]
+    fn sequence_cases_stay_in_the_domain(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(case) = SequenceCase::from_bytes(&bytes) {
+            prop_assert_eq!(outside_f64_domain(&case), None);
+        }
+    }
+
+    /// Likewise for token cases and [C-TOKEN-LOGPROB]: finite logits of
+    /// magnitude at most 2^126 or -inf, each target's logit finite, and
+    /// upstream gradients 0 or of magnitude in [2^-20, 2^21).
+    // spec: C-TOKEN-LOGPROB
+    #[test]
+    fn token_cases_stay_in_the_domain(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(case) = TokenCase::from_bytes(&bytes) {
+            let max = 2f32.powi(126);
+            prop_assert!(case
+                .logits
+                .iter()
+                .all(|x| *x == f32::NEG_INFINITY || (x.is_finite() && x.abs() <= max)));
+            for (r, &t) in case.targets.iter().enumerate() {
+                prop_assert!((0..case.v as i64).contains(&t));
+                prop_assert!(case.logits[r * case.v + t as usize].is_finite());
+            }
+            let g_ok = |g: f32| g == 0.0 || (2f32.powi(-20)..2f32.powi(21)).contains(&g.abs());
+            prop_assert!(case.g.iter().all(|&g| g_ok(g)), "{:?}", case.g);
+        }
+    }
+}
+
 /// The committed seeds and crash files of fuzz target `target`
 /// (`fuzz/seeds/<target>`, `fuzz/regressions/<target>`), each with whether
 /// it is a seed. At least 8 seeds must be there.

@@ -6,7 +6,7 @@
 //! A case stays inside [C-TOKEN-LOGPROB]'s domain: finite logits of
 //! magnitude at most `2^126` (so every difference of two logits, and
 //! `logp`, is a float32) or `-inf`, each target's logit finite, and upstream
-//! gradients 0 or of magnitude in `[2^-20, 2^20]` (entries `g p` for `p`
+//! gradients 0 or of magnitude in `[2^-20, 2^21)` (entries `g p` for `p`
 //! down to `2^-100` then stay normal floats).
 //! The logits are drawn from a small palette, so that ties, masked entries
 //! and terms near float32's subnormal range are common, and a target may be
@@ -167,7 +167,7 @@ fn target_lift(u: &mut Unstructured<'_>) -> Result<Option<f32>> {
     Ok((b >= 128).then(|| f32::from(b - 128) * 0.875))
 }
 
-/// 0, or a float32 of magnitude in `[2^-20, 2^20]` from raw bits.
+/// 0, or a float32 of magnitude in `[2^-20, 2^21)` from raw bits.
 fn upstream_gradient(u: &mut Unstructured<'_>) -> Result<f32> {
     let bits: u32 = u.arbitrary()?;
     let x = f32::from_bits(bits);
