@@ -481,8 +481,9 @@ fn check_token_row_has_teeth() {
 /// The float64 kernels' comparisons ([C-F64-KERNELS]) pass the reference's
 /// outputs rounded to float32 and catch: a sum accumulated in float32
 /// where terms cancel, a loss off by 16 float32 roundings, a gradient
-/// clipped off the band's edge (while one on the edge may be either), and
-/// an output left unwritten.
+/// clipped off the band's edge (while one on the edge, of P3O-V2's log-ratio
+/// band or P3O-V1's ratio band, may be either), and an output left
+/// unwritten.
 // spec: C-F64-KERNELS C-CLIP
 #[test]
 fn float64_checks_have_teeth() {
@@ -590,6 +591,48 @@ fn float64_checks_have_teeth() {
         matches!(unwritten, Err((1, Disagreement::Rounded { .. }))),
         "{unwritten:?}"
     );
+
+    // P3O-V1 with rho1 = exp(1/4) and 1 + eps = exp(1/4) as float64 rounds
+    // it: rho1 is on the edge (either gradient passes), rho2 = 1 is not.
+    let h1 = Hyper {
+        epsilon: 0.25f64.exp() - 1.0,
+        ..h
+    };
+    let x1 = PairInputs {
+        lp: [vec![-1.75f32], vec![-3.0]],
+        lp_old: [vec![-2.0f32], vec![-3.0]],
+        lp_ref: [vec![-2.5f32], vec![-2.0]],
+        reward: [vec![1.5], vec![-0.5]],
+    };
+    let c1 = PairConsts {
+        reward: [1.5, -0.5],
+        lp_old: [-2.0, -3.0],
+        lp_ref: [-2.5, -2.0],
+    };
+    let w1 = pair_loss(
+        Algorithm::P3oV1,
+        &h1,
+        &c1,
+        PairVars {
+            lp: [-1.75, -3.0],
+            value: 0.0,
+        },
+    );
+    let g = w1.grad.lp.map(|g| g as f32);
+    assert!(g[0] != 0.0 && g[1] != 0.0, "{g:?}");
+    let check1 = |g: [f32; 2]| {
+        let out = PairOutputs {
+            loss: vec![w1.loss as f32],
+            grad: [vec![g[0]], vec![g[1]]],
+        };
+        compare::check_pairs(Algorithm::P3oV1, &h1, &x1, &out)
+    };
+    assert_eq!(check1(g), Ok(()));
+    assert_eq!(check1([0.0, g[1]]), Ok(()));
+    assert!(matches!(
+        check1([g[0], 0.0]),
+        Err((0, Disagreement::Rounded { .. }))
+    ));
 
     // GAE over one sequence of 3 (the last token masked).
     let (r, v, m) = ([1.0f32, -0.5, 2.0], [0.25f32, 0.5, 4.0], [1.0f32, 1.0, 0.0]);
