@@ -21,7 +21,7 @@ scripts/setup-cuda.sh
 cargo test --locked --features cuda --test cuda_kernels -- --nocapture 2>&1 | tee -a "$log"
 scripts/kernel-race-check.sh
 # The fuzz targets (their own workspace, run by `cargo fuzz`) still build.
-cargo check --manifest-path fuzz/Cargo.toml --bins
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
