@@ -100,48 +100,49 @@ fn bench_shape<T: LogitElement>(
     let mut grad = gpu.stream.alloc_zeros::<T>(elems).unwrap();
     let shape = format!("{label} V={v}");
 
-    if parts == Parts::All {
-        group.throughput(Throughput::Bytes(matrix as u64));
-        group.bench_function(BenchmarkId::new("fwd", v), |bench| {
-            bench.iter_custom(|iters| {
-                timed(gpu, (&shape, "fwd", matrix), iters, || {
-                    gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
-                        .unwrap();
-                })
-            })
+    // Times `f` as `part` of this shape, `bytes` moved per run.
+    let mut bench = |part: &'static str, bytes: f64, mut f: Box<dyn FnMut() + '_>| {
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_function(BenchmarkId::new(part, v), |b| {
+            b.iter_custom(|iters| timed(gpu, (&shape, part, bytes), iters, &mut f))
         });
+    };
+    if parts == Parts::All {
+        bench(
+            "fwd",
+            matrix,
+            Box::new(|| {
+                gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
+                    .unwrap()
+            }),
+        );
         // The backward alone reads the forward's `lse`.
         gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
             .unwrap();
-        group.throughput(Throughput::Bytes(2 * matrix as u64));
-        group.bench_function(BenchmarkId::new("bwd", v), |bench| {
-            bench.iter_custom(|iters| {
-                timed(gpu, (&shape, "bwd", 2.0 * matrix), iters, || {
-                    gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
-                        .unwrap();
-                })
-            })
-        });
-    }
-    group.throughput(Throughput::Bytes(3 * matrix as u64));
-    group.bench_function(BenchmarkId::new("fwd+bwd", v), |bench| {
-        bench.iter_custom(|iters| {
-            timed(gpu, (&shape, "fwd+bwd", 3.0 * matrix), iters, || {
-                gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
-                    .unwrap();
+        bench(
+            "bwd",
+            2.0 * matrix,
+            Box::new(|| {
                 gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
-                    .unwrap();
-            })
-        })
-    });
-    group.throughput(Throughput::Bytes(2 * matrix as u64));
-    group.bench_function(BenchmarkId::new("copy", v), |bench| {
-        bench.iter_custom(|iters| {
-            timed(gpu, (&shape, "copy", 2.0 * matrix), iters, || {
-                gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap()
-            })
-        })
-    });
+                    .unwrap()
+            }),
+        );
+    }
+    bench(
+        "fwd+bwd",
+        3.0 * matrix,
+        Box::new(|| {
+            gpu.token_logprob_fwd(&logits, &targets, v, &mut logp, &mut lse)
+                .unwrap();
+            gpu.token_logprob_bwd(&logits, &targets, &lse, &g, v, &mut grad)
+                .unwrap();
+        }),
+    );
+    bench(
+        "copy",
+        2.0 * matrix,
+        Box::new(|| gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap()),
+    );
 }
 
 /// A benchmark group with the short windows of this bench: 24 benchmarks in
