@@ -94,6 +94,14 @@ pub const F32_SUBNORMAL_HALF: f64 = 1.0 / (1u128 << 127) as f64 / (1u128 << 23) 
 /// bit differently), relative to `max(1e-3, |x|)`.
 pub const HOST_VS_TENSOR_F32: f64 = 1e-5;
 
+/// One training step's metrics (loss, gradient norm, KL, ratios) with
+/// `kernels = cuda` against `kernels = torch` from the same weights and
+/// samples: float32 roundings of the token log-probs, sequence sums, pair
+/// losses and advantages carried through a forward and a backward. Relative
+/// to `max(1, |x|)`: at the first step the policy is the reference, so the
+/// KL (and with it a loss) cancels to rounding level.
+pub const KERNELS_VS_TORCH_STEP: f64 = 1e-5;
+
 /// The tch models against HF transformers on the committed fixtures, float32:
 /// max absolute error of logits and rewards.
 pub const HF_F32: f64 = 1e-4;

@@ -1,16 +1,17 @@
 //! The CUDA kernels on libtorch tensors (features `cuda` and `torch`): the
-//! tensor launchers against the float64 reference, and `kernels = cuda`
-//! chained into autograd giving libtorch's own parameter gradients. Each
+//! tensor launchers against the float64 reference, `kernels = cuda`
+//! chained into autograd giving libtorch's own parameter gradients, and
+//! `p3o train` with the kernels ending where it ends without them. Each
 //! runs on the GPU (printing 'skipped: no CUDA device' without one) and, as
 //! `host_*` with smaller shapes, on CPU tensors with the host execution of
 //! the same kernel sources (`kernels = cuda-host`).
 #![cfg(all(feature = "cuda", feature = "torch"))]
 
 use p3o::cuda::Gpu;
-use p3o::cuda::compare::{TokenRow, check_token_row};
+use p3o::cuda::compare::{GaeOutputs, TokenRow, check_gae, check_seq_sums, check_token_row};
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
-use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64};
+use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP};
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
 
@@ -238,4 +239,202 @@ fn cuda_pair_losses_match_torch() {
 #[test]
 fn host_cuda_pair_losses_match_torch() {
     check_pair_losses("cuda-host", Device::Cpu);
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.to_device(Device::Cpu).reshape([-1])).unwrap()
+}
+
+/// The sequence-sum and GAE tensor launchers against the reference on
+/// `[B, T]` batches whose masks are left-padded (the trainer's response
+/// windows), right-padded, empty and full, with and without a subtrahend.
+fn check_sequence_tensor_launchers(kernels: &dyn TensorKernels, b: i64, t: i64) {
+    let dev = kernels.device();
+    tch::manual_seed(5);
+    let lens = Tensor::randint(t + 1, [b, 1], (Kind::Int64, dev));
+    let cols = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+    let left = cols.ge_tensor(&(-&lens + t)).to_kind(Kind::Float);
+    let right = cols.lt_tensor(&lens).to_kind(Kind::Float);
+    let uniform = |lo: f64, hi: f64| Tensor::rand([b, t], (Kind::Float, dev)) * (hi - lo) + lo;
+    let (a, c) = (uniform(-30.0, 0.0), uniform(-30.0, 0.0));
+    let (r, v) = (uniform(-2.0, 2.0), uniform(-5.0, 5.0));
+    for mask in [&left, &right] {
+        for sub in [None, Some(&c)] {
+            let out = kernels.masked_seq_sum_tensor(&a, sub, mask).unwrap();
+            assert_eq!(out.size(), [b]);
+            let sub = sub.map(floats);
+            let (a, m) = (floats(&a), floats(mask));
+            if let Err((row, e)) = check_seq_sums(&a, sub.as_deref(), &m, t as usize, &floats(&out))
+            {
+                panic!("masked_seq_sum_tensor, B={b} T={t}, row {row}: {e}");
+            }
+        }
+        for (gamma, lambda) in [(1.0, 0.95), (0.99, 0.9)] {
+            let (adv, ret) = kernels.gae_tensor(&r, &v, mask, gamma, lambda).unwrap();
+            let (adv, ret) = (floats(&adv), floats(&ret));
+            let out = GaeOutputs {
+                adv: &adv,
+                ret: &ret,
+            };
+            let inputs = (&floats(&r)[..], &floats(&v)[..], &floats(mask)[..]);
+            if let Err((at, e)) = check_gae(inputs, (gamma, lambda), t as usize, out) {
+                panic!("gae_tensor, B={b} T={t}, at {at:?}: {e}");
+            }
+        }
+    }
+    // No tokens: zero sums and empty advantages, without a launch.
+    let none = Tensor::zeros([b, 0], (Kind::Float, dev));
+    let sums = kernels.masked_seq_sum_tensor(&none, None, &none).unwrap();
+    assert_eq!(floats(&sums), vec![0.0; b as usize]);
+    let (adv, _) = kernels.gae_tensor(&none, &none, &none, 1.0, 1.0).unwrap();
+    assert_eq!(adv.size(), [b, 0]);
+    // Other dtypes, shapes and layouts are refused, not read.
+    let double = a.to_kind(Kind::Double);
+    assert!(kernels.masked_seq_sum_tensor(&double, None, &left).is_err());
+    assert!(
+        kernels
+            .masked_seq_sum_tensor(&a, None, &left.narrow(1, 0, t - 1))
+            .is_err()
+    );
+    assert!(kernels.gae_tensor(&r, &v, &left.tr(), 1.0, 1.0).is_err());
+    assert!(
+        kernels
+            .gae_tensor(&r.reshape([-1]), &v, &left, 1.0, 1.0)
+            .is_err()
+    );
+}
+
+// spec: C-SEQ-LOGPROB C-GAE
+#[test]
+fn sequence_tensor_launchers_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    check_sequence_tensor_launchers(&gpu, 300, 700);
+}
+
+// spec: C-SEQ-LOGPROB C-GAE
+#[test]
+fn host_sequence_tensor_launchers_match_reference() {
+    check_sequence_tensor_launchers(&Host, 9, 40);
+}
+
+/// The trainer's routes into the sequence kernels ([`Kernels::gae`],
+/// [`Kernels::sequence_sums`]) with `kernels = name` on `dev`, against the
+/// reference, on rows of left-padded responses with values that are not 0
+/// (the first training step's value head is, so the step test below cannot
+/// see how values and value targets are passed).
+fn check_trainer_sequence_routes(name: &str, dev: Device) {
+    let kernels = Kernels::from_name(name, dev).unwrap();
+    tch::manual_seed(3);
+    let (n, l) = (6usize, 12usize);
+    let lens = [12, 1, 7, 0, 3, 12];
+    let mask: Vec<Vec<f64>> = lens
+        .iter()
+        .map(|&k| (0..l).map(|t| f64::from(u8::from(t >= l - k))).collect())
+        .collect();
+    // float32 values, so both routes read the same numbers.
+    let rows = |lo: f64, hi: f64| -> Vec<Vec<f64>> {
+        let t = Tensor::rand([n as i64, l as i64], (Kind::Float, Device::Cpu)) * (hi - lo) + lo;
+        Vec::<Vec<f32>>::try_from(&t)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f64::from).collect())
+            .collect()
+    };
+    let (r, v) = (rows(-2.0, 2.0), rows(-5.0, 5.0));
+    let (gamma, lambda) = (0.97, 0.9);
+    let (adv, ret) = kernels.gae(&r, &v, &mask, gamma, lambda).unwrap();
+    let flat = |x: &[Vec<f64>]| x.iter().flatten().map(|&y| y as f32).collect::<Vec<f32>>();
+    let out = GaeOutputs {
+        adv: &flat(&adv),
+        ret: &flat(&ret),
+    };
+    let inputs = (&flat(&r)[..], &flat(&v)[..], &flat(&mask)[..]);
+    if let Err((at, e)) = check_gae(inputs, (gamma, lambda), l, out) {
+        panic!("Kernels::gae with kernels = {name}, at {at:?}: {e}");
+    }
+    let to_t = |x: &[Vec<f64>]| {
+        Tensor::from_slice(&flat(x))
+            .view([n as i64, l as i64])
+            .to_device(dev)
+    };
+    let sums = kernels.sequence_sums(&to_t(&r), &to_t(&mask)).unwrap();
+    assert_eq!(sums.device(), dev);
+    if let Err((row, e)) = check_seq_sums(&flat(&r), None, &flat(&mask), l, &floats(&sums)) {
+        panic!("Kernels::sequence_sums with kernels = {name}, row {row}: {e}");
+    }
+}
+
+// spec: C-SEQ-LOGPROB C-GAE
+#[test]
+fn trainer_sequence_routes_match_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    check_trainer_sequence_routes("cuda", Device::Cuda(0));
+}
+
+// spec: C-SEQ-LOGPROB C-GAE
+#[test]
+fn host_trainer_sequence_routes_match_reference() {
+    check_trainer_sequence_routes("cuda-host", Device::Cpu);
+}
+
+/// `p3o train` on the built-in task with `kernels = name` against
+/// `kernels = torch`, on `device`: one step of one minibatch, so both runs
+/// sample the same responses from the same weights, and the step's loss,
+/// gradient norm, KL and ratio statistics agree to float32 roundings, for
+/// P3O-V2 (the token, sequence-sum and pair kernels) and PPO (the token and
+/// GAE kernels). (Weights after the update are not compared: Adam's first
+/// step moves every weight by about `lr` in the direction of its gradient's
+/// sign, which float32 roundings flip where a gradient is near 0.)
+fn check_training_with_kernels(name: &str, device: &str) {
+    use p3o::train::config::TrainConfig;
+    use p3o::train::trainer::Trainer;
+    for alg in ["p3o-v2", "ppo"] {
+        let run = |kernels: &str| {
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("kernels-{alg}-{kernels}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&out);
+            let set = [
+                format!("algorithm={alg}"),
+                format!("kernels={kernels}"),
+                format!("device={device}"),
+                "steps=1".into(),
+                "epochs=1".into(),
+                "batch_size=4".into(),
+                "minibatch_size=4".into(),
+                "max_new_tokens=8".into(),
+                "eval_every=0".into(),
+                "checkpoint_every=0".into(),
+            ];
+            let cfg = TrainConfig::load(None, &set).unwrap();
+            let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
+            let _ = std::fs::remove_dir_all(&out);
+            last
+        };
+        let (want, got) = (run("torch"), run(name));
+        for key in ["loss", "grad_norm", "kl_mean", "ratio_mean", "reward_mean"] {
+            let (a, b) = (want[key].as_f64().unwrap(), got[key].as_f64().unwrap());
+            println!("{alg}, {key}: kernels = torch {a} | kernels = {name} {b}");
+            assert!(
+                (a - b).abs() <= KERNELS_VS_TORCH_STEP * a.abs().max(1.0),
+                "{alg}: {key} {b} with kernels = {name}, {a} with torch"
+            );
+        }
+    }
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V2 C-PPO-TOKEN
+#[test]
+fn training_with_cuda_kernels_matches_torch() {
+    if gpu().is_none() {
+        return;
+    }
+    check_training_with_kernels("cuda", "cuda");
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V2 C-PPO-TOKEN
+#[test]
+fn host_training_with_cuda_host_kernels_matches_torch() {
+    check_training_with_kernels("cuda-host", "cpu");
 }

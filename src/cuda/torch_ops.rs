@@ -1,5 +1,7 @@
-//! The token log-prob kernels on libtorch tensors ([C-TOKEN-LOGPROB])
-//! (features `cuda` and `torch`), with one set of tensor checks for both
+//! The kernels on libtorch tensors (features `cuda` and `torch`): token
+//! log-probs ([C-TOKEN-LOGPROB]), pair losses ([C-P3O-V1], [C-P3O-V2],
+//! [C-DPO]), sequence sums ([C-SEQ-LOGPROB]) and GAE ([C-GAE]), with one set
+//! of tensor checks for both
 //! places they run: CUDA tensors on the GPU (device pointers from tch,
 //! launched on the legacy default stream, which is libtorch's current stream
 //! unless a program selects another one, so the launches are ordered with
@@ -9,13 +11,13 @@
 use cudarc::driver::PushKernelArg;
 use tch::{Device, Kind, Tensor};
 
-use super::host::{Host, HostLogitElement, pair_entry};
+use super::host::{Host, HostLogitElement, ffi, pair_entry};
 use super::launch::{self, Grid, check};
 use super::ops::{Bf16, LogitElement, PairInputs, PairOutputs, pair_kernel};
 use super::{CudaError, Gpu};
 use crate::reference::Algorithm;
 
-/// The token kernels on the tensors of one device.
+/// The kernels on the tensors of one device.
 pub trait TensorKernels: Send + Sync {
     /// The device whose tensors these kernels take.
     fn device(&self) -> Device;
@@ -63,6 +65,37 @@ pub trait TensorKernels: Send + Sync {
         beta: f64,
         epsilon: f64,
         n: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError>;
+
+    /// Launches `masked_seq_sum`.
+    ///
+    /// # Safety
+    /// `ptrs` are the data of (a, c, mask, out), `c` being 0 for "absent":
+    /// contiguous float32 tensors on [`Self::device`], `[B, T]` for the
+    /// inputs and `[B]` for `out`, as `grid` was computed from by
+    /// `launch::seq_sum`, alive until the launch has run.
+    unsafe fn launch_seq_sum(
+        &self,
+        ptrs: [u64; 4],
+        t_len: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError>;
+
+    /// Launches `gae_reverse_scan`.
+    ///
+    /// # Safety
+    /// `ptrs` are the data of (rewards, values, mask, adv, ret): contiguous
+    /// float32 `[B, T]` tensors on [`Self::device`], as `grid` and `batch`
+    /// were computed from by `launch::gae`, alive until the launch has run.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_gae(
+        &self,
+        ptrs: [u64; 5],
+        gamma: f64,
+        lambda: f64,
+        batch: i32,
+        t_len: i32,
         grid: Grid,
     ) -> Result<(), CudaError>;
 
@@ -185,6 +218,83 @@ pub trait TensorKernels: Send + Sync {
         unsafe { self.launch_pairs(alg, ptrs, beta, epsilon, n32, grid) }?;
         Ok(out)
     }
+
+    /// `(B, T)` of float32 `[B, T]` tensors of one shape, each checked.
+    fn rows_shape(&self, tensors: &[(&str, &Tensor)]) -> Result<(i64, i64), CudaError> {
+        let size = tensors[0].1.size();
+        check(size.len() == 2, || {
+            format!("{} must be [B, T], got {size:?}", tensors[0].0)
+        })?;
+        for &(name, t) in tensors {
+            self.check_tensor(name, t, &[Kind::Float])?;
+            check(t.size() == size, || {
+                format!("{name} is {:?}, {} is {size:?}", t.size(), tensors[0].0)
+            })?;
+        }
+        Ok((size[0], size[1]))
+    }
+
+    /// [C-SEQ-LOGPROB] on tensors: `out[b] = sum_t mask (a - c)` over
+    /// float32 `[B, T]` tensors, `c` absent meaning zero -> `[B]`, float32.
+    /// No autograd: the sums of log-probs that need no gradient (the
+    /// reference policy's, for instance).
+    fn masked_seq_sum_tensor(
+        &self,
+        a: &Tensor,
+        c: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor, CudaError> {
+        let mut inputs = vec![("a", a), ("mask", mask)];
+        inputs.extend(c.map(|c| ("c", c)));
+        let (b, t) = self.rows_shape(&inputs)?;
+        if b == 0 || t == 0 {
+            return Ok(Tensor::zeros([b], (Kind::Float, self.device())));
+        }
+        let out = Tensor::empty([b], (Kind::Float, self.device()));
+        let grid = launch::seq_sum(
+            a.numel(),
+            c.map(Tensor::numel),
+            mask.numel(),
+            t as usize,
+            out.numel(),
+        )?;
+        let ptr = |t: &Tensor| t.data_ptr() as u64;
+        let ptrs = [ptr(a), c.map_or(0, ptr), ptr(mask), ptr(&out)];
+        // SAFETY: the inputs are contiguous float32 [B, T] tensors on this
+        // device (checked above), `out` is allocated here with B elements,
+        // `launch::seq_sum` checked the lengths (T fits an i32); all outlive
+        // the launch.
+        unsafe { self.launch_seq_sum(ptrs, t as i32, grid) }?;
+        Ok(out)
+    }
+
+    /// [C-GAE] on float32 `[B, T]` tensors of rewards, values and mask ->
+    /// (advantages, value targets), float32 `[B, T]`. No autograd.
+    fn gae_tensor(
+        &self,
+        rewards: &Tensor,
+        values: &Tensor,
+        mask: &Tensor,
+        gamma: f64,
+        lambda: f64,
+    ) -> Result<(Tensor, Tensor), CudaError> {
+        let (b, t) =
+            self.rows_shape(&[("rewards", rewards), ("values", values), ("mask", mask)])?;
+        if b == 0 || t == 0 {
+            let zeros = || Tensor::zeros([b, t], (Kind::Float, self.device()));
+            return Ok((zeros(), zeros()));
+        }
+        let adv = Tensor::empty([b, t], (Kind::Float, self.device()));
+        let ret = Tensor::empty([b, t], (Kind::Float, self.device()));
+        let lens = [values, mask, &adv, &ret].map(Tensor::numel);
+        let (grid, b32) = launch::gae(rewards.numel(), t as usize, &lens)?;
+        let ptrs = [rewards, values, mask, &adv, &ret].map(|t| t.data_ptr() as u64);
+        // SAFETY: every tensor is a contiguous float32 [B, T] tensor on this
+        // device (checked above, or allocated here), as `launch::gae`
+        // checked (T fits an i32); all outlive the launch.
+        unsafe { self.launch_gae(ptrs, gamma, lambda, b32, t as i32, grid) }?;
+        Ok((adv, ret))
+    }
 }
 
 /// The (forward, backward) kernels for logits of `kind` (checked to be
@@ -198,26 +308,27 @@ fn kernel_for(kind: Kind) -> (&'static str, &'static str) {
 }
 
 impl Gpu {
-    /// Launches token kernel `name` with the pointer arguments `ptrs`, then
-    /// `v`, on the stream that libtorch also uses.
+    /// Launches kernel `name` with the pointer arguments `ptrs`, then one
+    /// `int` (a token kernel's V, the sequence sum's T), on the stream that
+    /// libtorch also uses.
     ///
     /// # Safety
-    /// `ptrs` and `v` are the kernel's arguments in its order: device
+    /// `ptrs` and `last` are the kernel's arguments in its order: device
     /// tensors of the lengths `grid` was computed from, alive until the
     /// launch has run (no other op touches them meanwhile, as libtorch's
     /// ops run on the same stream).
-    unsafe fn launch_token(
+    unsafe fn launch_ptrs_then_int(
         &self,
         name: &str,
         ptrs: &[u64],
-        v: i32,
+        last: i32,
         grid: Grid,
     ) -> Result<(), CudaError> {
         let mut launch = self.stream.launch_builder(self.kernels.get(name));
         for p in ptrs {
             launch.arg(p);
         }
-        launch.arg(&v);
+        launch.arg(&last);
         // SAFETY: the caller guarantees the arguments and the buffers.
         unsafe { launch.launch(grid.into()) }?;
         Ok(())
@@ -238,7 +349,7 @@ impl TensorKernels for Gpu {
     ) -> Result<(), CudaError> {
         // SAFETY: (logits, targets, logp, lse) then v is the forward
         // kernel's signature; the caller guarantees the rest.
-        unsafe { self.launch_token(kernel_for(kind).0, &ptrs, v, grid) }
+        unsafe { self.launch_ptrs_then_int(kernel_for(kind).0, &ptrs, v, grid) }
     }
 
     unsafe fn launch_bwd(
@@ -250,7 +361,7 @@ impl TensorKernels for Gpu {
     ) -> Result<(), CudaError> {
         // SAFETY: (logits, targets, lse, grad_logp, grad_logits) then v is
         // the backward kernel's signature; the caller guarantees the rest.
-        unsafe { self.launch_token(kernel_for(kind).1, &ptrs, v, grid) }
+        unsafe { self.launch_ptrs_then_int(kernel_for(kind).1, &ptrs, v, grid) }
     }
 
     unsafe fn launch_pairs(
@@ -277,6 +388,42 @@ impl TensorKernels for Gpu {
         // inputs, beta, epsilon, three outputs, n); the caller guarantees
         // device tensors of n elements, alive until the launch has run on
         // libtorch's stream; threads past n return at once.
+        unsafe { launch.launch(grid.into()) }?;
+        Ok(())
+    }
+
+    unsafe fn launch_seq_sum(
+        &self,
+        ptrs: [u64; 4],
+        t_len: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        // SAFETY: (a, c, mask, out) then T is masked_seq_sum's signature,
+        // and the kernel reads a null `c` as absent; the caller guarantees
+        // the rest.
+        unsafe { self.launch_ptrs_then_int("masked_seq_sum", &ptrs, t_len, grid) }
+    }
+
+    unsafe fn launch_gae(
+        &self,
+        ptrs: [u64; 5],
+        gamma: f64,
+        lambda: f64,
+        batch: i32,
+        t_len: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        let mut launch = self
+            .stream
+            .launch_builder(self.kernels.get("gae_reverse_scan"));
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&gamma).arg(&lambda).arg(&batch).arg(&t_len);
+        // SAFETY: arguments match gae_reverse_scan (rewards, values, mask,
+        // adv, ret, gamma, lambda, B, T); the caller guarantees device
+        // tensors of B rows of T, alive until the launch has run on
+        // libtorch's stream; threads past B return at once.
         unsafe { launch.launch(grid.into()) }?;
         Ok(())
     }
@@ -389,6 +536,59 @@ impl TensorKernels for Host {
                 output(9),
                 output(10),
                 n,
+                grid.blocks,
+                grid.threads,
+            )
+        };
+        super::host::status(code, grid)
+    }
+
+    unsafe fn launch_seq_sum(
+        &self,
+        ptrs: [u64; 4],
+        t_len: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees CPU tensors of B rows of T (and B
+        // sums); a null `c` is the kernel's "absent"; the call returns after
+        // every thread has finished.
+        let code = unsafe {
+            ffi::p3o_host_masked_seq_sum(
+                ptrs[0] as *const f32,
+                ptrs[1] as *const f32,
+                ptrs[2] as *const f32,
+                ptrs[3] as *mut f32,
+                t_len,
+                grid.blocks,
+                grid.threads,
+            )
+        };
+        super::host::status(code, grid)
+    }
+
+    unsafe fn launch_gae(
+        &self,
+        ptrs: [u64; 5],
+        gamma: f64,
+        lambda: f64,
+        batch: i32,
+        t_len: i32,
+        grid: Grid,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees CPU tensors of B rows of T; threads
+        // past B return at once; the call returns after every thread has
+        // finished.
+        let code = unsafe {
+            ffi::p3o_host_gae_reverse_scan(
+                ptrs[0] as *const f32,
+                ptrs[1] as *const f32,
+                ptrs[2] as *const f32,
+                ptrs[3] as *mut f32,
+                ptrs[4] as *mut f32,
+                gamma,
+                lambda,
+                batch,
+                t_len,
                 grid.blocks,
                 grid.threads,
             )

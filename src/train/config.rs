@@ -72,7 +72,8 @@ pub struct TrainConfig {
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
     /// Token log-probs of the training forward: `torch` (libtorch ops),
-    /// `cuda` (the hand-written kernels, features `cuda` and `torch`),
+    /// `cuda` (the hand-written kernels, features `cuda` and `torch`; also
+    /// the pair losses, the reference's sequence log-probs and PPO's GAE),
     /// `cuda-host` (the same kernel sources run on the CPU; a very slow
     /// check) or `reference` (the float64 reference; a slow check of the
     /// chaining into autograd that `cuda` uses).

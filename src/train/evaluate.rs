@@ -128,8 +128,8 @@ pub fn evaluate_policy(
     let responses = sample_responses(policy, &judges.tokenizer, &ids, spec)?;
     let mut kl = Vec::with_capacity(rows.len());
     for (p, r) in rows.chunks(256).zip(responses.chunks(256)) {
-        let lp = tch::no_grad(|| sequence_logprobs(policy, p, r))?;
-        let lp_ref = tch::no_grad(|| sequence_logprobs(&judges.reference, p, r))?;
+        let lp = sequence_logprobs(policy, p, r)?;
+        let lp_ref = sequence_logprobs(&judges.reference, p, r)?;
         let d = (lp.to_kind(Kind::Double) - lp_ref.to_kind(Kind::Double)).to_device(Device::Cpu);
         kl.extend(Vec::<f64>::try_from(&d).map_err(crate::torch::TorchError::from)?);
     }

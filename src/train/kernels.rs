@@ -18,7 +18,9 @@
 //! kernels on the logits where they are, one read of the logits forward and
 //! one read and write backward, and no `[N, V]` log-softmax; the pair losses
 //! of P3O-V1, P3O-V2 and DPO come from their kernels too
-//! ([`Kernels::pair_loss`]). `cuda-host` runs the same kernel sources on CPU
+//! ([`Kernels::pair_loss`]), and so do the sequence sums of log-probs that
+//! need no gradient ([`Kernels::sequence_sums`]) and PPO's advantages
+//! ([`Kernels::gae`]). `cuda-host` runs the same kernel sources on CPU
 //! tensors (`crate::cuda::host`): very slow, a check of the kernels inside
 //! the trainer on machines without a GPU.
 
@@ -31,6 +33,9 @@ use crate::cuda::{ops::PairInputs, torch_ops::TensorKernels};
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::reference::{Algorithm, Hyper};
 use crate::torch::TorchError;
+
+/// Per-token float64 quantities of a rollout, one row per response.
+pub type TokenRows = Vec<Vec<f64>>;
 
 /// Where the token log-probs of the training forward (and, with the
 /// kernels, the pair losses) come from.
@@ -155,6 +160,68 @@ impl Kernels {
             return Ok(&surrogate + (value - &surrogate).detach());
         }
         Ok(losses::pair_loss(alg, h, b)?)
+    }
+
+    /// Sequence log-probs without gradient ([C-SEQ-LOGPROB]): the sums of
+    /// `lp [n, l]` over the last dimension where `mask` is 1. With `cuda`
+    /// (or `cuda-host`) from the `masked_seq_sum` kernel.
+    pub fn sequence_sums(&self, lp: &Tensor, mask: &Tensor) -> Result<Tensor, TrainError> {
+        #[cfg(feature = "cuda")]
+        if let Kernels::Cuda(kernels) = self {
+            let f32s = |t: &Tensor| t.detach().to_kind(Kind::Float).contiguous();
+            return kernels
+                .masked_seq_sum_tensor(&f32s(lp), None, &f32s(mask))
+                .map_err(cuda_error);
+        }
+        Ok(crate::torch::logprobs::sequence_logprobs(
+            &lp.detach(),
+            mask,
+        ))
+    }
+
+    /// Advantages and value targets of `n` rows of `l` tokens ([C-GAE]):
+    /// per-token rewards, the rollout's values and the response mask. With
+    /// `cuda` (or `cuda-host`) from the `gae_reverse_scan` kernel (float32
+    /// inputs and outputs, float64 inside), else the float64 reference.
+    pub fn gae(
+        &self,
+        rewards: &TokenRows,
+        values: &TokenRows,
+        mask: &TokenRows,
+        gamma: f64,
+        lambda: f64,
+    ) -> Result<(TokenRows, TokenRows), TrainError> {
+        #[cfg(feature = "cuda")]
+        if let Kernels::Cuda(kernels) = self {
+            let (n, l) = (rewards.len(), rewards.first().map_or(0, Vec::len));
+            let device = kernels.device();
+            let tensor = |rows: &TokenRows| {
+                let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
+                Tensor::from_slice(&flat)
+                    .view([n as i64, l as i64])
+                    .to_device(device)
+            };
+            let (adv, ret) = kernels
+                .gae_tensor(
+                    &tensor(rewards),
+                    &tensor(values),
+                    &tensor(mask),
+                    gamma,
+                    lambda,
+                )
+                .map_err(cuda_error)?;
+            let rows = |t: &Tensor| -> Result<TokenRows, TrainError> {
+                let flat = host_f64(t)?;
+                Ok((0..n).map(|i| flat[i * l..(i + 1) * l].to_vec()).collect())
+            };
+            return Ok((rows(&adv)?, rows(&ret)?));
+        }
+        Ok(rewards
+            .iter()
+            .zip(values)
+            .zip(mask)
+            .map(|((r, v), m)| crate::reference::gae::gae(r, v, m, gamma, lambda))
+            .unzip())
     }
 
     /// `log softmax(logits)[target]` for `logits: [.., V]`, `targets: [..]`;

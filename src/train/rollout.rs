@@ -217,12 +217,24 @@ fn response_window(
     }
 }
 
-/// Sequence log-probs `[n]`: the masked sums of [`token_window`].
+/// Sequence log-probs `[n]` without gradient: the masked sums of
+/// [`token_window`].
 pub fn sequence_logprobs(
     model: &LanguageModel,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<Tensor, TrainError> {
-    let w = token_window(model, None, prompts, responses)?;
-    Ok(w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
+    sequence_logprobs_with(model, prompts, responses, &Kernels::Torch)
+}
+
+/// [`sequence_logprobs`] with the token log-probs and their sums from
+/// `kernels`.
+pub fn sequence_logprobs_with(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    kernels: &Kernels,
+) -> Result<Tensor, TrainError> {
+    let (w, _) = tch::no_grad(|| token_window_with(model, None, prompts, responses, kernels))?;
+    kernels.sequence_sums(&w.lp, &w.mask)
 }

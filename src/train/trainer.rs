@@ -19,10 +19,7 @@ use super::kernels::{Detached, Kernels, backward};
 use super::losses::{PairBatch, PpoBatch, ppo_loss};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, learning_rate};
-use super::rollout::{
-    Reward, ValueHead, sequence_logprobs, token_window, token_window_with, value_window,
-};
-use crate::reference::gae::gae;
+use super::rollout::{Reward, ValueHead, sequence_logprobs_with, token_window_with, value_window};
 use crate::reference::ppo_tokens::PpoHyper;
 use crate::reference::shift::RewardShift;
 use crate::reference::{Algorithm, Hyper, PairConsts, PairVars};
@@ -326,8 +323,9 @@ impl Trainer {
         // that these equal a recomputation to CACHE_VS_RECOMPUTE per token).
         let lp_old_v = sequence_sums(&sampled.token_logprobs);
         let responses = sampled.response_ids;
-        let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &prompt_ids, &responses))?
-            .to_kind(Kind::Float);
+        let lp_ref =
+            sequence_logprobs_with(&self.reference, &prompt_ids, &responses, &self.kernels)?
+                .to_kind(Kind::Float);
         let raw = self
             .reward
             .score(&self.tokenizer, &prompt_ids, &responses)?;
@@ -484,8 +482,15 @@ impl Trainer {
         // Behaviour token log-probs from the sampling pass (as for the pair
         // algorithms); the policy's body runs once more for the values only.
         let v_old = tch::no_grad(|| value_window(&self.policy, head, &prompt_ids, &responses));
-        let reference =
-            tch::no_grad(|| token_window(&self.reference, None, &prompt_ids, &responses))?;
+        let (reference, _) = tch::no_grad(|| {
+            token_window_with(
+                &self.reference,
+                None,
+                &prompt_ids,
+                &responses,
+                &self.kernels,
+            )
+        })?;
         let raw = self
             .reward
             .score(&self.tokenizer, &prompt_ids, &responses)?;
@@ -523,8 +528,8 @@ impl Trainer {
         let n = responses.len();
         let l = mask.first().map_or(0, Vec::len);
         let lp_old = right_aligned(&sampled.token_logprobs, l);
-        let (mut adv, mut ret) = (vec![vec![0.0; l]; n], vec![vec![0.0; l]; n]);
         let mut kl_seq = vec![0.0; n];
+        let mut rewards = Vec::with_capacity(n);
         for i in 0..n {
             let mut r: Vec<f64> = (0..l)
                 .map(|t| -self.cfg.beta * (lp_old[i][t] - lp_ref[i][t]) * mask[i][t])
@@ -533,8 +538,11 @@ impl Trainer {
                 .map(|t| (lp_old[i][t] - lp_ref[i][t]) * mask[i][t])
                 .sum();
             r[l - 1] += scores[i];
-            (adv[i], ret[i]) = gae(&r, &v_old[i], &mask[i], self.cfg.gamma, self.cfg.lam);
+            rewards.push(r);
         }
+        let (mut adv, ret) =
+            self.kernels
+                .gae(&rewards, &v_old, &mask, self.cfg.gamma, self.cfg.lam)?;
         if self.cfg.whiten_advantages {
             let mut valid = Vec::new();
             for i in 0..n {
@@ -781,7 +789,7 @@ impl Trainer {
         let sampled = self.sample(&ids, derive_seed(self.cfg.seed, 4, 0, 0))?;
         let responses = sampled.response_ids;
         let lp = Tensor::from_slice(&sequence_sums(&sampled.token_logprobs));
-        let lp_ref = tch::no_grad(|| sequence_logprobs(&self.reference, &ids, &responses))?;
+        let lp_ref = sequence_logprobs_with(&self.reference, &ids, &responses, &self.kernels)?;
         let kl = (lp.to_kind(Kind::Double) - lp_ref.to_device(Device::Cpu).to_kind(Kind::Double))
             .mean(Kind::Double)
             .double_value(&[]);
