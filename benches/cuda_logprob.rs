@@ -1,8 +1,11 @@
 //! The token log-prob kernels at N = 16384 rows, timed with CUDA events:
 //! the forward alone, the backward alone and both, against a
-//! device-to-device copy of the logits in the same run. Bytes moved: fwd
-//! N V b (one read of the matrix), bwd 2 N V b (a read and a write), both
-//! 3 N V b; the copy 2 N V b. Prints a table of GB/s at the end.
+//! device-to-device copy of the logits in the same run and (with feature
+//! `torch`) against libtorch eager `log_softmax` + `gather` + backward
+//! through tch on the same logits. Bytes moved: fwd N V b (one read of the
+//! matrix), bwd 2 N V b (a read and a write), both 3 N V b; the copy
+//! 2 N V b; eager is counted as both are. Prints a table of GB/s at the
+//! end, with the speed-up of fwd+bwd over eager.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,6 +15,8 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use p3o::cuda::ops::{Bf16, LogitElement};
 use p3o::cuda::{CudaError, Gpu};
+#[cfg(feature = "torch")]
+use tch::{Device, Kind, Tensor};
 
 const N: usize = 16_384;
 const VOCABS: [usize; 3] = [32_000, 50_257, 128_256];
@@ -20,7 +25,7 @@ const VOCABS: [usize; 3] = [32_000, 50_257, 128_256];
 struct Timing {
     /// dtype and V, e.g. "bf16 V=32000".
     shape: String,
-    /// "fwd", "bwd", "fwd+bwd" or "copy".
+    /// "fwd", "bwd", "fwd+bwd", "eager" or "copy".
     part: &'static str,
     bytes: f64,
     times: Vec<f64>,
@@ -138,11 +143,61 @@ fn bench_shape<T: LogitElement>(
                 .unwrap();
         }),
     );
+    #[cfg(feature = "torch")]
+    if parts == Parts::All {
+        let x = eager_leaf::<T>(gpu, &logits, v);
+        let t = Tensor::from_slice(
+            &(0..N as i64)
+                .map(|i| (i * 7919) % v as i64)
+                .collect::<Vec<_>>(),
+        )
+        .to_device(x.device())
+        .unsqueeze(1);
+        bench(
+            "eager",
+            3.0 * matrix,
+            Box::new(|| {
+                let logp = x.log_softmax(-1, x.kind()).gather(1, &t, false);
+                // The gradient as `torch.autograd.grad` returns it: not
+                // accumulated into `x.grad` (which would add a pass).
+                let g = Tensor::run_backward(&[logp.sum(x.kind())], &[&x], false, false);
+                drop(g);
+            }),
+        );
+    }
     bench(
         "copy",
         2.0 * matrix,
         Box::new(|| gpu.stream.memcpy_dtod(&logits, &mut grad).unwrap()),
     );
+}
+
+/// The eager peer through tch: the same logits as a libtorch leaf
+/// tensor (no copy) that requires grad, float32 or bfloat16 as `T`.
+#[cfg(feature = "torch")]
+fn eager_leaf<T: LogitElement>(gpu: &Gpu, logits: &CudaSlice<T>, v: usize) -> Tensor {
+    use cudarc::driver::DevicePtr;
+    // The two element types of `LogitElement`: f32 and Bf16.
+    let kind = if std::mem::size_of::<T>() == 2 {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let (ptr, _sync) = logits.device_ptr(&gpu.stream);
+    // SAFETY: `ptr` is the start of `logits`, N * V contiguous elements of
+    // `kind` on this device, written before (on the same stream); the
+    // tensor only reads them (its gradient is allocated by libtorch) and is
+    // dropped in `bench_shape`, before `logits`.
+    let x = unsafe {
+        Tensor::from_blob(
+            ptr as *const u8,
+            &[N as i64, v as i64],
+            &[],
+            kind,
+            Device::Cuda(gpu.ctx.ordinal()),
+        )
+    };
+    x.set_requires_grad(true)
 }
 
 /// A benchmark group with the short windows of this bench: 24 benchmarks in
@@ -237,5 +292,17 @@ fn main() {
             median(&copy.times) * 1e3,
             gbs(copy)
         );
+        let part = |name: &str| {
+            t.iter()
+                .find(|e| e.shape == copy.shape && e.part == name)
+                .map(|e| median(&e.times))
+        };
+        if let (Some(kernels), Some(eager)) = (part("fwd+bwd"), part("eager")) {
+            println!(
+                "{:<26} {:>9.2}x",
+                format!("{} speed-up", copy.shape),
+                eager / kernels
+            );
+        }
     }
 }

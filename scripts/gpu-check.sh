@@ -8,7 +8,8 @@
 #   scripts/gpu-check.sh run      # on a CUDA machine with PyTorch 2.11.0+cu130
 #                                 # and CUDA 13 libraries, no Rust, no network:
 #                                 # runs every CUDA test, the kernel benchmarks
-#                                 # and the PyTorch eager peer, table last.
+#                                 # (with the tch eager peer) and the PyTorch
+#                                 # eager peer's memory figures, table last.
 #   scripts/gpu-check.sh train    # there too (transformers needed): the
 #                                 # built-in task with kernels = cuda against
 #                                 # kernels = torch, then the 410M-shaped
@@ -30,8 +31,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
         print(m["executable"])' "$1"; }
     cp "$(cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$bundle/cuda_kernels"
-    cp "$(cargo bench --features cuda --bench cuda_logprob --no-run --message-format=json | exe cuda_logprob)" "$bundle/cuda_logprob"
-    # The kernels on libtorch tensors (needs the machine's libtorch at run time).
+    # The bench (with its tch eager peer) and the kernels on libtorch tensors
+    # need the machine's libtorch at run time.
+    # shellcheck source=scripts/torch-env.sh
+    (source scripts/torch-env.sh && cp "$(cargo bench --features cuda,torch --bench cuda_logprob --no-run --message-format=json | exe cuda_logprob)" "$bundle/cuda_logprob")
     # shellcheck source=scripts/torch-env.sh
     (source scripts/torch-env.sh && cp "$(cargo test --release --features cuda,torch --test cuda_torch --no-run --message-format=json | exe cuda_torch)" "$bundle/cuda_torch")
     # The CLI for the training checks, and the built-in character tokenizer
@@ -81,13 +84,13 @@ run)
     "$bundle/cuda_kernels" --test-threads=1 --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
     torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
     LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
-    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
+    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     took=$SECONDS
     # The alignment probe of float32 at V = 50257 (benches/cuda_logprob.rs,
     # `bench_alignment`; about 15 s), only while the 6 minutes allow it.
     if [ "${P3O_SKIP_BENCH:-0}" != 1 ] && [ "$SECONDS" -lt 330 ]; then
-        P3O_BENCH=alignment "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/alignment.log" || status=1
+        P3O_BENCH=alignment LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/alignment.log" || status=1
     fi
     echo
     echo "== summary ($(head -1 "$out/device.txt"); tests, bench and eager took $took s, with the probe ${SECONDS} s, limit 360 s)"
@@ -107,21 +110,29 @@ train)
     outside=cuda
     [ "$device" = cpu ] && outside=cuda-host
     torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-    # 1. The built-in task, 5 steps, the same seed: token log-probs from
-    #    libtorch ops against the hand-written kernels.
-    for kernels in torch "$outside"; do
-        rm -rf "$out/tiny-$kernels"
-        LD_LIBRARY_PATH=$torch_lib "$bundle/p3o" train --out "$out/tiny-$kernels" --set device="$device" \
-            --set kernels="$kernels" --set steps=5 --set eval_every=0 --set checkpoint_every=0 >/dev/null
-    done
-    python3 - "$out/tiny-torch/metrics.jsonl" "$out/tiny-$outside/metrics.jsonl" <<'PY'
+    # 1. The built-in task, 5 steps, the same seed: libtorch ops against the
+    #    hand-written kernels (P3O-V2: token, sequence-sum and pair kernels;
+    #    PPO: token and GAE kernels). beta = 0: with beta > 0, a P3O pair
+    #    whose rewards tie takes the sign of its shaped difference from
+    #    rounding noise at step 1, and the runs separate (README, "CUDA
+    #    kernels").
+    for alg in p3o-v2 ppo; do
+        for kernels in torch "$outside"; do
+            rm -rf "$out/tiny-$alg-$kernels"
+            LD_LIBRARY_PATH=$torch_lib "$bundle/p3o" train --out "$out/tiny-$alg-$kernels" --set device="$device" \
+                --set algorithm="$alg" --set kernels="$kernels" --set steps=5 --set beta=0 --set eval_every=0 \
+                --set checkpoint_every=0 >/dev/null
+        done
+        python3 - "$alg" "$out/tiny-$alg-torch/metrics.jsonl" "$out/tiny-$alg-$outside/metrics.jsonl" "$outside" <<'PY'
 import json, sys
-rows = [[json.loads(x) for x in open(f) if json.loads(x).get("split") == "train"] for f in sys.argv[1:]]
-print("built-in task, step 5: kernels = torch | kernels = " + sys.argv[2].split("tiny-")[1].split("/")[0])
+alg, outside = sys.argv[1], sys.argv[4]
+rows = [[json.loads(x) for x in open(f) if json.loads(x).get("split") == "train"] for f in sys.argv[2:4]]
+print(f"built-in task, {alg}, step 5: kernels = torch | kernels = {outside}")
 for key in ["loss", "grad_norm", "kl_mean", "reward_mean", "time_update_s"]:
     a, b = rows[0][-1][key], rows[1][-1][key]
     print(f"  {key}: {a:.6g} | {b:.6g} (relative difference {abs(a - b) / max(abs(a), 1e-12):.2g})")
 PY
+    done
     # 2. Learning on a Pythia-410M-shaped model: float32 (P3O-V2 and PPO),
     #    bfloat16, and the kernels in the training forward.
     DEVICE=$device scripts/gpu-train-check.sh "$bundle" p3o-v2 ppo
