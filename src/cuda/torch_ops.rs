@@ -1,12 +1,12 @@
 //! The kernels on libtorch tensors (features `cuda` and `torch`): token
 //! log-probs ([C-TOKEN-LOGPROB]), pair losses ([C-P3O-V1], [C-P3O-V2],
 //! [C-DPO]), sequence sums ([C-SEQ-LOGPROB]) and GAE ([C-GAE]), with one set
-//! of tensor checks for both
-//! places they run: CUDA tensors on the GPU (device pointers from tch,
-//! launched on the legacy default stream, which is libtorch's current stream
-//! unless a program selects another one, so the launches are ordered with
-//! the tch ops around them) and CPU tensors with the host execution of the
-//! same sources (`super::host`). Outputs are allocated by libtorch.
+//! of tensor checks for both places they run: CUDA tensors on the GPU
+//! (device pointers from tch, launched on the legacy default stream, which
+//! is libtorch's current stream unless a program selects another one, so
+//! the launches are ordered with the tch ops around them) and CPU tensors
+//! with the host execution of the same sources (`super::host`). Outputs are
+//! allocated by libtorch.
 
 use cudarc::driver::PushKernelArg;
 use tch::{Device, Kind, Tensor};
