@@ -11,7 +11,7 @@ use p3o::cuda::Gpu;
 use p3o::cuda::compare::{GaeOutputs, TokenRow, check_gae, check_seq_sums, check_token_row};
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
-use p3o::tolerance::{BF16_GRAD, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP};
+use p3o::tolerance::{BF16_GRAD, BF16_VS_F64, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP};
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
 
@@ -380,20 +380,30 @@ fn host_trainer_sequence_routes_match_reference() {
 }
 
 /// `p3o train` on the built-in task with `kernels = name` against
-/// `kernels = torch`, on `device`: one step of one minibatch, so both runs
-/// sample the same responses from the same weights, and the step's loss,
-/// gradient norm, KL and ratio statistics agree to float32 roundings, for
-/// P3O-V2 (the token, sequence-sum and pair kernels) and PPO (the token and
-/// GAE kernels). (Weights after the update are not compared: Adam's first
+/// `kernels = torch`, on `device`, in float32 and bfloat16: one step of one
+/// minibatch, so both runs sample the same responses from the same weights,
+/// and the step's loss, gradient norm, KL and ratio statistics agree to
+/// float32 roundings (bfloat16 ones for bfloat16 weights), for P3O-V2 (the
+/// token, sequence-sum and pair kernels) and PPO (the token and GAE
+/// kernels). (Weights after the update are not compared: Adam's first
 /// step moves every weight by about `lr` in the direction of its gradient's
 /// sign, which float32 roundings flip where a gradient is near 0.)
 fn check_training_with_kernels(name: &str, device: &str) {
     use p3o::train::config::TrainConfig;
     use p3o::train::trainer::Trainer;
-    for alg in ["p3o-v2", "ppo"] {
+    // In bfloat16 both sides round the logits' gradient to bfloat16, and an
+    // entry whose two float32 values straddle a rounding boundary differs by
+    // one bfloat16 rounding, which the backward through the model carries on.
+    let dtypes = [("f32", KERNELS_VS_TORCH_STEP), ("bf16", BF16_VS_F64)];
+    let cases = ["p3o-v2", "ppo"]
+        .into_iter()
+        .flat_map(|a| dtypes.map(|d| (a, d)));
+    for (alg, (dtype, tol)) in cases {
         let run = |kernels: &str| {
-            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("kernels-{alg}-{kernels}-{}", std::process::id()));
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "kernels-{alg}-{dtype}-{kernels}-{}",
+                std::process::id()
+            ));
             let _ = std::fs::remove_dir_all(&out);
             let set = [
                 format!("algorithm={alg}"),
@@ -406,6 +416,7 @@ fn check_training_with_kernels(name: &str, device: &str) {
                 "max_new_tokens=8".into(),
                 "eval_every=0".into(),
                 "checkpoint_every=0".into(),
+                format!("dtype={dtype}"),
             ];
             let cfg = TrainConfig::load(None, &set).unwrap();
             let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
@@ -415,10 +426,10 @@ fn check_training_with_kernels(name: &str, device: &str) {
         let (want, got) = (run("torch"), run(name));
         for key in ["loss", "grad_norm", "kl_mean", "ratio_mean", "reward_mean"] {
             let (a, b) = (want[key].as_f64().unwrap(), got[key].as_f64().unwrap());
-            println!("{alg}, {key}: kernels = torch {a} | kernels = {name} {b}");
+            println!("{alg} {dtype}, {key}: kernels = torch {a} | kernels = {name} {b}");
             assert!(
-                (a - b).abs() <= KERNELS_VS_TORCH_STEP * a.abs().max(1.0),
-                "{alg}: {key} {b} with kernels = {name}, {a} with torch"
+                (a - b).abs() <= tol * a.abs().max(1.0),
+                "{alg} {dtype}: {key} {b} with kernels = {name}, {a} with torch"
             );
         }
     }
