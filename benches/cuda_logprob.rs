@@ -160,8 +160,7 @@ fn bench_shape<T: LogitElement>(
                 let logp = x.log_softmax(-1, x.kind()).gather(1, &t, false);
                 // The gradient as `torch.autograd.grad` returns it: not
                 // accumulated into `x.grad` (which would add a pass).
-                let g = Tensor::run_backward(&[logp.sum(x.kind())], &[&x], false, false);
-                drop(g);
+                let _grad = Tensor::run_backward(&[logp.sum(x.kind())], &[&x], false, false);
             }),
         );
     }

@@ -247,7 +247,8 @@ fn floats(t: &Tensor) -> Vec<f32> {
 
 /// The sequence-sum and GAE tensor launchers against the reference on
 /// `[B, T]` batches whose masks are left-padded (the trainer's response
-/// windows), right-padded, empty and full, with and without a subtrahend.
+/// windows) or right-padded, rows of random lengths from 0 to T, with and
+/// without a subtrahend; then batches of no tokens.
 fn check_sequence_tensor_launchers(kernels: &dyn TensorKernels, b: i64, t: i64) {
     let dev = kernels.device();
     tch::manual_seed(5);
