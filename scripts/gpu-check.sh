@@ -17,9 +17,29 @@
 #                                 # in float32, bfloat16 and with kernels = cuda.
 #                                 # DEVICE=cpu tries it without a GPU (the
 #                                 # kernels then run on the CPU: cuda-host).
+#   scripts/gpu-check.sh profile  # there too: Nsight Compute on one launch of
+#                                 # each token kernel (PROFILE_CASES picks
+#                                 # part/dtype/V, e.g. fwd/bf16/128256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=gpu-bundle
+
+# Sets P3O_NVRTC_DIR on a CUDA machine, unless the caller did: the bundled
+# NVRTC with P3O_BUNDLED_NVRTC=1, else the copy that ships with PyTorch's
+# CUDA 13 libraries, else the first libnvrtc.so.13 on the disk.
+pick_nvrtc() {
+    if [ "${P3O_BUNDLED_NVRTC:-0}" = 1 ]; then
+        mkdir -p /tmp/p3o-nvrtc && tar xJf "$bundle/nvrtc.tar.xz" -C /tmp/p3o-nvrtc
+        export P3O_NVRTC_DIR=/tmp/p3o-nvrtc
+    fi
+    if [ -z "${P3O_NVRTC_DIR:-}" ]; then
+        P3O_NVRTC_DIR=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib"))')
+        if [ ! -f "$P3O_NVRTC_DIR/libnvrtc.so.13" ]; then
+            P3O_NVRTC_DIR=$(dirname "$(find / -name libnvrtc.so.13 -not -path '/proc/*' 2>/dev/null | head -1)")
+        fi
+        export P3O_NVRTC_DIR
+    fi
+}
 
 case "${1:-}" in
 bundle)
@@ -44,6 +64,12 @@ for line in sys.stdin:
     "$bundle/p3o" train --out "$tok/run" --set steps=1 --set eval_every=0 >/dev/null
     cp "$tok/run/final/tokenizer.json" "$bundle/tokenizer.json" && rm -rf "$tok"
     strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch "$bundle"/p3o
+    # plotters' font support links fontconfig and freetype, which a bare CUDA
+    # image may lack: their copies travel in lib/ (last on the search path).
+    mkdir -p "$bundle/lib"
+    for lib in $(ldd "$bundle/p3o" "$bundle/cuda_logprob" | awk '/fontconfig|freetype|expat|png16|brotli/ { print $3 }' | sort -u); do
+        cp -L "$lib" "$bundle/lib/"
+    done
     cp benches/torch_eager_logprob.py "$bundle/"
     # The project's pinned NVRTC, for a machine whose own copy is missing or
     # newer than its driver accepts (used when P3O_BUNDLED_NVRTC=1).
@@ -56,18 +82,7 @@ for line in sys.stdin:
 run)
     out=${OUT:-/tmp/p3o-gpu-check}
     mkdir -p "$out"
-    if [ "${P3O_BUNDLED_NVRTC:-0}" = 1 ]; then
-        mkdir -p /tmp/p3o-nvrtc && tar xJf "$bundle/nvrtc.tar.xz" -C /tmp/p3o-nvrtc
-        export P3O_NVRTC_DIR=/tmp/p3o-nvrtc
-    fi
-    # NVRTC: otherwise the copy that ships with PyTorch's CUDA 13 libraries.
-    if [ -z "${P3O_NVRTC_DIR:-}" ]; then
-        P3O_NVRTC_DIR=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib"))')
-        if [ ! -f "$P3O_NVRTC_DIR/libnvrtc.so.13" ]; then
-            P3O_NVRTC_DIR=$(dirname "$(find / -name libnvrtc.so.13 -not -path '/proc/*' 2>/dev/null | head -1)")
-        fi
-        export P3O_NVRTC_DIR
-    fi
+    pick_nvrtc
     # If the machine's NVRTC cannot build modules this driver loads, fall back
     # to the bundled one.
     if ! "$bundle/cuda_kernels" launch_checks_shapes --exact >"$out/probe.log" 2>&1 && [ -f "$bundle/nvrtc.tar.xz" ]; then
@@ -82,15 +97,15 @@ run)
     # The host_* tests (the kernels on the CPU) and kernels_assemble_* (ptxas
     # and nvdisasm from scripts/setup-cuda.sh) are for development machines.
     "$bundle/cuda_kernels" --test-threads=1 --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
-    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
     LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
-    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/bench.log" || status=1
+    [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench --noplot 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     took=$SECONDS
     # The alignment probe of float32 at V = 50257 (benches/cuda_logprob.rs,
     # `bench_alignment`; about 15 s), only while the 6 minutes allow it.
     if [ "${P3O_SKIP_BENCH:-0}" != 1 ] && [ "$SECONDS" -lt 330 ]; then
-        P3O_BENCH=alignment LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench 2>&1 | tee "$out/alignment.log" || status=1
+        P3O_BENCH=alignment LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench --noplot 2>&1 | tee "$out/alignment.log" || status=1
     fi
     echo
     echo "== summary ($(head -1 "$out/device.txt"); tests, bench and eager took $took s, with the probe ${SECONDS} s, limit 360 s)"
@@ -109,7 +124,8 @@ train)
     device=${DEVICE:-cuda}
     outside=cuda
     [ "$device" = cpu ] && outside=cuda-host
-    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    [ "$device" = cpu ] || pick_nvrtc
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
     # 1. The built-in task, 5 steps, the same seed: libtorch ops against the
     #    hand-written kernels (P3O-V2: token, sequence-sum and pair kernels;
     #    PPO: token and GAE kernels). beta = 0: with beta > 0, a P3O pair
@@ -139,8 +155,42 @@ PY
     DEVICE=$device EXTRA="--set dtype=bf16" scripts/gpu-train-check.sh "$bundle" p3o-v2
     DEVICE=$device EXTRA="--set kernels=$outside" scripts/gpu-train-check.sh "$bundle" p3o-v2
     ;;
+profile)
+    # Nsight Compute on one warm launch of each token kernel named below,
+    # inside the bench (its filter picks one benchmark, ncu's -k the
+    # kernel). Full reports go to $OUT/ncu-*.txt; the lines that say where
+    # the time goes are printed last. About 30 s per kernel.
+    out=${OUT:-/tmp/p3o-gpu-check}
+    mkdir -p "$out"
+    pick_nvrtc
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
+    sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats --section InstructionStats"
+    for case in ${PROFILE_CASES:-fwd/bf16/32000 fwd/bf16/128256 fwd/f32/128256 bwd/bf16/128256 bwd/f32/128256}; do
+        IFS=/ read -r part dtype v <<<"$case"
+        name="ncu-$part-$dtype-$v"
+        rm -f "/tmp/$name.ncu-rep"
+        # shellcheck disable=SC2086
+        LD_LIBRARY_PATH=$torch_lib "$ncu" --clock-control none -k "regex:^token_logprob_${part}_${dtype}\$" \
+            --launch-skip 4 -c 1 $sections -o "/tmp/$name" "$bundle/cuda_logprob" --bench --noplot \
+            "^token_logprob_$dtype/$part/$v\$" >"$out/$name.txt" 2>&1 || echo "ncu failed on $case (see $name.txt)"
+        # The report's details page, then every metric it holds.
+        if [ -f "/tmp/$name.ncu-rep" ]; then
+            { "$ncu" --import "/tmp/$name.ncu-rep" --page details; "$ncu" --import "/tmp/$name.ncu-rep" --page raw; } >>"$out/$name.txt" 2>&1
+        fi
+    done
+    echo
+    echo "== Nsight Compute, one launch each (N = 16384)"
+    for report in "$out"/ncu-*.txt; do
+        echo "-- $(basename "$report" .txt)"
+        grep -E "^ +(Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction) " "$report" || tail -5 "$report"
+        # The three largest stall reasons, in cycles per issued instruction.
+        grep -E "smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active\.ratio" "$report" |
+            awk '{ print $NF, $1 }' | sort -u | sort -g -r | head -3 || true
+    done
+    ;;
 *)
-    echo "usage: $0 bundle|run|train" >&2
+    echo "usage: $0 bundle|run|train|profile" >&2
     exit 2
     ;;
 esac

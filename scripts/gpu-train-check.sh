@@ -22,7 +22,7 @@ algorithms=${*:-p3o-v2}
 device=${DEVICE:-cuda}
 work=${OUT:-/tmp}/p3o-gpu-train
 mkdir -p "$work"
-torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$(cd "$bundle" && pwd)/lib
 [ -f "$work/reward-random/model.safetensors" ] || python3 - "$work" "$bundle/tokenizer.json" "$device" <<'PY'
 import shutil, sys, torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
