@@ -39,7 +39,45 @@ __device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+
+// The larger (smaller) of each half of two words of two bf16, as fmaxf
+// (fminf) of their float32 values: a NaN half loses to a number, subnormals
+// are kept. One HMNMX2 for two elements (sm_80 and later).
+__device__ __forceinline__ unsigned int bf16x2_max(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ unsigned int bf16x2_min(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
 #else
+// Each half as a float32 through fmaxf or fminf, returned as the bits of
+// the input it picked (a canonical NaN if both are NaN).
+template <class Pick>
+inline unsigned int bf16x2_pick(unsigned int a, unsigned int b, Pick pick) {
+    unsigned int r = 0;
+    for (int s = 0; s < 32; s += 16) {
+        unsigned int ha = (a >> s) & 0xffffu, hb = (b >> s) & 0xffffu;
+        float fa = __uint_as_float(ha << 16), fb = __uint_as_float(hb << 16);
+        float f = pick(fa, fb);
+        unsigned int h = f != f ? 0x7fffu : f == fa && fa == fa ? ha : hb;
+        r |= h << s;
+    }
+    return r;
+}
+
+inline unsigned int bf16x2_max(unsigned int a, unsigned int b) {
+    return bf16x2_pick(a, b, [](float x, float y) { return fmaxf(x, y); });
+}
+
+inline unsigned int bf16x2_min(unsigned int a, unsigned int b) {
+    return bf16x2_pick(a, b, [](float x, float y) { return fminf(x, y); });
+}
+
 inline float exp2_ftz(float x) {
     float r = exp2f(x);
     return r < 1.17549435e-38f ? 0.0f : r;  // NaN passes through
@@ -84,20 +122,32 @@ struct ChunkStats {
     float ties;
 };
 
-template <int K>
-__device__ __forceinline__ void chunk_add(ChunkStats& a, const float (&x)[K]) {
-    float hi = x[0];
-    float lo = x[0];
+// A chunk is read through `x(j)`, j in [0, K): an array's elements, or
+// bf16 unpacked from the loaded words as they are needed (so that the
+// chunk's float32 copies need no registers of their own).
+template <int K, class Chunk>
+__device__ __forceinline__ void chunk_extremes(const Chunk& x, float& hi, float& lo) {
+    hi = x(0);
+    lo = x(0);
 #pragma unroll
     for (int j = 1; j < K; ++j) {
-        hi = fmaxf(hi, x[j]);
-        lo = fminf(lo, x[j]);
+        hi = fmaxf(hi, x(j));
+        lo = fminf(lo, x(j));
     }
-    if (hi > a.m) {
-        a.rest = (a.rest + a.ties) * exp2f((a.m - hi) * P3O_LOG2E);  // 0 for the first
+}
+
+// Raises the running maximum to `top` if `top` is larger, rescaling the sum.
+__device__ __forceinline__ void chunk_rescale(ChunkStats& a, float top) {
+    if (top > a.m) {
+        a.rest = (a.rest + a.ties) * exp2f((a.m - top) * P3O_LOG2E);  // 0 for the first
         a.ties = 0.0f;
-        a.m = hi;
+        a.m = top;
     }
+}
+
+// Adds a chunk whose extremes are `hi` and `lo`, none of it above a.m.
+template <int K, class Chunk>
+__device__ __forceinline__ void chunk_terms(ChunkStats& a, const Chunk& x, float hi, float lo) {
     // While every element so far is -inf, measure from 0: x - base is then
     // -inf (adding nothing) instead of -inf - (-inf) = NaN.
     float base = a.m == -P3O_INF ? 0.0f : a.m;
@@ -105,15 +155,61 @@ __device__ __forceinline__ void chunk_add(ChunkStats& a, const float (&x)[K]) {
         // Ties with the maximum, or terms that may fall below 2^-126.
 #pragma unroll
         for (int j = 0; j < K; ++j) {
-            bool tie = x[j] == base;
-            float e = exp2f((x[j] - base) * P3O_LOG2E);
+            bool tie = x(j) == base;
+            float e = exp2f((x(j) - base) * P3O_LOG2E);
             a.rest += tie ? 0.0f : e;
             a.ties += tie ? 1.0f : 0.0f;
         }
     } else {
 #pragma unroll
-        for (int j = 0; j < K; ++j) a.rest += exp2_ftz((x[j] - base) * P3O_LOG2E);
+        for (int j = 0; j < K; ++j) a.rest += exp2_ftz((x(j) - base) * P3O_LOG2E);
     }
+}
+
+// One thread's chunk of K floats, measured against the thread's own running
+// maximum.
+template <int K>
+__device__ __forceinline__ void chunk_add(ChunkStats& a, const float (&c)[K]) {
+    auto x = [&](int j) { return c[j]; };
+    float hi, lo;
+    chunk_extremes<K>(x, hi, lo);
+    chunk_rescale(a, hi);
+    chunk_terms<K>(a, x, hi, lo);
+}
+
+// The maximum of v over the 32 lanes of a warp, in every lane (fmaxf: a NaN
+// lane counts only if every lane is NaN).
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// One chunk per lane of a whole warp, every lane's running maximum raised to
+// the warp's: a.m stays the same in every lane (if it was), so the rescale
+// branch is taken by all lanes or none, and only a lane whose chunk holds
+// the maximum itself takes the exact path. With each thread's own maximum
+// (chunk_add), a thread's k-th chunk sets a new maximum with probability
+// about 1/k, so some lane of a warp takes the exact path in almost every
+// early iteration, and the warp runs both paths. Every lane must call it.
+// `hi` and `lo` are the lane's chunk extremes (chunk_extremes, or their
+// bf16 form in token_logprob_fwd_bf16).
+template <int K, class Chunk>
+__device__ __forceinline__ void chunk_add_warp(ChunkStats& a, const Chunk& x, float hi, float lo) {
+    chunk_rescale(a, warp_max(hi));
+    chunk_terms<K>(a, x, hi, lo);
+}
+
+// Ends a run of chunk_add_warp: every lane's a.m is the warp's, which only
+// some lanes hold, so each lane's stats alone break RowStats' rule (one copy
+// of the maximum outside the sum). The lanes' sums and tie counts add; lane 0
+// keeps the warp's stats and the other lanes start again empty. Every lane
+// must call it.
+__device__ __forceinline__ void chunk_warp_merge(ChunkStats& a) {
+    for (int o = 16; o > 0; o >>= 1) {
+        a.rest += __shfl_xor_sync(0xffffffffu, a.rest, o);
+        a.ties += __shfl_xor_sync(0xffffffffu, a.ties, o);
+    }
+    if ((threadIdx.x & 31) != 0) a = ChunkStats{-P3O_INF, 0.0f, 0.0f};
 }
 
 // The RowStats of a thread's chunks: every tie but one joins the sum.

@@ -14,9 +14,15 @@
 //        V*b gradient, then reads and rewrites the target's entry (2b
 //        bytes). No N x V intermediate exists in either direction.
 // Neither loop branches per element: the forward takes each chunk's extremes
-// first (ChunkStats), the backward treats the target's entry after the row.
+// first (ChunkStats) and measures all lanes of a warp from the warp's running
+// maximum (chunk_add_warp), so that the lanes of a warp take the same path
+// except where a lane's chunk holds that maximum; the backward treats the
+// target's entry after the row.
 
 #define TOKEN_BLOCK 256
+// Eight blocks of 256 threads fill an SM (2048 threads) when a thread holds
+// at most 32 registers; the forward asks the compiler for that bound.
+#define TOKEN_BLOCKS_PER_SM 8
 
 // ---- forward ---------------------------------------------------------------
 
@@ -39,7 +45,7 @@ __device__ __forceinline__ int head_len(const void* p, int per, int v) {
     return h < v ? h : v;
 }
 
-extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
+extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK, TOKEN_BLOCKS_PER_SM)
 token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restrict__ targets,
                       float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
@@ -49,8 +55,10 @@ token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restr
     int v4 = (v - head) >> 2;
     const float4* x4 = reinterpret_cast<const float4*>(x + head);
     int i = threadIdx.x;
-    // Four independent 16-byte loads in flight per thread, one chunk.
-    for (; i + 3 * TOKEN_BLOCK < v4; i += 4 * TOKEN_BLOCK) {
+    // Four independent 16-byte loads in flight per thread, one chunk, while
+    // every lane of the warp has all four (chunk_add_warp's condition): the
+    // warp's last lane is i | 31, since i advances in multiples of 32.
+    for (; (i | 31) + 3 * TOKEN_BLOCK < v4; i += 4 * TOKEN_BLOCK) {
         float4 q[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) q[k] = __ldg(x4 + i + k * TOKEN_BLOCK);
@@ -62,8 +70,12 @@ token_logprob_fwd_f32(const float* __restrict__ logits, const long long* __restr
             c[4 * k + 2] = q[k].z;
             c[4 * k + 3] = q[k].w;
         }
-        chunk_add(acc, c);
+        auto chunk = [&](int j) { return c[j]; };
+        float hi, lo;
+        chunk_extremes<16>(chunk, hi, lo);
+        chunk_add_warp<16>(acc, chunk, hi, lo);
     }
+    chunk_warp_merge(acc);
     for (; i < v4; i += TOKEN_BLOCK) {
         float4 q = __ldg(x4 + i);
         float c[4] = {q.x, q.y, q.z, q.w};
@@ -89,28 +101,47 @@ __device__ __forceinline__ void unpack_bf16x8(uint4 q, float* c) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK)
+extern "C" __global__ void __launch_bounds__(TOKEN_BLOCK, TOKEN_BLOCKS_PER_SM)
 token_logprob_fwd_bf16(const p3o_bf16* __restrict__ logits, const long long* __restrict__ targets,
                        float* __restrict__ logp, float* __restrict__ lse, int v) {
     long long row = blockIdx.x;
     const p3o_bf16* x = logits + row * (long long)v;
     ChunkStats acc = {-P3O_INF, 0.0f, 0.0f};
-    // Eight bf16 per 16-byte load, four loads in flight, one chunk per load.
+    // Eight bf16 per 16-byte load, three loads in flight, one chunk of 24,
+    // while every lane of the warp has all three (as in the float32 kernel;
+    // a fourth load would not fit 32 registers).
     int head = head_len(x, 8, v);
     int v8 = (v - head) >> 3;
     const uint4* x8 = reinterpret_cast<const uint4*>(x + head);
     int i = threadIdx.x;
-    for (; i + 3 * TOKEN_BLOCK < v8; i += 4 * TOKEN_BLOCK) {
-        uint4 q[4];
+    for (; (i | 31) + 2 * TOKEN_BLOCK < v8; i += 3 * TOKEN_BLOCK) {
+        uint4 q[3];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) q[k] = __ldg(x8 + i + k * TOKEN_BLOCK);
+        for (int k = 0; k < 3; ++k) q[k] = __ldg(x8 + i + k * TOKEN_BLOCK);
+        unsigned int w[12];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            float c[8];
-            unpack_bf16x8(q[k], c);
-            chunk_add(acc, c);
+        for (int k = 0; k < 3; ++k) {
+            w[4 * k] = q[k].x;
+            w[4 * k + 1] = q[k].y;
+            w[4 * k + 2] = q[k].z;
+            w[4 * k + 3] = q[k].w;
         }
+        // The extremes on the packed pairs (one instruction per two
+        // elements), so that no float32 copy of the chunk is kept: element
+        // j, the (j % 2)-th bf16 of word j / 2, is unpacked when it is used.
+        unsigned int hi2 = w[0], lo2 = w[0];
+#pragma unroll
+        for (int k = 1; k < 12; ++k) {
+            hi2 = bf16x2_max(hi2, w[k]);
+            lo2 = bf16x2_min(lo2, w[k]);
+        }
+        float hi = fmaxf(__uint_as_float(hi2 << 16), __uint_as_float(hi2 & 0xffff0000u));
+        float lo = fminf(__uint_as_float(lo2 << 16), __uint_as_float(lo2 & 0xffff0000u));
+        chunk_add_warp<24>(
+            acc, [&](int j) { return __uint_as_float((j & 1) ? (w[j >> 1] & 0xffff0000u) : (w[j >> 1] << 16)); },
+            hi, lo);
     }
+    chunk_warp_merge(acc);
     for (; i < v8; i += TOKEN_BLOCK) {
         float c[8];
         unpack_bf16x8(__ldg(x8 + i), c);

@@ -729,9 +729,10 @@ proptest! {
         check_host_token_rows(v, &logits, &targets);
     }
 
-    /// Rows long enough for the forward's four-load loop in both dtypes
-    /// (V > 6144), with many ties: its chunks take both the exact and the
-    /// branch-free path.
+    /// Rows long enough for the forward's warp loop in both dtypes (four
+    /// float32 or three bf16 16-byte loads per lane; V > 4400 runs it in
+    /// both), with many ties: its chunks take both the exact and the
+    /// branch-free path, and most lanes do not hold the warp's maximum.
     // spec: C-TOKEN-LOGPROB
     #[test]
     fn host_token_kernels_hold_on_long_rows(

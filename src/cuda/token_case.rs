@@ -25,7 +25,7 @@ use crate::tolerance::{BF16_GRAD, F32_GRAD, GradTolerance};
 const MAX_LOGIT: f32 = f32::from_bits((127 + 126) << 23); // 2^126
 
 /// Row lengths: short (every head and tail split of the vector loads),
-/// medium (past the forward's four-load loop in both dtypes) and long (a
+/// medium (past the forward's warp loop in both dtypes) and long (a
 /// thread then holds dozens of chunks, as at the vocabularies of
 /// [C-TOKEN-LOGPROB]'s users).
 const LENGTHS: [RangeInclusive<usize>; 3] = [1..=64, 65..=9000, 9001..=131_072];
