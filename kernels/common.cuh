@@ -42,7 +42,8 @@ __device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
 
 // The larger (smaller) of each half of two words of two bf16, as fmaxf
 // (fminf) of their float32 values: a NaN half loses to a number, subnormals
-// are kept. One HMNMX2 for two elements (sm_80 and later).
+// are kept. One instruction per pair of elements (sm_80 and later; ptxas
+// fuses two of them into one three-input VHMNMX on sm_90).
 __device__ __forceinline__ unsigned int bf16x2_max(unsigned int a, unsigned int b) {
     unsigned int r;
     asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
