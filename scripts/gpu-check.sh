@@ -41,6 +41,12 @@ pick_nvrtc() {
     fi
 }
 
+# The LD_LIBRARY_PATH of the bundled binaries on a CUDA machine: PyTorch's
+# libtorch, then the bundle's own copies of plotters' font libraries.
+run_libs() {
+    echo "$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib"
+}
+
 case "${1:-}" in
 bundle)
     rm -rf "$bundle" && mkdir -p "$bundle"
@@ -97,7 +103,7 @@ run)
     # The host_* tests (the kernels on the CPU) and kernels_assemble_* (ptxas
     # and nvdisasm from scripts/setup-cuda.sh) are for development machines.
     "$bundle/cuda_kernels" --test-threads=1 --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
-    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
+    torch_lib=$(run_libs)
     LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench --noplot 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
@@ -125,7 +131,7 @@ train)
     outside=cuda
     [ "$device" = cpu ] && outside=cuda-host
     [ "$device" = cpu ] || pick_nvrtc
-    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
+    torch_lib=$(run_libs)
     # 1. The built-in task, 5 steps, the same seed: libtorch ops against the
     #    hand-written kernels (P3O-V2: token, sequence-sum and pair kernels;
     #    PPO: token and GAE kernels). beta = 0: with beta > 0, a P3O pair
@@ -164,7 +170,7 @@ profile)
     mkdir -p "$out"
     pick_nvrtc
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
-    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib
+    torch_lib=$(run_libs)
     sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats --section InstructionStats"
     for case in ${PROFILE_CASES:-fwd/bf16/32000 fwd/bf16/128256 fwd/f32/128256 bwd/bf16/128256 bwd/f32/128256}; do
         IFS=/ read -r part dtype v <<<"$case"
