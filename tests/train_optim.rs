@@ -83,3 +83,75 @@ fn host_gradient_norm_matches_a_float64_sum() {
         "host norm {norm} against float64 tensor norm {exact}"
     );
 }
+
+/// A bfloat16 parameter follows a float32 master copy: after steps far
+/// below its rounding unit it equals the float32 run rounded to bfloat16,
+/// and the master copy equals the float32 run exactly.
+#[test]
+fn bf16_parameters_accumulate_updates_in_a_float32_master_copy() {
+    tch::manual_seed(11);
+    let n = 4099;
+    // Weights of the size of a language model's (std 0.02) and LayerNorm
+    // scales (1.0), where a learning rate of 1e-5 moves a weight by well
+    // under half a bfloat16 unit in one step.
+    let init = Tensor::cat(
+        &[
+            Tensor::randn([n - 99], (Kind::Float, Device::Cpu)) * 0.02,
+            Tensor::ones([99], (Kind::Float, Device::Cpu)),
+        ],
+        0,
+    )
+    // Exact in bfloat16, so that both runs start from the same weights.
+    .to_kind(Kind::BFloat16)
+    .to_kind(Kind::Float);
+    // One gradient for every step and both runs, exact in bfloat16, so that
+    // each step moves a weight by about the learning rate.
+    let grad = (Tensor::randn([n], (Kind::Float, Device::Cpu)) * 1e-2)
+        .to_kind(Kind::BFloat16)
+        .to_kind(Kind::Float);
+    let run = |kind: Kind| {
+        let vs = VarStore::new(Device::Cpu);
+        let mut w = vs.root().zeros("w", &[n]);
+        tch::no_grad(|| w.copy_(&init));
+        let mut vs = vs;
+        if kind == Kind::BFloat16 {
+            vs.bfloat16();
+        }
+        let w = vs.variables()["w"].shallow_clone();
+        let mut opt = AdamW::new(&[&vs], 0.01);
+        for _ in 0..40 {
+            opt.zero_grad();
+            (&w * grad.to_kind(kind)).sum(Kind::Float).backward();
+            opt.step(1e-5);
+        }
+        (w, opt)
+    };
+    let (w32, _) = run(Kind::Float);
+    let (w16, opt16) = run(Kind::BFloat16);
+    let master = opt16.master[0]
+        .as_ref()
+        .expect("a bf16 parameter has a master copy");
+    assert_eq!(master.kind(), Kind::Float);
+    assert_eq!(
+        host(master),
+        host(&w32),
+        "the master copy is the float32 run"
+    );
+    assert_eq!(
+        host(&w16.to_kind(Kind::Float)),
+        host(&w32.to_kind(Kind::BFloat16).to_kind(Kind::Float)),
+        "the bf16 weights are the float32 run rounded"
+    );
+    // Most weights moved by more than a bfloat16 half unit in total, which a
+    // bf16-only update (rounding each 1e-5 step away) does not do.
+    let start = host(&init);
+    let moved = host(&w16.to_kind(Kind::Float))
+        .iter()
+        .zip(&start)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        moved as i64 > n / 2,
+        "only {moved} of {n} bf16 weights moved"
+    );
+}

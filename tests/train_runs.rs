@@ -88,14 +88,16 @@ fn p3o(args: &[&str]) -> Command {
 }
 
 /// A run killed with SIGKILL after its first checkpoint and resumed ends
-/// with exactly the weights of an uninterrupted run.
+/// with exactly the weights of an uninterrupted run (in bf16 too, whose
+/// float32 master weights travel in the checkpoint).
 #[test]
 fn resume_after_sigkill_matches_an_uninterrupted_run() {
-    resume_case("p3o-v2");
-    resume_case("ppo");
+    resume_case("p3o-v2", "f32");
+    resume_case("ppo", "f32");
+    resume_case("p3o-v2", "bf16");
 }
 
-fn resume_case(alg: &str) {
+fn resume_case(alg: &str, dtype: &str) {
     let sets: Vec<String> = [
         "steps=6",
         "batch_size=4",
@@ -106,7 +108,10 @@ fn resume_case(alg: &str) {
     ]
     .iter()
     .map(|s| format!("--set={s}"))
-    .chain([format!("--set=algorithm={alg}")])
+    .chain([
+        format!("--set=algorithm={alg}"),
+        format!("--set=dtype={dtype}"),
+    ])
     .collect();
     let args = |out: &Path| -> Vec<String> {
         [
@@ -119,7 +124,7 @@ fn resume_case(alg: &str) {
         ]
         .concat()
     };
-    let whole = tmp(&format!("{alg}-whole"));
+    let whole = tmp(&format!("{alg}-{dtype}-whole"));
     let st = p3o(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -127,7 +132,7 @@ fn resume_case(alg: &str) {
         .unwrap();
     assert!(st.success());
 
-    let cut = tmp(&format!("{alg}-cut"));
+    let cut = tmp(&format!("{alg}-{dtype}-cut"));
     let mut child = p3o(&args(&cut).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -156,7 +161,7 @@ fn resume_case(alg: &str) {
     assert_eq!(
         relative_difference(&whole, &cut),
         0.0,
-        "{alg}: resumed weights differ"
+        "{alg} {dtype}: resumed weights differ"
     );
     // The metrics hold each step once.
     let text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
@@ -265,8 +270,8 @@ fn nonfinite_rewards_stop_the_run() {
     assert_eq!(lines.lines().count(), 2, "{lines}");
 }
 
-/// bfloat16 training runs (weights bf16, optimizer state float32) and its
-/// metrics stay finite.
+/// bfloat16 training runs (weights bf16, their master copies and the
+/// optimizer state float32) and its metrics stay finite.
 #[test]
 fn bf16_training_runs_on_cpu() {
     let out = tmp("bf16");

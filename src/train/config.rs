@@ -67,7 +67,8 @@ pub struct TrainConfig {
     pub max_nonfinite: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// `f32` or `bf16` (weights and optimizer state stay float32).
+    /// `f32` or `bf16` (the policy computes in bfloat16; AdamW keeps float32
+    /// master weights and state, and rounds into the policy after each step).
     pub dtype: String,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,

@@ -1,10 +1,16 @@
 //! AdamW with its state in plain tensors (so that checkpoints hold it
 //! exactly), global gradient-norm clipping, and the learning-rate schedule.
 //!
+//! Parameters that are not float32 (bf16 training) are updated through a
+//! float32 master copy and rounded into the parameter after each step, so
+//! that updates below the parameter's rounding unit still add up.
+//!
 //! On the CPU, float32 parameters are updated by one fused pass over host
 //! memory ([`adamw_host`]) instead of a dozen libtorch passes; on other
 //! devices and dtypes the same formula runs as tensor operations
 //! ([`adamw_tensors`]). tests/train_optim.rs checks that the two agree.
+
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 use tch::nn::VarStore;
@@ -16,6 +22,9 @@ pub struct AdamW {
     pub params: Vec<(String, Tensor)>,
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    /// The float32 master copy of each parameter that is not float32 (`None`
+    /// for float32 ones, which are updated in place).
+    pub master: Vec<Option<Tensor>>,
     /// Optimizer steps taken.
     pub step: i64,
     pub weight_decay: f64,
@@ -39,10 +48,15 @@ impl AdamW {
         let zeros = |t: &Tensor| Tensor::zeros(t.size().as_slice(), (Kind::Float, t.device()));
         let m = params.iter().map(|(_, t)| zeros(t)).collect();
         let v = params.iter().map(|(_, t)| zeros(t)).collect();
+        let master = params
+            .iter()
+            .map(|(_, t)| (t.kind() != Kind::Float).then(|| t.detach().to_kind(Kind::Float)))
+            .collect();
         AdamW {
             params,
             m,
             v,
+            master,
             step: 0,
             weight_decay,
             pool: host_pool(),
@@ -111,44 +125,92 @@ impl AdamW {
         };
         let pool = &self.pool;
         tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            let state = self.m.iter_mut().zip(&mut self.v).zip(&mut self.master);
+            for ((_, p), ((m, v), master)) in self.params.iter_mut().zip(state) {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                match [&*p, &g, &*m, &*v].map(host_f32) {
-                    [Some(pp), Some(gp), Some(mp), Some(vp)]
-                        if pp.1 == gp.1 && pp.1 == mp.1 && pp.1 == vp.1 =>
-                    {
-                        // SAFETY: the four are contiguous float32 CPU tensors of
-                        // the same length with distinct storages (a parameter,
-                        // its gradient and two state tensors made by `new`),
-                        // alive for this call; nothing else touches them while
-                        // the pass runs (no autograd graph is being built).
-                        let (ps, gs, ms, vs) = unsafe {
-                            (
-                                std::slice::from_raw_parts_mut(pp.0 as *mut f32, pp.1),
-                                std::slice::from_raw_parts(gp.0, gp.1),
-                                std::slice::from_raw_parts_mut(mp.0 as *mut f32, mp.1),
-                                std::slice::from_raw_parts_mut(vp.0 as *mut f32, vp.1),
-                            )
-                        };
-                        on_pool(pool, || adamw_host(ps, gs, ms, vs, &k));
+                match master {
+                    Some(w) => {
+                        update_f32(w, &g.to_kind(Kind::Float), m, v, &k, pool);
+                        p.copy_(w);
                     }
-                    _ => adamw_tensors(p, &g, m, v, &k),
+                    None => update_f32(p, &g, m, v, &k, pool),
                 }
             }
         });
     }
 
-    /// `m.<name>` and `v.<name>` for every parameter.
+    /// `m.<name>` and `v.<name>` for every parameter, and `master.<name>`
+    /// for those with a master copy.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len());
+        let mut out = Vec::with_capacity(3 * self.params.len());
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.push((format!("m.{name}"), self.m[i].shallow_clone()));
             out.push((format!("v.{name}"), self.v[i].shallow_clone()));
+            if let Some(w) = &self.master[i] {
+                out.push((format!("master.{name}"), w.shallow_clone()));
+            }
         }
         out
+    }
+
+    /// Takes the state written by [`AdamW::state`] (step count aside). A
+    /// master copy missing from it is remade from the parameter, which must
+    /// already hold the checkpoint's weights. Errors name the missing entry.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            let get = |k: String| {
+                tensors
+                    .get(&k)
+                    .map(|t| t.to_device(p.device()))
+                    .ok_or_else(|| format!("optimizer state `{k}` missing"))
+            };
+            self.m[i] = get(format!("m.{name}"))?;
+            self.v[i] = get(format!("v.{name}"))?;
+            if let Some(w) = &mut self.master[i] {
+                *w = tensors.get(&format!("master.{name}")).map_or_else(
+                    || p.detach().to_kind(Kind::Float),
+                    |t| t.to_device(p.device()).to_kind(Kind::Float),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One AdamW update of the float32 tensor `p`: the fused host pass when all
+/// four are float32 CPU tensors of one length, libtorch operations otherwise.
+fn update_f32(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    k: &Coefficients,
+    pool: &Option<rayon::ThreadPool>,
+) {
+    match [&*p, g, &*m, &*v].map(host_f32) {
+        [Some(pp), Some(gp), Some(mp), Some(vp)]
+            if pp.1 == gp.1 && pp.1 == mp.1 && pp.1 == vp.1 =>
+        {
+            // SAFETY: the four are contiguous float32 CPU tensors of the same
+            // length with distinct storages (a parameter or its master copy,
+            // its gradient, and two state tensors, each made by `AdamW::new`
+            // or read by `load_state` into its own storage), alive for this
+            // call; nothing else touches them while the pass runs (no
+            // autograd graph is being built).
+            let (ps, gs, ms, vs) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(pp.0 as *mut f32, pp.1),
+                    std::slice::from_raw_parts(gp.0, gp.1),
+                    std::slice::from_raw_parts_mut(mp.0 as *mut f32, mp.1),
+                    std::slice::from_raw_parts_mut(vp.0 as *mut f32, vp.1),
+                )
+            };
+            on_pool(pool, || adamw_host(ps, gs, ms, vs, k));
+        }
+        _ => adamw_tensors(p, g, m, v, k),
     }
 }
 

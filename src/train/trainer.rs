@@ -867,15 +867,9 @@ impl Trainer {
         )?)
         .map_err(|e| TrainError::Input(format!("{}: {e}", dir.join("state.json").display())))?;
         let tensors = read_tensors(&dir.join("optimizer.safetensors"), self.policy.device())?;
-        for (i, (name, _)) in self.opt.params.iter().enumerate() {
-            let get = |k: String| {
-                tensors.get(&k).ok_or_else(|| {
-                    TrainError::Input(format!("{}: optimizer state `{k}` missing", dir.display()))
-                })
-            };
-            self.opt.m[i] = get(format!("m.{name}"))?.shallow_clone();
-            self.opt.v[i] = get(format!("v.{name}"))?.shallow_clone();
-        }
+        self.opt
+            .load_state(&tensors)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", dir.display())))?;
         if let Some(v) = &self.value_head {
             let saved = read_tensors(&dir.join("value_head.safetensors"), self.policy.device())?;
             for (name, mut var) in v.vs.variables() {
