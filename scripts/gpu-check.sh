@@ -42,9 +42,9 @@ pick_nvrtc() {
 }
 
 # The LD_LIBRARY_PATH of the bundled binaries on a CUDA machine: PyTorch's
-# libtorch, then the bundle's own copies of plotters' font libraries.
+# libtorch.
 run_libs() {
-    echo "$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$PWD/$bundle/lib"
+    python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'
 }
 
 case "${1:-}" in
@@ -70,12 +70,12 @@ for line in sys.stdin:
     "$bundle/p3o" train --out "$tok/run" --set steps=1 --set eval_every=0 >/dev/null
     cp "$tok/run/final/tokenizer.json" "$bundle/tokenizer.json" && rm -rf "$tok"
     strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch "$bundle"/p3o
-    # plotters' font support links fontconfig and freetype, which a bare CUDA
-    # image may lack: their copies travel in lib/ (last on the search path).
-    mkdir -p "$bundle/lib"
-    for lib in $(ldd "$bundle/p3o" "$bundle/cuda_logprob" | awk '/fontconfig|freetype|expat|png16|brotli/ { print $3 }' | sort -u); do
-        cp -L "$lib" "$bundle/lib/"
-    done
+    # A bare CUDA image has no fontconfig or freetype; the charts draw with
+    # an embedded font, so no binary may link them.
+    if ldd "$bundle"/* 2>/dev/null | grep -E 'fontconfig|freetype'; then
+        echo "a bundled binary links a system font library (above)" >&2
+        exit 1
+    fi
     cp benches/torch_eager_logprob.py "$bundle/"
     # The project's pinned NVRTC, for a machine whose own copy is missing or
     # newer than its driver accepts (used when P3O_BUNDLED_NVRTC=1).

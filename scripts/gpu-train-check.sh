@@ -32,7 +32,7 @@ esac
 work=${OUT:-/tmp}/p3o-gpu-train-$shape
 policy=$work/pythia-$shape-random
 mkdir -p "$work"
-torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'):$(cd "$bundle" && pwd)/lib
+torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 [ -f "$work/reward-random/model.safetensors" ] || python3 - "$work" "$policy" "$bundle/tokenizer.json" "$device" "$dims" <<'PY'
 import json, shutil, sys, torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification

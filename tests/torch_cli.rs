@@ -157,3 +157,24 @@ fn lm_command_errors() {
     }
     insta::assert_snapshot!(report);
 }
+
+/// `p3o` links no system font library (a bare CUDA image has neither
+/// fontconfig nor freetype): the charts draw with an embedded font.
+#[cfg(target_os = "linux")]
+#[test]
+fn p3o_links_no_system_font_library() {
+    let bin = env!("CARGO_BIN_EXE_p3o");
+    let out = match std::process::Command::new("ldd").arg(bin).output() {
+        Ok(o) => o,
+        Err(e) => {
+            println!("skipped: ldd could not run ({e})");
+            return;
+        }
+    };
+    let deps = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ldd {bin} failed: {deps}");
+    assert!(deps.contains("libc.so"), "ldd listed nothing: {deps}");
+    for lib in ["fontconfig", "freetype"] {
+        assert!(!deps.contains(lib), "p3o links {lib}:\n{deps}");
+    }
+}

@@ -1,8 +1,10 @@
 //! The report's figures, drawn with `plotters` to PNG and SVG: line charts
 //! (the KL-reward frontiers, the reward-shift curves) and the win-rate
-//! heatmap.
+//! heatmap. Text uses DejaVu Sans, embedded in the binary (no system
+//! fonts are looked up).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -31,6 +33,20 @@ pub struct Heatmap {
 }
 
 const SIZE: (u32, u32) = (800, 560);
+
+/// The font family every chart names.
+const FAMILY: &str = "sans-serif";
+
+/// Registers the embedded DejaVu Sans as [`FAMILY`] (once per process);
+/// every `save_*` calls it before drawing.
+fn register_fonts() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular())
+            .map_err(|_| "the embedded DejaVu Sans font did not parse".to_string())
+    })
+    .clone()
+}
 
 fn colour(i: usize) -> RGBColor {
     let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
@@ -68,7 +84,7 @@ where
     root.fill(&WHITE).map_err(err)?;
     let ((x0, x1), (y0, y1)) = bounds(&c.series);
     let mut chart = ChartBuilder::on(&root)
-        .caption(&c.title, ("sans-serif", 20))
+        .caption(&c.title, (FAMILY, 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -130,14 +146,14 @@ where
     root.fill(&WHITE).map_err(err)?;
     let n = h.names.len();
     let root = root
-        .titled(&h.title, ("sans-serif", 22))
+        .titled(&h.title, (FAMILY, 22))
         .map_err(err)?
         .margin(10, 10, 10, 10);
     let (label_w, label_h) = (120i32, 30i32);
     let (w, hgt) = root.dim_in_pixel();
     let cell_w = ((w as i32 - label_w) / n.max(1) as i32).max(1);
     let cell_h = ((hgt as i32 - label_h) / n.max(1) as i32).max(1);
-    let text = ("sans-serif", 16).into_font();
+    let text = (FAMILY, 16).into_font();
     for (j, name) in h.names.iter().enumerate() {
         root.draw(&Text::new(
             name.clone(),
@@ -189,6 +205,7 @@ where
 
 /// Writes `stem.png` and `stem.svg`.
 pub fn save_line_chart(stem: &Path, c: &LineChart) -> Result<(), String> {
+    register_fonts()?;
     let png = stem.with_extension("png");
     draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), c)?;
     let svg = stem.with_extension("svg");
@@ -212,6 +229,7 @@ where
 
 /// Writes `stem.png` and `stem.svg`: the charts two per row.
 pub fn save_panels(stem: &Path, charts: &[LineChart]) -> Result<(), String> {
+    register_fonts()?;
     let rows = charts.len().div_ceil(2).max(1) as u32;
     let size = (2 * SIZE.0 * 3 / 4, rows * SIZE.1 * 3 / 4);
     let png = stem.with_extension("png");
@@ -222,6 +240,7 @@ pub fn save_panels(stem: &Path, charts: &[LineChart]) -> Result<(), String> {
 
 /// Writes `stem.png` and `stem.svg`.
 pub fn save_heatmap(stem: &Path, h: &Heatmap) -> Result<(), String> {
+    register_fonts()?;
     let png = stem.with_extension("png");
     draw_heatmap(BitMapBackend::new(&png, SIZE).into_drawing_area(), h)?;
     let svg = stem.with_extension("svg");
