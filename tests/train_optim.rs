@@ -110,10 +110,9 @@ fn bf16_parameters_accumulate_updates_in_a_float32_master_copy() {
         .to_kind(Kind::BFloat16)
         .to_kind(Kind::Float);
     let run = |kind: Kind| {
-        let vs = VarStore::new(Device::Cpu);
+        let mut vs = VarStore::new(Device::Cpu);
         let mut w = vs.root().zeros("w", &[n]);
         tch::no_grad(|| w.copy_(&init));
-        let mut vs = vs;
         if kind == Kind::BFloat16 {
             vs.bfloat16();
         }
