@@ -2,6 +2,11 @@
 //!
 //! The mathematics is stated in `spec/p3o.md`; clause IDs such as
 //! `[C-PPG]` in doc comments refer to it.
+//!
+//! Feature `testing` adds what only the tests, fuzz targets and benchmarks
+//! use (tolerances, the kernels' comparison rules and fuzz-case decoders,
+//! a NaN reward, trainer accessors); the test suite enables it, and a build
+//! of the product does not.
 
 pub mod bandit;
 pub mod case;
@@ -9,8 +14,10 @@ pub mod case;
 pub mod cuda;
 #[cfg(feature = "torch")]
 pub mod demo;
+pub mod device;
 pub mod reference;
 pub mod stats;
+#[cfg(feature = "testing")]
 pub mod tolerance;
 #[cfg(feature = "torch")]
 pub mod torch;

@@ -1,8 +1,8 @@
 //! The CUDA kernels: NVRTC compile checks (no GPU needed) and differential
 //! tests against the float64 reference, run twice: on the host execution of
 //! the same kernel sources (`p3o::cuda::host`, every machine; tests named
-//! `host_*`, smaller shapes) and on the GPU (skipped, saying so, without a
-//! device). Outputs are poisoned with NaN before every launch and checked
+//! `host_*`, smaller shapes) and on the GPU (reported as skipped without a
+//! device, and failing under `P3O_REQUIRE_GPU=1`). Outputs are poisoned with NaN before every launch and checked
 //! fully written.
 #![cfg(feature = "cuda")]
 
@@ -373,12 +373,13 @@ impl Backend for Gpu {
     }
 }
 
-/// The device, or `None` after printing why the test is skipped.
+/// The device, or `None` after reporting the test as skipped (a failure
+/// under `P3O_REQUIRE_GPU=1`).
 fn gpu() -> Option<Gpu> {
     match Gpu::new(0) {
         Ok(g) => Some(g),
         Err(CudaError::NoDevice(why)) => {
-            println!("skipped: no CUDA device ({why})");
+            common::skip_without_gpu(&format!("no CUDA device ({why})"));
             None
         }
         Err(e) => panic!("{e}"),
@@ -836,9 +837,28 @@ proptest! {
     }
 }
 
+/// How many seeds and crash files of each kernel fuzz target are committed:
+/// a replay that reaches fewer has lost some (a moved folder, a file that no
+/// longer decodes).
+const TOKEN_FUZZ_FILES: FuzzFiles = FuzzFiles {
+    seeds: 16,
+    crashes: 1,
+};
+const SEQUENCE_FUZZ_FILES: FuzzFiles = FuzzFiles {
+    seeds: 20,
+    crashes: 1,
+};
+
+/// Counts of a fuzz target's committed inputs.
+#[derive(Debug, Default, PartialEq)]
+struct FuzzFiles {
+    seeds: usize,
+    crashes: usize,
+}
+
 /// The committed seeds and crash files of fuzz target `target`
 /// (`fuzz/seeds/<target>`, `fuzz/regressions/<target>`), each with whether
-/// it is a seed. At least 8 seeds must be there.
+/// it is a seed.
 fn fuzz_cases(target: &str) -> Vec<(PathBuf, bool)> {
     // The source tree, or (for a test binary carried to another machine and
     // run from a copy of the repository's root) the working directory.
@@ -848,31 +868,44 @@ fn fuzz_cases(target: &str) -> Vec<(PathBuf, bool)> {
     }
     let mut cases = vec![];
     for dir in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-            continue;
-        };
+        let folder = root.join(dir).join(target);
+        let entries =
+            std::fs::read_dir(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
         for path in entries.map(|e| e.unwrap().path()) {
             if path.extension().is_none_or(|e| e != "md") {
                 cases.push((path, dir == "seeds"));
             }
         }
     }
-    let seeds = cases.iter().filter(|c| c.1).count();
-    assert!(
-        seeds >= 8,
-        "{seeds} seeds of {target} under {}",
-        root.display()
-    );
+    cases.sort();
     cases
+}
+
+/// Replays every committed input of fuzz target `target` through `check`
+/// (which must decode it: a committed input that no longer decodes is a
+/// failure) and asserts that at least the committed counts were replayed.
+fn replay_fuzz_cases(target: &str, committed: FuzzFiles, check: impl Fn(&Path, &[u8])) {
+    let mut replayed = FuzzFiles::default();
+    for (path, seed) in fuzz_cases(target) {
+        check(&path, &std::fs::read(&path).unwrap());
+        if seed {
+            replayed.seeds += 1;
+        } else {
+            replayed.crashes += 1;
+        }
+    }
+    assert!(
+        replayed.seeds >= committed.seeds && replayed.crashes >= committed.crashes,
+        "{target}: replayed {replayed:?}, but {committed:?} are committed"
+    );
 }
 
 /// The fuzz target `host_token_kernels`'s seeds and crash files, replayed
 /// on `b`: each decoded case agrees with the reference.
 fn check_fuzz_cases<B: Backend>(b: &B) {
-    for (path, _) in fuzz_cases("host_token_kernels") {
-        let Ok(case) = TokenCase::from_bytes(&std::fs::read(&path).unwrap()) else {
-            continue;
-        };
+    replay_fuzz_cases("host_token_kernels", TOKEN_FUZZ_FILES, |path, bytes| {
+        let case = TokenCase::from_bytes(bytes)
+            .unwrap_or_else(|e| panic!("{}: does not decode: {e}", path.display()));
         let (v, t, g) = (case.v, &case.targets, &case.g);
         let ctx = path.display().to_string();
         if case.bf16 {
@@ -883,20 +916,23 @@ fn check_fuzz_cases<B: Backend>(b: &B) {
             let out = b.token(&case.logits, t, g, v, f32::NAN).unwrap();
             check_token_outputs(&ctx, &case.logits, t, g, v, out, F32_GRAD);
         }
-    }
+    });
 }
 
 /// The fuzz target `host_sequence_kernels`'s seeds and crash files,
 /// replayed on `b`.
 fn check_sequence_fuzz_cases<B: Backend>(b: &B) {
-    for (path, _) in fuzz_cases("host_sequence_kernels") {
-        let Ok(case) = SequenceCase::from_bytes(&std::fs::read(&path).unwrap()) else {
-            continue;
-        };
-        if let Err(e) = case.check(b) {
-            panic!("{}: {e}", path.display());
-        }
-    }
+    replay_fuzz_cases(
+        "host_sequence_kernels",
+        SEQUENCE_FUZZ_FILES,
+        |path, bytes| {
+            let case = SequenceCase::from_bytes(bytes)
+                .unwrap_or_else(|e| panic!("{}: does not decode: {e}", path.display()));
+            if let Err(e) = case.check(b) {
+                panic!("{}: {e}", path.display());
+            }
+        },
+    );
 }
 
 // spec: C-F64-KERNELS C-P3O-V1 C-P3O-V2 C-DPO C-SEQ-LOGPROB C-GAE

@@ -2,10 +2,13 @@
 //! tensor launchers against the float64 reference, `kernels = cuda`
 //! chained into autograd giving libtorch's own parameter gradients, and
 //! `p3o train` with the kernels ending where it ends without them. Each
-//! runs on the GPU (printing 'skipped: no CUDA device' without one) and, as
+//! runs on the GPU (reported as skipped without one, failing under
+//! `P3O_REQUIRE_GPU=1`) and, as
 //! `host_*` with smaller shapes, on CPU tensors with the host execution of
 //! the same kernel sources (`kernels = cuda-host`).
 #![cfg(all(feature = "cuda", feature = "torch"))]
+
+mod common;
 
 use p3o::cuda::Gpu;
 use p3o::cuda::compare::{GaeOutputs, TokenRow, check_gae, check_seq_sums, check_token_row};
@@ -15,16 +18,17 @@ use p3o::tolerance::{BF16_GRAD, BF16_VS_F64, F32_GRAD, F32_VS_F64, KERNELS_VS_TO
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
 
-/// The device, or `None` after printing why the test is skipped.
+/// The device, or `None` after reporting the test as skipped (a failure
+/// under `P3O_REQUIRE_GPU=1`).
 fn gpu() -> Option<Gpu> {
     if !tch::Cuda::is_available() {
-        println!("skipped: no CUDA device (libtorch sees none)");
+        common::skip_without_gpu("no CUDA device (libtorch sees none)");
         return None;
     }
     match Gpu::new(0) {
         Ok(g) => Some(g),
         Err(e) => {
-            println!("skipped: no CUDA device ({e})");
+            common::skip_without_gpu(&format!("no CUDA device ({e})"));
             None
         }
     }
@@ -108,7 +112,7 @@ fn host_tensor_launchers_match_reference() {
 /// parameter gradients on a model on `dev`.
 fn check_chain_into_autograd(name: &str, dev: Device) {
     use p3o::train::builtin::tiny_model;
-    use p3o::train::rollout::token_window_with;
+    use p3o::train::scoring::token_window_with;
     let model = tiny_model(3, dev).unwrap();
     let cuda = Kernels::from_name(name, dev).unwrap();
     let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];

@@ -1,44 +1,95 @@
-//! Replays fuzz inputs through the case parser and evaluator: the committed
-//! seeds, and every crash file kept in `fuzz/regressions/` (each named after
-//! what it found). An input must give a finite result or a `CaseError`,
-//! never a panic.
+//! Replays the inputs of fuzz target `reference_case` through the case
+//! parser and evaluator: the committed seeds, each of which must still
+//! evaluate to a finite result, and the crash files kept in
+//! `fuzz/regressions/reference_case/` (each named after what it found),
+//! which must give a finite result or a `CaseError`, never a panic. The
+//! kernel targets' inputs are replayed by `tests/cuda_kernels.rs`; a crash
+//! file anywhere else under `fuzz/regressions/` would be replayed by no
+//! test, and fails here.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn replay(dir: &str) -> usize {
+/// The committed seeds of `reference_case`.
+const REFERENCE_SEEDS: usize = 4;
+
+/// The fuzz targets, each with the folder of its crash files.
+const TARGETS: [&str; 3] = [
+    "reference_case",
+    "host_token_kernels",
+    "host_sequence_kernels",
+];
+
+/// The files of `dir` under the crate, README.md files aside, sorted; none
+/// when the folder does not exist.
+fn inputs(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut count = 0;
-    for entry in fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        // Other targets' crash files are in folders named after them.
-        if path.is_dir() || path.extension().is_some_and(|e| e == "md") {
-            continue;
-        }
-        let bytes = fs::read(&path).unwrap();
-        if let Ok(line) = std::str::from_utf8(&bytes)
-            && let Ok(result) = p3o::case::run_line(line)
-        {
-            assert!(result.loss.is_finite(), "{}", path.display());
-            assert!(
-                result.grad.iter().flatten().all(|v| v.is_finite()),
-                "{}",
-                path.display()
-            );
-        }
-        count += 1;
-    }
-    count
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "README.md"))
+        .collect();
+    files.sort();
+    files
 }
 
-// spec: C-ERRORS
+/// `line`'s result, when it is a case that evaluates, checked finite.
+fn evaluate(path: &Path) -> Result<(), String> {
+    let bytes = fs::read(path).unwrap();
+    let line = std::str::from_utf8(&bytes).map_err(|e| e.to_string())?;
+    let result = p3o::case::run_line(line).map_err(|e| e.to_string())?;
+    assert!(result.loss.is_finite(), "{}", path.display());
+    assert!(
+        result.grad.iter().flatten().all(|v| v.is_finite()),
+        "{}",
+        path.display()
+    );
+    Ok(())
+}
+
+// spec: C-ERRORS C-CLI-REFERENCE
 #[test]
 fn fuzz_seeds_evaluate() {
-    assert!(replay("fuzz/seeds/reference_case") >= 4);
+    let seeds = inputs("fuzz/seeds/reference_case");
+    assert!(
+        seeds.len() >= REFERENCE_SEEDS,
+        "{} seeds, {REFERENCE_SEEDS} committed",
+        seeds.len()
+    );
+    for path in &seeds {
+        if let Err(e) = evaluate(path) {
+            panic!("seed {} no longer evaluates: {e}", path.display());
+        }
+    }
 }
 
 // spec: C-ERRORS
 #[test]
 fn fuzz_crash_files_do_not_panic() {
-    replay("fuzz/regressions");
+    for path in inputs("fuzz/regressions/reference_case") {
+        // A refusal is an answer; only a panic or a non-finite result fails.
+        let _ = evaluate(&path);
+    }
+    // Every crash file sits in its target's folder, where a test replays it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    for entry in fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            assert!(
+                TARGETS.contains(&name.as_str()),
+                "{}: not the folder of a fuzz target ({TARGETS:?})",
+                path.display()
+            );
+        } else {
+            assert_eq!(
+                name,
+                "README.md",
+                "{}: a crash file outside its target's folder is replayed by no test",
+                path.display()
+            );
+        }
+    }
 }

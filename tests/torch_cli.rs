@@ -167,7 +167,7 @@ fn p3o_links_no_system_font_library() {
     let out = match std::process::Command::new("ldd").arg(bin).output() {
         Ok(o) => o,
         Err(e) => {
-            println!("skipped: ldd could not run ({e})");
+            common::skip(&format!("ldd could not run ({e})"));
             return;
         }
     };

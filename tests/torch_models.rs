@@ -2,6 +2,8 @@
 //! tests/fixtures/make_fixtures.py), and against itself (cache vs none).
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use p3o::tolerance::{CACHE_VS_RECOMPUTE, HF_F32};
@@ -364,7 +366,7 @@ fn bf16_on_cpu_within_bound() {
 #[test]
 fn cuda_models_match_transformers() {
     if !tch::Cuda::is_available() {
-        println!("skipped: no CUDA device");
+        common::skip_without_gpu("no CUDA device (libtorch sees none)");
         return;
     }
     let f32_err = worst_logit_error(Device::Cuda(0), Kind::Float);

@@ -228,7 +228,7 @@ fn outside_logprobs_chain_into_autograd() {
     use p3o::torch::layers::Linear;
     use p3o::train::builtin::tiny_model;
     use p3o::train::kernels::{Kernels, backward};
-    use p3o::train::rollout::{ValueHead, token_window_with};
+    use p3o::train::scoring::{ValueHead, token_window_with};
     use tch::Device;
 
     let model = tiny_model(3, Device::Cpu).unwrap();

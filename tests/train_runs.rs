@@ -10,7 +10,16 @@ use p3o::reference::shift::RewardShift;
 use p3o::torch::checkpoint::read_tensors;
 use p3o::train::config::TrainConfig;
 use p3o::train::trainer::Trainer;
+use p3o::train::trainer::metrics::{MetricsLine, StepMetrics};
 use tch::{Device, Kind};
+
+/// The metrics of a training step (not a skipped one).
+fn step_line(line: Option<MetricsLine>) -> StepMetrics {
+    match line {
+        Some(MetricsLine::Step(m)) => m,
+        other => panic!("expected a step's metrics, got {other:?}"),
+    }
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d =
@@ -207,6 +216,10 @@ fn bad_configs_are_refused() {
         vec!["--set".into(), "reward_scaling=weird".into()],
         vec!["--set".into(), "kernels=fast".into()],
         vec!["--set".into(), "kernels=cuda".into()],
+        vec!["--set".into(), "device=cuda:7".into()],
+        vec!["--set".into(), "device=gpu".into()],
+        vec!["--set".into(), "dtype=f64".into()],
+        vec!["--set".into(), "lr_schedule=step".into()],
     ];
     let mut report = String::new();
     for extra in cases {
@@ -225,7 +238,9 @@ fn bad_configs_are_refused() {
             "{args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let err = String::from_utf8_lossy(&o.stderr).replace(&dir.display().to_string(), "$DIR");
+        let err = without_device_count(
+            &String::from_utf8_lossy(&o.stderr).replace(&dir.display().to_string(), "$DIR"),
+        );
         assert_eq!(err.lines().count(), 1, "{err}");
         report.push_str(&err);
         assert!(
@@ -234,6 +249,24 @@ fn bad_configs_are_refused() {
         );
     }
     insta::assert_snapshot!(report);
+}
+
+/// `text` with the number of CUDA devices this machine has replaced by `N`,
+/// so that a snapshot holds on any machine.
+fn without_device_count(text: &str) -> String {
+    let marker = "this machine has ";
+    match text.find(marker) {
+        Some(i) => {
+            let rest = &text[i + marker.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            format!(
+                "{}N{}",
+                &text[..i + marker.len()],
+                without_device_count(&rest[digits..])
+            )
+        }
+        None => text.to_string(),
+    }
 }
 
 /// Non-finite rewards skip the update, are counted in the metrics, and stop
@@ -280,8 +313,8 @@ fn bf16_training_runs_on_cpu() {
         &[small("p3o-v1"), vec!["dtype=bf16".into(), "steps=2".into()]].concat(),
     )
     .unwrap();
-    let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
-    assert!(last["loss"].as_f64().unwrap().is_finite(), "{last}");
+    let last = step_line(Trainer::new(cfg, &out, None).unwrap().run().unwrap());
+    assert!(last.loss.is_finite(), "{last:?}");
     assert!(out.join("final/model.safetensors").exists());
 }
 
@@ -336,8 +369,8 @@ fn hf_policy_and_reward_model() {
     ];
     let out = dir.join("out");
     let cfg = TrainConfig::load(None, &sets).unwrap();
-    let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
-    assert!(last["reward_mean"].as_f64().unwrap().is_finite(), "{last}");
+    let last = step_line(Trainer::new(cfg, &out, None).unwrap().run().unwrap());
+    assert!(last.reward_mean.is_finite(), "{last:?}");
     // The reference is the same weights (sharded copy), so the first step's
     // KL is zero up to rounding.
     let first: serde_json::Value = serde_json::from_str(
@@ -372,12 +405,12 @@ fn behaviour_logprobs_from_sampling_match_the_training_forward() {
         let cfg = TrainConfig::load(None, &sets).unwrap();
         let mut t = Trainer::new(cfg, &out, None).unwrap();
         for _ in 0..2 {
-            let line = t.step_once().unwrap();
-            let ratio = line["ratio_mean"].as_f64().unwrap();
+            let line = step_line(Some(t.step_once().unwrap()));
+            let ratio = line.ratio_mean;
             assert!((ratio - 1.0).abs() < 1e-5, "{alg}: ratio_mean {ratio}");
-            assert_eq!(line["clip_fraction"].as_f64(), Some(0.0), "{alg}");
+            assert_eq!(line.clip_fraction, 0.0, "{alg}");
             // The sampled responses are not empty, so the check is not vacuous.
-            assert!(line["response_length"].as_f64().unwrap() > 0.0);
+            assert!(line.response_length > 0.0);
         }
     }
 }

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
-use super::{DemoResults, RunCurves, fmt_mean_se};
-use crate::train::trainer::TrainError;
+use super::results::{DemoResults, RunCurves, fmt_mean_se};
+use crate::train::config::Algorithm;
+use crate::train::error::TrainError;
 
 /// The frontier of one run: (KL, reward) eval points, by `pick` (proxy or
 /// gold).
@@ -62,7 +63,7 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
                 series: unshifted
                     .iter()
                     .map(|(i, c)| Series {
-                        label: c.algorithm.clone(),
+                        label: c.algorithm.to_string(),
                         points: frontier(c, gold),
                         dashed: false,
                         colour: *i,
@@ -84,7 +85,7 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
                 .collect(),
         },
     )?;
-    let colour_of = |alg: &str| {
+    let colour_of = |alg: Algorithm| {
         unshifted
             .iter()
             .find(|(_, c)| c.algorithm == alg)
@@ -108,7 +109,7 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
                     },
                     points: c.train_reward.clone(),
                     dashed: c.shifted,
-                    colour: colour_of(&c.algorithm) + usize::from(c.shifted) * 4,
+                    colour: colour_of(c.algorithm) + usize::from(c.shifted) * 4,
                 })
                 .collect(),
         })
@@ -282,7 +283,7 @@ pub fn render(results: &DemoResults) -> String {
 
 /// Writes `report.md` and the figures into `out`.
 pub fn write_report(results: &DemoResults, out: &Path) -> Result<(), TrainError> {
-    write_figures(results, out).map_err(|e| TrainError::Stopped(format!("plotting: {e}")))?;
+    write_figures(results, out).map_err(|e| TrainError::Plot(e.to_string()))?;
     std::fs::write(out.join("report.md"), render(results))?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod error;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neox;
@@ -16,29 +17,6 @@ pub mod model;
 pub mod reward;
 pub mod tokenizer;
 
+pub(crate) use error::file_error;
+pub use error::{Result, TorchError};
 pub use model::{Head, LanguageModel};
-
-/// Errors of the language-model stack. Every message names what it is
-/// about (a file, a tensor, a field).
-#[derive(Debug, thiserror::Error)]
-pub enum TorchError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("unsupported model: {0}")]
-    Unsupported(String),
-    #[error("tensor `{name}`: {message}")]
-    Tensor { name: String, message: String },
-    #[error("bad input: {0}")]
-    Input(String),
-    #[error("libtorch: {0}")]
-    Tch(#[from] tch::TchError),
-}
-
-pub type Result<T> = std::result::Result<T, TorchError>;
-
-pub(crate) fn file_error(path: &std::path::Path, message: impl std::fmt::Display) -> TorchError {
-    TorchError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
-}

@@ -15,8 +15,9 @@ use crate::torch::{Head, LanguageModel, Result, TorchError};
 pub const BUILTIN_MODEL: &str = "builtin:tiny-neox";
 /// Name of the built-in reward.
 pub const BUILTIN_REWARD: &str = "builtin:vowels";
-/// A built-in reward that is always NaN: it exists to exercise the
-/// non-finite guard (`max_nonfinite`).
+/// A built-in reward that is always NaN, to exercise the non-finite guard
+/// (`max_nonfinite`; feature `testing`).
+#[cfg(feature = "testing")]
 pub const NAN_REWARD: &str = "builtin:nan";
 /// The toy task's hidden gold reward ([C-TOY-GOLD]).
 pub const TOY_GOLD_REWARD: &str = "builtin:toy-gold";

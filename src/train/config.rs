@@ -1,19 +1,127 @@
 //! The configuration of `p3o train`: a TOML file (every key optional, the
-//! built-in default otherwise) and `--set key=value` overrides.
+//! built-in default otherwise) and `--set key=value` overrides. Keys with a
+//! closed set of values are enums, so a bad value fails at parse with the
+//! key named and the allowed values listed.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
-use crate::reference::Algorithm;
+use super::error::ConfigError;
+use crate::device::DeviceSpec;
+use crate::reference;
+
+/// The algorithms `p3o train` runs (config key `algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// [C-P3O-V1]
+    #[serde(rename = "p3o-v1")]
+    P3oV1,
+    /// [C-P3O-V2]
+    #[serde(rename = "p3o-v2")]
+    P3oV2,
+    /// Online DPO ([C-DPO]).
+    #[serde(rename = "dpo")]
+    Dpo,
+    /// Token-level PPO with a value head ([C-PPO-TOKEN]).
+    #[serde(rename = "ppo")]
+    Ppo,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::P3oV1,
+        Algorithm::P3oV2,
+        Algorithm::Dpo,
+        Algorithm::Ppo,
+    ];
+
+    /// The algorithm's clause in the float64 reference.
+    pub fn reference(self) -> reference::Algorithm {
+        match self {
+            Algorithm::P3oV1 => reference::Algorithm::P3oV1,
+            Algorithm::P3oV2 => reference::Algorithm::P3oV2,
+            Algorithm::Dpo => reference::Algorithm::Dpo,
+            Algorithm::Ppo => reference::Algorithm::Ppo,
+        }
+    }
+
+    /// Its name in configs and metrics.
+    pub fn name(self) -> &'static str {
+        self.reference().name()
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The learning rate after warm-up (config key `lr_schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Linear decay to 0 at the last step.
+    Linear,
+    /// Half a cosine down to 0 at the last step.
+    Cosine,
+}
+
+/// The policy's compute dtype (config key `dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    /// bfloat16 compute; AdamW keeps float32 master weights.
+    Bf16,
+}
+
+/// Where the training forward's token log-probs come from (config key
+/// `kernels`; `crate::train::kernels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelBackend {
+    /// libtorch ops under autograd.
+    Torch,
+    /// The float64 reference, chained into autograd (a slow check).
+    Reference,
+    /// The hand-written CUDA kernels (features `cuda` and `torch`, a CUDA
+    /// device).
+    Cuda,
+    /// The same kernel sources run on the CPU (feature `cuda`, `device =
+    /// cpu`; a very slow check).
+    CudaHost,
+}
+
+impl KernelBackend {
+    /// Its name in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelBackend::Torch => "torch",
+            KernelBackend::Reference => "reference",
+            KernelBackend::Cuda => "cuda",
+            KernelBackend::CudaHost => "cuda-host",
+        }
+    }
+}
+
+/// PPO's treatment of the scores (config key `reward_scaling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardScaling {
+    None,
+    /// Scores over the running standard deviation of all scores so far.
+    Running,
+}
 
 /// Every key of a training config, with its default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// `p3o-v1`, `p3o-v2`, `dpo` or `ppo`.
-    pub algorithm: String,
+    pub algorithm: Algorithm,
     /// Training steps (one rollout each).
     pub steps: usize,
     pub seed: u64,
@@ -36,8 +144,7 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Linear warm-up steps (optimizer steps).
     pub warmup_steps: usize,
-    /// `constant`, `linear` or `cosine` decay after warm-up.
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     pub max_new_tokens: i64,
     pub temperature: f64,
     pub top_k: Option<i64>,
@@ -65,20 +172,15 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Stop after this many skipped updates in a row.
     pub max_nonfinite: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// `f32` or `bf16` (the policy computes in bfloat16; AdamW keeps float32
-    /// master weights and state, and rounds into the policy after each step).
-    pub dtype: String,
+    pub device: DeviceSpec,
+    /// With `bf16` the policy computes in bfloat16; AdamW keeps float32
+    /// master weights and state, and rounds into the policy after each step.
+    pub dtype: Dtype,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
-    /// Token log-probs of the training forward: `torch` (libtorch ops),
-    /// `cuda` (the hand-written kernels, features `cuda` and `torch`; also
-    /// the pair losses, the reference's sequence log-probs and PPO's GAE),
-    /// `cuda-host` (the same kernel sources run on the CPU; a very slow
-    /// check) or `reference` (the float64 reference; a slow check of the
-    /// chaining into autograd that `cuda` uses).
-    pub kernels: String,
+    /// Token log-probs of the training forward (with `cuda` also the pair
+    /// losses, the reference's sequence log-probs and PPO's GAE).
+    pub kernels: KernelBackend,
     /// PPO: discount of GAE.
     pub gamma: f64,
     /// PPO: lambda of GAE.
@@ -89,15 +191,14 @@ pub struct TrainConfig {
     pub cliprange_value: f64,
     /// PPO: whiten advantages over each rollout's valid tokens.
     pub whiten_advantages: bool,
-    /// PPO: `none`, or `running` (scores divided by the running standard
-    /// deviation of all scores so far).
-    pub reward_scaling: String,
+    /// PPO: the scores as they are, or over their running std.
+    pub reward_scaling: RewardScaling,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            algorithm: "p3o-v2".into(),
+            algorithm: Algorithm::P3oV2,
             steps: 100,
             seed: 0,
             lr: 1e-3,
@@ -110,7 +211,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             weight_decay: 0.0,
             warmup_steps: 5,
-            lr_schedule: "constant".into(),
+            lr_schedule: LrSchedule::Constant,
             max_new_tokens: 16,
             temperature: 1.0,
             top_k: None,
@@ -125,23 +226,19 @@ impl Default for TrainConfig {
             eval_samples: 1,
             checkpoint_every: 10,
             max_nonfinite: 3,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: DeviceSpec::Cpu,
+            dtype: Dtype::F32,
             threads: 2,
-            kernels: "torch".into(),
+            kernels: KernelBackend::Torch,
             gamma: 1.0,
             lam: 0.95,
             vf_coef: 0.5,
             cliprange_value: 0.2,
             whiten_advantages: true,
-            reward_scaling: "none".into(),
+            reward_scaling: RewardScaling::None,
         }
     }
 }
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
 
 /// Reads a config of type `T` from an optional TOML file and `key=value`
 /// overrides (values in TOML syntax; a bare word is taken as a string). An
@@ -155,12 +252,12 @@ pub fn load_toml<T: serde::de::DeserializeOwned>(
 
 /// The checks that SFT and reward-model configs share: counts of at least
 /// one, a finite non-negative learning rate, a held-out share in [0, 1) and
-/// a known schedule.
+/// a device this machine has.
 pub fn check_supervised(
     counts: &[(&str, usize)],
     lr: f64,
     heldout_fraction: f64,
-    lr_schedule: &str,
+    device: DeviceSpec,
 ) -> Result<(), ConfigError> {
     let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
     if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
@@ -172,10 +269,15 @@ pub fn check_supervised(
     if !(0.0..1.0).contains(&heldout_fraction) {
         return bad("heldout_fraction", "must be in [0, 1)");
     }
-    if !["constant", "linear", "cosine"].contains(&lr_schedule) {
-        return bad("lr_schedule", "expected constant, linear or cosine");
-    }
-    Ok(())
+    check_device(device)
+}
+
+/// A config's `device` exists on this machine.
+pub fn check_device(device: DeviceSpec) -> Result<(), ConfigError> {
+    device
+        .resolve()
+        .map(|_| ())
+        .map_err(|why| ConfigError(format!("config key `device`: {why}")))
 }
 
 /// [`load_toml`] with the keys of `base` as defaults under the file's.
@@ -223,27 +325,10 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    pub fn algorithm(&self) -> Algorithm {
-        Algorithm::from_name(&self.algorithm).expect("checked by TrainConfig::check")
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks what the types cannot: ranges, and that `device` and
+    /// `kernels` name what this machine and build have.
+    pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
-        match Algorithm::from_name(&self.algorithm) {
-            Some(Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo | Algorithm::Ppo) => {}
-            _ => {
-                return bad(
-                    "algorithm",
-                    format!("`{}` (expected p3o-v1, p3o-v2, ppo or dpo)", self.algorithm),
-                );
-            }
-        }
-        if !["none", "running"].contains(&self.reward_scaling.as_str()) {
-            return bad(
-                "reward_scaling",
-                format!("`{}` (expected none or running)", self.reward_scaling),
-            );
-        }
         for (key, v) in [("gamma", self.gamma), ("lam", self.lam)] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(key, format!("{v} must be in [0, 1]"));
@@ -286,21 +371,36 @@ impl TrainConfig {
         if self.max_new_tokens < 1 {
             return bad("max_new_tokens", "must be at least 1".into());
         }
-        if !["constant", "linear", "cosine"].contains(&self.lr_schedule.as_str()) {
-            return bad(
-                "lr_schedule",
-                format!(
-                    "`{}` (expected constant, linear or cosine)",
-                    self.lr_schedule
-                ),
-            );
-        }
-        if !["f32", "bf16"].contains(&self.dtype.as_str()) {
-            return bad("dtype", format!("`{}` (expected f32 or bf16)", self.dtype));
-        }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return bad("top_p", "must be in (0, 1]".into());
         }
-        Ok(())
+        check_device(self.device)?;
+        self.kernels.check_against(self.device)
+    }
+}
+
+impl KernelBackend {
+    /// Whether this build runs the backend on `device`; the error names
+    /// config key `kernels`.
+    pub fn check_against(self, device: DeviceSpec) -> Result<(), ConfigError> {
+        let bad = |why: &str| {
+            Err(ConfigError(format!(
+                "config key `kernels`: `{}` {why}",
+                self.name()
+            )))
+        };
+        match self {
+            KernelBackend::Torch | KernelBackend::Reference => Ok(()),
+            KernelBackend::Cuda | KernelBackend::CudaHost if !cfg!(feature = "cuda") => {
+                bad("needs a p3o built with features `cuda` and `torch`")
+            }
+            KernelBackend::Cuda if device == DeviceSpec::Cpu => {
+                bad("needs device = cuda (or cuda:N)")
+            }
+            KernelBackend::CudaHost if device != DeviceSpec::Cpu => {
+                bad("runs the kernels on the CPU; it needs device = cpu")
+            }
+            KernelBackend::Cuda | KernelBackend::CudaHost => Ok(()),
+        }
     }
 }

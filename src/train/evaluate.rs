@@ -8,8 +8,8 @@ use tch::{Device, Kind};
 
 use super::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use super::data::load_prompts;
-use super::rollout::{Reward, sequence_logprobs};
-use super::trainer::TrainError;
+use super::error::TrainError;
+use super::scoring::{Reward, sequence_logprobs};
 use crate::stats::{MeanSe, mean_se, win_rates};
 use crate::torch::generate::{GenerateOptions, generate};
 use crate::torch::tokenizer::Tokenizer;

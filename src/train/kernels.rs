@@ -26,10 +26,12 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::config::KernelBackend;
+use super::error::TrainError;
 use super::losses::{self, PairBatch};
-use super::trainer::TrainError;
 #[cfg(feature = "cuda")]
 use crate::cuda::{ops::PairInputs, torch_ops::TensorKernels};
+use crate::device::DeviceSpec;
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::reference::{Algorithm, Hyper};
 use crate::torch::TorchError;
@@ -75,56 +77,33 @@ pub struct Detached {
 }
 
 impl Kernels {
-    /// The backend named by config key `kernels` for a run on `device`.
-    pub fn from_name(name: &str, device: Device) -> Result<Kernels, TrainError> {
-        match name {
-            "torch" => Ok(Kernels::Torch),
-            "reference" => Ok(Kernels::Reference),
-            "cuda" => Self::cuda(device),
-            "cuda-host" => Self::cuda_host(device),
-            other => Err(TrainError::Input(format!(
-                "config key `kernels`: `{other}` (expected torch, reference, cuda or cuda-host)"
-            ))),
-        }
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda(device: Device) -> Result<Kernels, TrainError> {
-        let Device::Cuda(ordinal) = device else {
-            return Err(TrainError::Input(
-                "config key `kernels`: `cuda` needs device = cuda (or cuda:N)".into(),
-            ));
+    /// The backend of config key `kernels` for a run on `device`
+    /// ([`KernelBackend::check_against`] says which combinations exist).
+    pub fn new(backend: KernelBackend, device: Device) -> Result<Kernels, TrainError> {
+        let spec = match device {
+            Device::Cuda(n) => DeviceSpec::Cuda(n),
+            _ => DeviceSpec::Cpu,
         };
-        crate::cuda::Gpu::new(ordinal)
-            .map(|g| Kernels::Cuda(std::sync::Arc::new(g)))
-            .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_host(device: Device) -> Result<Kernels, TrainError> {
-        if device != Device::Cpu {
-            return Err(TrainError::Input(
-                "config key `kernels`: `cuda-host` runs the kernels on the CPU; it needs device = cpu"
-                    .into(),
-            ));
+        backend.check_against(spec)?;
+        match backend {
+            KernelBackend::Torch => Ok(Kernels::Torch),
+            KernelBackend::Reference => Ok(Kernels::Reference),
+            #[cfg(feature = "cuda")]
+            KernelBackend::Cuda => {
+                let ordinal = if let DeviceSpec::Cuda(n) = spec { n } else { 0 };
+                crate::cuda::Gpu::new(ordinal)
+                    .map(|g| Kernels::Cuda(std::sync::Arc::new(g)))
+                    .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))
+            }
+            #[cfg(feature = "cuda")]
+            KernelBackend::CudaHost => {
+                Ok(Kernels::Cuda(std::sync::Arc::new(crate::cuda::host::Host)))
+            }
+            #[cfg(not(feature = "cuda"))]
+            KernelBackend::Cuda | KernelBackend::CudaHost => {
+                unreachable!("check_against refuses the kernels in a build without `cuda`")
+            }
         }
-        Ok(Kernels::Cuda(std::sync::Arc::new(crate::cuda::host::Host)))
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn cuda(_: Device) -> Result<Kernels, TrainError> {
-        Err(TrainError::Input(
-            "config key `kernels`: `cuda` needs a p3o built with features `cuda` and `torch`"
-                .into(),
-        ))
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn cuda_host(_: Device) -> Result<Kernels, TrainError> {
-        Err(TrainError::Input(
-            "config key `kernels`: `cuda-host` needs a p3o built with features `cuda` and `torch`"
-                .into(),
-        ))
     }
 
     /// The batch mean of the per-pair loss of `alg` ([`losses::pair_loss`]).
@@ -149,9 +128,7 @@ impl Kernels {
                 lp_ref: f32s(&b.lp_ref),
                 reward: b.reward.map(|t| t.to_kind(Kind::Double).contiguous()),
             };
-            let out = kernels
-                .pair_loss_tensor(alg, &x, h.beta, h.epsilon)
-                .map_err(cuda_error)?;
+            let out = kernels.pair_loss_tensor(alg, &x, h.beta, h.epsilon)?;
             let kind = b.lp[0].kind();
             let surrogate = (out.grad[0].to_kind(kind) * b.lp[0]
                 + out.grad[1].to_kind(kind) * b.lp[1])
@@ -171,7 +148,7 @@ impl Kernels {
             let f32s = |t: &Tensor| t.detach().to_kind(Kind::Float).contiguous();
             return kernels
                 .masked_seq_sum_tensor(&f32s(lp), None, &f32s(mask))
-                .map_err(cuda_error);
+                .map_err(TrainError::from);
         }
         Ok(crate::torch::logprobs::sequence_logprobs(
             &lp.detach(),
@@ -201,15 +178,13 @@ impl Kernels {
                     .view([n as i64, l as i64])
                     .to_device(device)
             };
-            let (adv, ret) = kernels
-                .gae_tensor(
-                    &tensor(rewards),
-                    &tensor(values),
-                    &tensor(mask),
-                    gamma,
-                    lambda,
-                )
-                .map_err(cuda_error)?;
+            let (adv, ret) = kernels.gae_tensor(
+                &tensor(rewards),
+                &tensor(values),
+                &tensor(mask),
+                gamma,
+                lambda,
+            )?;
             let rows = |t: &Tensor| -> Result<TokenRows, TrainError> {
                 let flat = host_f64(t)?;
                 Ok((0..n).map(|i| flat[i * l..(i + 1) * l].to_vec()).collect())
@@ -266,9 +241,7 @@ impl Kernels {
                 let (rows, v) = flat_rows(logits);
                 let flat = logits.detach().reshape([rows, v]).contiguous();
                 let t = targets.reshape([rows]).contiguous();
-                let (logp, lse) = kernels
-                    .token_logprob_fwd_tensor(&flat, &t)
-                    .map_err(cuda_error)?;
+                let (logp, lse) = kernels.token_logprob_fwd_tensor(&flat, &t)?;
                 let leaf = logp.reshape(targets.size()).set_requires_grad(true);
                 Ok((
                     leaf.shallow_clone(),
@@ -305,8 +278,7 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
             let flat = d.logits.detach().reshape([rows, v]).contiguous();
             let g = g.reshape([rows]).to_kind(Kind::Float).contiguous();
             kernels
-                .token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)
-                .map_err(cuda_error)?
+                .token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)?
                 .reshape(d.logits.size())
         }
         Saved::Reference => {
@@ -328,11 +300,6 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
     let chained = (&d.logits * grad_logits).sum(Kind::Float);
     (loss + chained).backward();
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_error(e: crate::cuda::CudaError) -> TrainError {
-    TrainError::Stopped(format!("CUDA kernels: {e}"))
 }
 
 /// `(rows, V)` of a `[.., V]` tensor.

@@ -5,14 +5,17 @@
 //! `crate::reference`.
 
 pub mod builtin;
+pub mod collective;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod evaluate;
 pub mod kernels;
 pub mod losses;
 pub mod models;
 pub mod optim;
 pub mod reward_model;
-pub mod rollout;
+pub mod scoring;
+pub mod seed;
 pub mod sft;
 pub mod trainer;

@@ -8,24 +8,15 @@ use std::path::Path;
 use tch::{Device, Kind};
 
 use super::builtin::{self, BUILTIN_MODEL};
-use super::trainer::TrainError;
+use super::error::TrainError;
+use crate::device::DeviceSpec;
 use crate::torch::{Head, LanguageModel};
 
-/// `cpu`, `cuda` or `cuda:N`, checked against the devices present.
-pub fn device_of(s: &str) -> Result<Device, TrainError> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                TrainError::Input(format!(
-                    "config key `device`: `{s}` (expected cpu, cuda or cuda:N)"
-                ))
-            }),
-    }
+/// The libtorch device that config key or flag `key` names, if this
+/// machine has it.
+pub fn device_of(spec: DeviceSpec, key: &str) -> Result<Device, TrainError> {
+    spec.resolve()
+        .map_err(|why| TrainError::Input(format!("{key}: {why}")))
 }
 
 /// The model named `spec` with `head`: `builtin:tiny-neox` (seeded random

@@ -16,6 +16,8 @@ use rayon::prelude::*;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::config::LrSchedule;
+
 /// Decoupled-weight-decay Adam (Loshchilov and Hutter), betas (0.9, 0.999),
 /// eps 1e-8, over the trainable variables of some `VarStore`s in name order.
 pub struct AdamW {
@@ -60,6 +62,24 @@ impl AdamW {
             step: 0,
             weight_decay,
             pool: host_pool(),
+        }
+    }
+
+    /// Rounds the float32 variables of `vs` (whose parameters this optimizer
+    /// updates) to `kind` for compute, keeping their float32 values as the
+    /// master copies that every update goes to. Made before the rounding,
+    /// the master copies are the float32 weights themselves.
+    pub fn lower_precision(&mut self, vs: &mut VarStore, kind: Kind) {
+        let names: std::collections::HashSet<String> = vs.variables().into_keys().collect();
+        for ((name, p), master) in self.params.iter().zip(&mut self.master) {
+            if names.contains(name) && p.kind() == Kind::Float {
+                *master = Some(p.detach().copy());
+            }
+        }
+        match kind {
+            Kind::BFloat16 => vs.bfloat16(),
+            Kind::Half => vs.half(),
+            other => vs.set_kind(other),
         }
     }
 
@@ -359,16 +379,22 @@ fn host_pool() -> Option<rayon::ThreadPool> {
 
 /// The learning rate at optimizer step `step` (0-based) of `total`: linear
 /// warm-up over `warmup` steps, then constant, linear or cosine decay to 0.
-pub fn learning_rate(peak: f64, schedule: &str, warmup: usize, step: usize, total: usize) -> f64 {
+pub fn learning_rate(
+    peak: f64,
+    schedule: LrSchedule,
+    warmup: usize,
+    step: usize,
+    total: usize,
+) -> f64 {
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }
     let span = total.saturating_sub(warmup).max(1) as f64;
     let progress = ((step - warmup) as f64 / span).min(1.0);
     match schedule {
-        "linear" => peak * (1.0 - progress),
-        "cosine" => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-        _ => peak,
+        LrSchedule::Constant => peak,
+        LrSchedule::Linear => peak * (1.0 - progress),
+        LrSchedule::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
     }
 }
 

@@ -15,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::config::{ConfigError, check_supervised, load_toml};
+use super::config::{LrSchedule, check_supervised, load_toml};
 use super::data::{read_jsonl, split_heldout, string_field};
+use super::error::{ConfigError, TrainError};
 use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
-use super::trainer::TrainError;
+use crate::device::DeviceSpec;
 use crate::torch::checkpoint::load_into_except;
 use crate::torch::config::{Architecture, ModelConfig};
 use crate::torch::generate::left_pad;
@@ -44,13 +45,12 @@ pub struct RewardModelConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
-    /// `constant`, `linear` or `cosine`.
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 disables).
     pub max_grad_norm: f64,
     pub seed: u64,
-    pub device: String,
+    pub device: DeviceSpec,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
 }
@@ -65,11 +65,11 @@ impl Default for RewardModelConfig {
             batch_size: 32,
             lr: 1e-3,
             warmup_steps: 10,
-            lr_schedule: "cosine".into(),
+            lr_schedule: LrSchedule::Cosine,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 0,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             threads: 2,
         }
     }
@@ -82,7 +82,7 @@ impl RewardModelConfig {
             &[("epochs", cfg.epochs), ("batch_size", cfg.batch_size)],
             cfg.lr,
             cfg.heldout_fraction,
-            &cfg.lr_schedule,
+            cfg.device,
         )?;
         Ok(cfg)
     }
@@ -228,7 +228,7 @@ pub fn train_reward_model(
             "a reward model needs a base model (--base) and preference data (--data)".into(),
         ));
     }
-    let device = device_of(&cfg.device)?;
+    let device = device_of(cfg.device, "config key `device`")?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -268,10 +268,10 @@ pub fn train_reward_model(
         order.shuffle(&mut rng);
         for rows in order.chunks(cfg.batch_size) {
             let (c, r) = pair_rewards(&model, &train, rows)?;
-            let lr = learning_rate(cfg.lr, &cfg.lr_schedule, cfg.warmup_steps, step, total);
+            let lr = learning_rate(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, step, total);
             let (loss_v, norm) = descend(&mut opt, &bt_loss(&c, &r), cfg.max_grad_norm, lr)
                 .map_err(|l| {
-                    TrainError::Stopped(format!(
+                    TrainError::NonFinite(format!(
                         "reward-model step {}: the loss is {l}; lower lr",
                         step + 1
                     ))

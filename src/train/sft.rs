@@ -13,12 +13,13 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
-use super::config::{ConfigError, check_supervised, load_toml};
+use super::config::{LrSchedule, check_supervised, load_toml};
 use super::data::{read_jsonl, split_heldout, string_field};
+use super::error::{ConfigError, TrainError};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
-use super::rollout::token_window;
-use super::trainer::TrainError;
+use super::scoring::token_window;
+use crate::device::DeviceSpec;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
 
@@ -39,15 +40,14 @@ pub struct SftConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
-    /// `constant`, `linear` or `cosine`.
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 disables).
     pub max_grad_norm: f64,
     /// Held-out loss every this many steps (0: only at the start and end).
     pub eval_every: usize,
     pub seed: u64,
-    pub device: String,
+    pub device: DeviceSpec,
     /// CPU threads of libtorch (0: libtorch's default).
     pub threads: usize,
 }
@@ -63,12 +63,12 @@ impl Default for SftConfig {
             batch_size: 64,
             lr: 3e-3,
             warmup_steps: 30,
-            lr_schedule: "cosine".into(),
+            lr_schedule: LrSchedule::Cosine,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             eval_every: 100,
             seed: 0,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             threads: 2,
         }
     }
@@ -85,7 +85,7 @@ impl SftConfig {
             ],
             cfg.lr,
             cfg.heldout_fraction,
-            &cfg.lr_schedule,
+            cfg.device,
         )?;
         Ok(cfg)
     }
@@ -173,7 +173,7 @@ pub struct SftSummary {
 /// Trains, writing `out/metrics.jsonl` and the model in HF layout to
 /// `out/final` (config.json, model.safetensors, tokenizer.json).
 pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
-    let device = device_of(&cfg.device)?;
+    let device = device_of(cfg.device, "config key `device`")?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -220,13 +220,13 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
         let loss = loss_of(&model, &train, &rows)?;
         let lr = learning_rate(
             cfg.lr,
-            &cfg.lr_schedule,
+            cfg.lr_schedule,
             cfg.warmup_steps,
             step - 1,
             cfg.steps,
         );
         let (loss_v, norm) = descend(&mut opt, &loss, cfg.max_grad_norm, lr).map_err(|l| {
-            TrainError::Stopped(format!("SFT step {step}: the loss is {l}; lower lr"))
+            TrainError::NonFinite(format!("SFT step {step}: the loss is {l}; lower lr"))
         })?;
         let mut line =
             json!({"step": step, "split": "train", "loss": loss_v, "grad_norm": norm, "lr": lr});

@@ -255,3 +255,38 @@ pub fn rows_of(
             (v, x, t)
         })
 }
+
+/// Whether `P3O_REQUIRE_GPU=1`: on a GPU machine (scripts/gpu-check.sh sets
+/// it) a GPU test that finds no device fails instead of skipping.
+pub fn gpu_required() -> bool {
+    std::env::var_os("P3O_REQUIRE_GPU").is_some_and(|v| v == "1")
+}
+
+/// Reports that the running test checked nothing here because `why`: it
+/// prints a `SKIPPED` line and, when `P3O_SKIP_LOG` names a file, appends
+/// the test's name to it, so that scripts/test.sh counts the test as
+/// skipped, not passed.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    println!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os("P3O_SKIP_LOG") {
+        let line = format!("{test}: {why}\n");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .expect("P3O_SKIP_LOG names a writable file");
+    }
+}
+
+/// [`skip`] for a test that needs a CUDA device, which fails instead under
+/// [`gpu_required`].
+pub fn skip_without_gpu(why: &str) {
+    assert!(
+        !gpu_required(),
+        "P3O_REQUIRE_GPU=1, but {why}: this GPU test would check nothing"
+    );
+    skip(why);
+}

@@ -6,9 +6,11 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::builtin::{self, BUILTIN_REWARD, NAN_REWARD, TOY_GOLD_REWARD};
+#[cfg(feature = "testing")]
+use super::builtin::NAN_REWARD;
+use super::builtin::{self, BUILTIN_REWARD, TOY_GOLD_REWARD};
+use super::error::TrainError;
 use super::kernels::{Detached, Kernels};
-use super::trainer::TrainError;
 use crate::torch::generate::left_pad;
 use crate::torch::layers::Linear;
 use crate::torch::model::positions_from_mask;
@@ -45,7 +47,9 @@ pub enum Reward {
     Vowels { max_new_tokens: i64 },
     /// `builtin:toy-gold`: the toy task's gold reward ([C-TOY-GOLD]).
     ToyGold,
-    /// `builtin:nan`: always NaN (exercises the non-finite guard).
+    /// `builtin:nan`: always NaN, to exercise the non-finite guard (feature
+    /// `testing`).
+    #[cfg(feature = "testing")]
     Nan,
     /// An HF reward model (score head).
     Model(Box<LanguageModel>),
@@ -63,6 +67,7 @@ impl Reward {
         match spec {
             BUILTIN_REWARD => Ok(Reward::Vowels { max_new_tokens }),
             TOY_GOLD_REWARD => Ok(Reward::ToyGold),
+            #[cfg(feature = "testing")]
             NAN_REWARD => Ok(Reward::Nan),
             _ => {
                 let dir = Path::new(spec);
@@ -116,6 +121,7 @@ impl Reward {
                     ))
                 })
                 .collect(),
+            #[cfg(feature = "testing")]
             Reward::Nan => Ok(vec![f64::NAN; responses.len()]),
             Reward::Model(m) => {
                 let rows: Vec<Vec<i64>> = prompt_ids

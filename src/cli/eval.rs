@@ -1,0 +1,115 @@
+//! `p3o eval` and `p3o compare`: held-out KL and rewards of policies, and
+//! their win rates ([C-WINRATE]; feature `torch`).
+#![cfg_attr(not(feature = "torch"), allow(dead_code))]
+
+use std::path::PathBuf;
+
+use p3o::device::DeviceSpec;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A policy to evaluate: an HF directory, or NAME=DIR (repeatable).
+    #[arg(long = "policy", required = true)]
+    policies: Vec<String>,
+    /// The reference (SFT) policy the KL is measured against.
+    #[arg(long)]
+    reference: PathBuf,
+    /// The reward: an HF reward-model directory or a built-in
+    /// (builtin:toy-gold, builtin:vowels).
+    #[arg(long)]
+    reward: String,
+    /// A second reward reported beside the first (e.g. builtin:toy-gold).
+    #[arg(long)]
+    gold_reward: Option<String>,
+    /// Held-out prompts: builtin:toy, builtin or a JSON Lines file.
+    #[arg(long, default_value = "builtin:toy")]
+    prompts: String,
+    /// Responses sampled per prompt.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    #[arg(long, default_value_t = 24)]
+    max_new_tokens: i64,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Seed of the sampler (the same for every policy).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+#[cfg(feature = "torch")]
+pub use imp::{compare, eval};
+
+#[cfg(feature = "torch")]
+mod imp {
+    use std::path::Path;
+
+    use p3o::torch::tokenizer::Tokenizer;
+    use p3o::train::evaluate::{
+        Judges, PolicyEval, SampleSpec, compare as win_rates, eval_prompts, evaluate_policy,
+        load_policy,
+    };
+    use p3o::train::models::device_of;
+    use p3o::train::scoring::Reward;
+
+    use super::EvalArgs;
+    use crate::cli::error::CliError;
+    use crate::cli::output::print_json;
+
+    /// Loads the judges and evaluates every policy of `a`.
+    fn evaluate_all(a: &EvalArgs) -> Result<Vec<PolicyEval>, CliError> {
+        if a.samples == 0 {
+            return Err(CliError::Input("--samples must be at least 1".into()));
+        }
+        if a.max_new_tokens < 1 {
+            return Err(CliError::Input(
+                "--max-new-tokens must be at least 1".into(),
+            ));
+        }
+        let device = device_of(a.device, "--device")?;
+        let reference = load_policy(&a.reference, device)?;
+        let tokenizer = Tokenizer::load(&a.reference, &reference.config)
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        let judges = Judges {
+            reference,
+            reward: Reward::load(&a.reward, "--reward", a.max_new_tokens, device)?,
+            gold: match &a.gold_reward {
+                Some(g) => Some(Reward::load(g, "--gold-reward", a.max_new_tokens, device)?),
+                None => None,
+            },
+            tokenizer,
+        };
+        let prompts = eval_prompts(&a.prompts)?;
+        let spec = SampleSpec {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            samples: a.samples,
+            seed: a.seed,
+            batch_size: 256,
+        };
+        a.policies
+            .iter()
+            .map(|p| {
+                let (name, dir) = p.split_once('=').unwrap_or((p.as_str(), p.as_str()));
+                let policy = load_policy(Path::new(dir), device)?;
+                Ok(evaluate_policy(name, &policy, &judges, &prompts, &spec)?)
+            })
+            .collect()
+    }
+
+    /// One JSON line per policy.
+    pub fn eval(a: EvalArgs) -> Result<(), CliError> {
+        for e in evaluate_all(&a)? {
+            print_json(&e)?;
+        }
+        Ok(())
+    }
+
+    /// The win-rate matrix as one JSON object.
+    pub fn compare(a: EvalArgs) -> Result<(), CliError> {
+        let evals = evaluate_all(&a)?;
+        print_json(&win_rates(&evals))
+    }
+}

@@ -1,0 +1,136 @@
+//! Checkpoints: `checkpoints/step-N` (the policy in HF layout, the
+//! optimizer's state, PPO's value head and `state.json`), written under a
+//! temporary name and renamed, so that a killed run leaves only complete
+//! checkpoints; and resuming from the last of them.
+
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+use super::Trainer;
+use super::metrics::MetricsLine;
+use super::state::CheckpointState;
+use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
+use crate::train::error::TrainError;
+
+impl Trainer {
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join("checkpoints")
+    }
+
+    /// Writes `checkpoints/step-N` through a temporary directory and a
+    /// rename.
+    pub(super) fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let root = self.checkpoint_dir();
+        std::fs::create_dir_all(&root)?;
+        let dir = root.join(format!("step-{}", self.step));
+        let tmp = root.join(format!(".step-{}.tmp", self.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        self.save_model(&tmp)?;
+        write_tensors(&self.opt.state(), &tmp.join("optimizer.safetensors"))?;
+        if let Some(v) = &self.value_head {
+            let mut vars: Vec<(String, Tensor)> = v.vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            write_tensors(&vars, &tmp.join("value_head.safetensors"))?;
+        }
+        let state = CheckpointState {
+            step: self.step,
+            optimizer_step: self.opt.step,
+            nonfinite_in_row: self.nonfinite_in_row,
+            nonfinite_total: self.nonfinite_total,
+            score_stats: self.score_stats,
+            config: self.cfg.clone(),
+        };
+        state.write(&tmp.join("state.json"))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)?;
+        Ok(())
+    }
+
+    /// The step of the last complete checkpoint (one with its `state.json`).
+    fn last_checkpoint(&self) -> Option<usize> {
+        let entries = std::fs::read_dir(self.checkpoint_dir()).ok()?;
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("step-"))
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .filter(|n| {
+                self.checkpoint_dir()
+                    .join(format!("step-{n}"))
+                    .join("state.json")
+                    .is_file()
+            })
+            .max()
+    }
+
+    /// Continues from the last complete checkpoint, if any; returns its
+    /// step.
+    pub fn resume(&mut self) -> Result<Option<usize>, TrainError> {
+        let Some(n) = self.last_checkpoint() else {
+            return Ok(None);
+        };
+        let dir = self.checkpoint_dir().join(format!("step-{n}"));
+        let state = CheckpointState::read(&dir.join("state.json"))?;
+        load_into(&self.policy.vs, &dir)?;
+        let device = self.policy.device();
+        let tensors = read_tensors(&dir.join("optimizer.safetensors"), device)?;
+        self.opt
+            .load_state(&tensors)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", dir.display())))?;
+        if let Some(v) = &self.value_head {
+            let saved = read_tensors(&dir.join("value_head.safetensors"), device)?;
+            for (name, mut var) in v.vs.variables() {
+                let src = saved.get(&name).ok_or_else(|| {
+                    TrainError::Input(format!("{}: value head `{name}` missing", dir.display()))
+                })?;
+                tch::no_grad(|| var.copy_(src));
+            }
+        }
+        self.score_stats = state.score_stats;
+        self.opt.step = state.optimizer_step;
+        self.step = n;
+        self.nonfinite_in_row = state.nonfinite_in_row;
+        self.nonfinite_total = state.nonfinite_total;
+        self.truncate_metrics(n).map(|()| Some(n))
+    }
+
+    /// Drops the metrics lines that the interrupted run wrote after step
+    /// `n` (and a last line that a kill cut short).
+    fn truncate_metrics(&self, n: usize) -> Result<(), TrainError> {
+        let metrics = self.out.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&metrics) else {
+            return Ok(());
+        };
+        let lines: Vec<(usize, &str)> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .collect();
+        let mut kept = String::new();
+        for (k, &(i, line)) in lines.iter().enumerate() {
+            match serde_json::from_str::<MetricsLine>(line) {
+                Ok(m) if m.step() <= n => {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+                Ok(_) => {}
+                Err(_) if k + 1 == lines.len() => {}
+                Err(e) => {
+                    return Err(TrainError::Input(format!(
+                        "{} line {}: not a metrics line of this version ({e})",
+                        metrics.display(),
+                        i + 1
+                    )));
+                }
+            }
+        }
+        let tmp = self.out.join(".metrics.jsonl.tmp");
+        std::fs::write(&tmp, kept)?;
+        std::fs::rename(&tmp, &metrics)?;
+        Ok(())
+    }
+}

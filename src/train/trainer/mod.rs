@@ -1,0 +1,206 @@
+//! The training loop of `p3o train`: rollouts (two responses per prompt for
+//! the pair algorithms, one for PPO), KL-shaped float64 rewards, epochs of
+//! minibatch updates with AdamW, metrics, evaluations and checkpoints.
+//!
+//! One file per job: `setup` (models, prompts, optimizer), `rollout`
+//! (sampling and scoring a step's responses), `pair_update` (P3O-V1, P3O-V2,
+//! DPO), `ppo_update` ([C-PPO-TOKEN]), `update` (backward, gradient
+//! accumulation, the optimizer step and the non-finite guard),
+//! `checkpoint` (writing and resuming), and the typed records `metrics`
+//! and `state`.
+
+mod checkpoint;
+pub mod metrics;
+mod pair_update;
+mod ppo_update;
+mod rollout;
+mod setup;
+pub mod state;
+mod update;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tch::{Device, Kind, Tensor};
+
+use super::collective::Collective;
+use super::config::TrainConfig;
+use super::error::TrainError;
+use super::kernels::Kernels;
+use super::models::progress_bar;
+use super::optim::AdamW;
+use super::scoring::{Reward, ValueHead, sequence_logprobs_with};
+use super::seed::SeedPurpose;
+use crate::reference::shift::RewardShift;
+use crate::torch::LanguageModel;
+use crate::torch::generate::{GenerateOptions, Generation, generate};
+use crate::torch::tokenizer::Tokenizer;
+use metrics::{EvalMetrics, MetricsLine, Split};
+
+/// Everything a run holds.
+pub struct Trainer {
+    cfg: TrainConfig,
+    out: PathBuf,
+    policy: LanguageModel,
+    reference: LanguageModel,
+    reward: Reward,
+    /// A second reward reported in eval lines (`gold_reward_mean`).
+    gold: Option<Reward>,
+    tokenizer: Tokenizer,
+    tokenizer_json: String,
+    prompts: Vec<String>,
+    eval_prompts: Vec<String>,
+    shift: Option<RewardShift>,
+    opt: AdamW,
+    /// Where the training forward's token log-probs come from.
+    kernels: Kernels,
+    /// How the run's processes share prompts and gradients.
+    collective: Box<dyn Collective>,
+    /// PPO's value head on the policy's hidden states (weights `v_head.*`,
+    /// zero at the start).
+    value_head: Option<ValueHead>,
+    /// Running (count, mean, M2) of scores, for PPO's `reward_scaling`.
+    score_stats: [f64; 3],
+    /// Steps completed.
+    step: usize,
+    nonfinite_in_row: usize,
+    nonfinite_total: usize,
+}
+
+/// `log pi(y|x)` per response: the sum of its token log-probs.
+fn sequence_sums(token_logprobs: &[Vec<f32>]) -> Vec<f32> {
+    token_logprobs.iter().map(|t| t.iter().sum()).collect()
+}
+
+impl Trainer {
+    /// Runs to `cfg.steps`, appending metrics to `DIR/metrics.jsonl`,
+    /// writing checkpoints and finally `DIR/final`. Returns the last step's
+    /// line (none when a resumed run had no step left).
+    pub fn run(&mut self) -> Result<Option<MetricsLine>, TrainError> {
+        std::fs::create_dir_all(&self.out)?;
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out.join("metrics.jsonl"))?;
+        let total_opt_steps = self.total_optimizer_steps();
+        let bar = progress_bar(self.cfg.steps as u64, "steps");
+        bar.set_position(self.step as u64);
+        let mut last = None;
+        if self.step == 0 && self.cfg.eval_every > 0 {
+            // The starting point of the KL-reward curve.
+            writeln!(metrics, "{}", self.evaluate()?.to_json())?;
+        }
+        while self.step < self.cfg.steps {
+            let line = self.train_step(total_opt_steps)?;
+            writeln!(metrics, "{}", line.to_json())?;
+            if let MetricsLine::Step(m) = &line {
+                bar.set_message(format!("reward {:.3} kl {:.3}", m.reward_mean, m.kl_mean));
+            }
+            bar.inc(1);
+            if self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every) {
+                writeln!(metrics, "{}", self.evaluate()?.to_json())?;
+            }
+            if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every)
+            {
+                metrics.flush()?;
+                self.save_checkpoint()?;
+            }
+            last = Some(line);
+        }
+        bar.finish_and_clear();
+        metrics.flush()?;
+        self.save_model(&self.out.join("final"))?;
+        Ok(last)
+    }
+
+    /// Optimizer steps of the whole run (the schedule's length).
+    fn total_optimizer_steps(&self) -> usize {
+        let minibatches = self.cfg.batch_size.div_ceil(self.cfg.minibatch_size);
+        self.cfg.epochs * minibatches.div_ceil(self.cfg.grad_accum) * self.cfg.steps
+    }
+
+    /// One step: a rollout, then epochs of minibatch updates.
+    fn train_step(&mut self, total_opt_steps: usize) -> Result<MetricsLine, TrainError> {
+        if self.value_head.is_some() {
+            self.ppo_step(total_opt_steps)
+        } else {
+            self.pair_step(total_opt_steps)
+        }
+    }
+
+    /// Responses to `prompt_ids` with the log-probs of their tokens under
+    /// the policy that sampled them (the behaviour policy of the step).
+    fn sample(&self, prompt_ids: &[Vec<i64>], seed: u64) -> Result<Generation, TrainError> {
+        let o = GenerateOptions {
+            max_new_tokens: self.cfg.max_new_tokens,
+            temperature: self.cfg.temperature,
+            top_k: self.cfg.top_k,
+            top_p: self.cfg.top_p,
+            seed,
+            eos_token_id: self.tokenizer.eos_token_id,
+            pad_token_id: self.tokenizer.pad_token_id.unwrap_or(0),
+            use_cache: true,
+            logprobs: true,
+        };
+        Ok(generate(&self.policy, prompt_ids, &o)?)
+    }
+
+    /// Mean reward (unshifted) and sequence KL to the reference on the eval
+    /// prompts, `eval_samples` sampled responses each with a fixed seed.
+    fn evaluate(&self) -> Result<MetricsLine, TrainError> {
+        let mut ids: Vec<Vec<i64>> = Vec::new();
+        for p in &self.eval_prompts {
+            let p = self.tokenizer.encode(p)?;
+            ids.extend(std::iter::repeat_n(p, self.cfg.eval_samples));
+        }
+        let sampled = self.sample(&ids, SeedPurpose::Evaluation.of(self.cfg.seed))?;
+        let responses = sampled.response_ids;
+        let lp = Tensor::from_slice(&sequence_sums(&sampled.token_logprobs));
+        let lp_ref = sequence_logprobs_with(&self.reference, &ids, &responses, &self.kernels)?;
+        let kl = (lp.to_kind(Kind::Double) - lp_ref.to_device(Device::Cpu).to_kind(Kind::Double))
+            .mean(Kind::Double)
+            .double_value(&[]);
+        let mean = |r: Vec<f64>| r.iter().sum::<f64>() / r.len() as f64;
+        let reward_mean = mean(self.reward.score(&self.tokenizer, &ids, &responses)?);
+        let gold_reward_mean = match &self.gold {
+            Some(g) => Some(mean(g.score(&self.tokenizer, &ids, &responses)?)),
+            None => None,
+        };
+        Ok(MetricsLine::Eval(EvalMetrics {
+            step: self.step,
+            algorithm: self.cfg.algorithm,
+            split: Split::Eval,
+            reward_mean,
+            kl_mean: kl,
+            gold_reward_mean,
+        }))
+    }
+
+    fn save_model(&self, dir: &std::path::Path) -> Result<(), TrainError> {
+        self.policy.save(dir)?;
+        std::fs::write(dir.join("tokenizer.json"), &self.tokenizer_json)?;
+        Ok(())
+    }
+}
+
+/// What tests and benchmarks reach into (feature `testing`).
+#[cfg(feature = "testing")]
+impl Trainer {
+    /// Runs one training step outside [`Self::run`] and returns its line.
+    pub fn step_once(&mut self) -> Result<MetricsLine, TrainError> {
+        let total = self.total_optimizer_steps();
+        self.train_step(total)
+    }
+
+    /// The policy's parameters, by name.
+    pub fn policy_weights(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.policy.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The optimizer (its float32 master copies under `dtype = bf16`).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+}

@@ -1,0 +1,155 @@
+//! Setting a run up: the device and kernels, the policy, its reference and
+//! the rewards, the tokenizer, the prompts, PPO's value head and the
+//! optimizer. Everything the config names is checked here, before any
+//! training.
+
+use std::path::Path;
+
+use tch::Kind;
+
+use super::Trainer;
+use crate::reference::shift::RewardShift;
+use crate::torch::Head;
+use crate::torch::layers::Linear;
+use crate::torch::tokenizer::Tokenizer;
+use crate::toy::{self, Split};
+use crate::train::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
+use crate::train::collective::SingleProcess;
+use crate::train::config::{Algorithm, Dtype, TrainConfig};
+use crate::train::data::load_prompts;
+use crate::train::error::TrainError;
+use crate::train::kernels::Kernels;
+use crate::train::models::{device_of, load_model, tokenizer_json_of};
+use crate::train::optim::AdamW;
+use crate::train::scoring::{Reward, ValueHead};
+
+impl Trainer {
+    /// Loads models, tokenizer, prompts and rewards; fails before any
+    /// training on bad input.
+    pub fn new(
+        cfg: TrainConfig,
+        out: &Path,
+        shift: Option<RewardShift>,
+    ) -> Result<Trainer, TrainError> {
+        cfg.check()?;
+        let device = device_of(cfg.device, "config key `device`")?;
+        let kernels = Kernels::new(cfg.kernels, device)?;
+        if cfg.threads > 0 {
+            tch::set_num_threads(cfg.threads as i32);
+        }
+        let mut policy = load_model(&cfg.policy, Head::Lm, cfg.seed, device)?;
+        let reference = load_model(
+            if cfg.reference.is_empty() {
+                &cfg.policy
+            } else {
+                &cfg.reference
+            },
+            Head::Lm,
+            cfg.seed,
+            device,
+        )?;
+        for (_, mut t) in reference.vs.variables() {
+            let _ = t.requires_grad_(false);
+        }
+        let tokenizer_json = tokenizer_json_of(&cfg.policy)?;
+        let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
+        let reward = Reward::load(&cfg.reward, "reward", cfg.max_new_tokens, device)?;
+        let gold = if cfg.gold_reward.is_empty() {
+            None
+        } else {
+            Some(Reward::load(
+                &cfg.gold_reward,
+                "gold_reward",
+                cfg.max_new_tokens,
+                device,
+            )?)
+        };
+        let (prompts, eval_prompts) = resolve_prompts(&cfg)?;
+        let max = policy.config.max_positions();
+        for p in prompts.iter().chain(&eval_prompts) {
+            let n = tokenizer.encode(p)?.len() as i64;
+            if n == 0 || n + cfg.max_new_tokens > max {
+                return Err(TrainError::Input(format!(
+                    "prompt {p:?}: {n} tokens + max_new_tokens {} do not fit the model's {max} positions (or the prompt is empty)",
+                    cfg.max_new_tokens
+                )));
+            }
+        }
+        let value_head = (cfg.algorithm == Algorithm::Ppo).then(|| {
+            let vs = tch::nn::VarStore::new(device);
+            let linear = Linear::new(vs.root() / "v_head", policy.config.hidden_size(), 1, true);
+            ValueHead { vs, linear }
+        });
+        let mut stores = vec![&policy.vs];
+        if let Some(v) = &value_head {
+            stores.push(&v.vs);
+        }
+        let mut opt = AdamW::new(&stores, cfg.weight_decay);
+        if cfg.dtype == Dtype::Bf16 {
+            // The master copies come from the float32 weights, before the
+            // policy is rounded.
+            opt.lower_precision(&mut policy.vs, Kind::BFloat16);
+        }
+        Ok(Trainer {
+            cfg,
+            out: out.to_path_buf(),
+            policy,
+            reference,
+            reward,
+            gold,
+            tokenizer,
+            tokenizer_json,
+            prompts,
+            eval_prompts,
+            shift,
+            opt,
+            kernels,
+            collective: Box::new(SingleProcess),
+            value_head,
+            score_stats: [0.0; 3],
+            step: 0,
+            nonfinite_in_row: 0,
+            nonfinite_total: 0,
+        })
+    }
+}
+
+/// The training and held-out prompts of config keys `prompts` and
+/// `eval_prompts`: a built-in set, or JSON Lines (held out: `eval_prompts`,
+/// else the last tenth of `prompts`).
+fn resolve_prompts(cfg: &TrainConfig) -> Result<(Vec<String>, Vec<String>), TrainError> {
+    let explicit_eval = || -> Result<Option<Vec<String>>, TrainError> {
+        if cfg.eval_prompts.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(
+                load_prompts(Path::new(&cfg.eval_prompts)).map_err(TrainError::Input)?,
+            ))
+        }
+    };
+    if cfg.prompts == TOY_PROMPTS {
+        let eval = match explicit_eval()? {
+            Some(e) => e,
+            None => toy::prompts(Split::Eval, builtin::TOY_EVAL_PROMPTS),
+        };
+        return Ok((toy::prompts(Split::Train, builtin::TOY_TRAIN_PROMPTS), eval));
+    }
+    if cfg.prompts == BUILTIN_PROMPTS {
+        let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let eval = match explicit_eval()? {
+            Some(e) => e,
+            None => strings(&builtin::EVAL_PROMPTS),
+        };
+        return Ok((strings(&builtin::TRAIN_PROMPTS), eval));
+    }
+    let all = load_prompts(Path::new(&cfg.prompts)).map_err(TrainError::Input)?;
+    if let Some(eval) = explicit_eval()? {
+        return Ok((all, eval));
+    }
+    let cut = all.len() - (all.len() / 10).max(1).min(all.len() - 1);
+    let (a, b) = all.split_at(cut.max(1));
+    Ok((
+        a.to_vec(),
+        if b.is_empty() { a.to_vec() } else { b.to_vec() },
+    ))
+}
