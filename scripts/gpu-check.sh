@@ -23,6 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=gpu-bundle
+# A GPU test that finds no device fails here instead of reporting a skip.
+export P3O_REQUIRE_GPU=1
 
 # Sets P3O_NVRTC_DIR on a CUDA machine, unless the caller did: the bundled
 # NVRTC with P3O_BUNDLED_NVRTC=1, else the copy that ships with PyTorch's
@@ -102,7 +104,7 @@ run)
     status=0
     # The host_* tests (the kernels on the CPU) and kernels_assemble_* (ptxas
     # and nvdisasm from scripts/setup-cuda.sh) are for development machines.
-    "$bundle/cuda_kernels" --test-threads=1 --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
+    "$bundle/cuda_kernels" --test-threads=1 --nocapture --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
     torch_lib=$(run_libs)
     LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench --noplot 2>&1 | tee "$out/bench.log" || status=1

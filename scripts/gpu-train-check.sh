@@ -19,6 +19,9 @@
 # of weights that changed), so a run whose updates are rounded away shows.
 # The random models are made once per $OUT and shape.
 set -euo pipefail
+# As in scripts/gpu-check.sh: on a GPU machine nothing may skip for want of
+# a device.
+export P3O_REQUIRE_GPU=1
 bundle=$1
 shift
 algorithms=${*:-p3o-v2}

@@ -41,20 +41,17 @@ fn compile_all(arch: &str) {
     }
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE
 #[test]
 fn kernels_compile_sm80() {
     compile_all("compute_80");
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V1 C-P3O-V2 C-DPO
 #[test]
 fn kernels_compile_sm90() {
     compile_all("compute_90");
 }
 
 /// The compile check has teeth: a warning (an unused variable) fails it.
-// spec: C-TOKEN-LOGPROB
 #[test]
 fn kernels_compile_rejects_warnings() {
     let src = "extern \"C\" __global__ void k(float* p) { int unused = 3; p[0] = 1.0f; }";
@@ -269,13 +266,11 @@ fn check_assembly(sm: &str) {
     }
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V1 C-P3O-V2 C-DPO
 #[test]
 fn kernels_assemble_sm80() {
     check_assembly("80");
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-GAE C-P3O-V1 C-P3O-V2 C-DPO
 #[test]
 fn kernels_assemble_sm90() {
     check_assembly("90");
@@ -284,7 +279,6 @@ fn kernels_assemble_sm90() {
 /// The assembly check has teeth: a dynamically indexed local array is
 /// local memory, a kernel with 4-byte accesses only has no 16-byte ones, and
 /// a loop with an `expm1f` for some elements branches inside.
-// spec: C-TOKEN-LOGPROB
 #[test]
 fn kernels_assemble_sees_local_memory_scalar_loads_and_branches() {
     let src = "extern \"C\" __global__ void local_array(float* p, int i) {\n\

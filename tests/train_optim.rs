@@ -1,9 +1,15 @@
 //! The optimizer's fused CPU pass against the same AdamW as libtorch tensor
-//! operations, and its host gradient norm against a float64 tensor sum.
+//! operations, its host gradient norm against a float64 tensor sum, and its
+//! float32 master copies of bfloat16 parameters.
 #![cfg(feature = "torch")]
 
+use std::path::Path;
+
 use p3o::tolerance::HOST_VS_TENSOR_F32;
+use p3o::train::builtin::tiny_model;
+use p3o::train::config::TrainConfig;
 use p3o::train::optim::{AdamW, Coefficients, adamw_host, adamw_tensors};
+use p3o::train::trainer::Trainer;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -153,4 +159,57 @@ fn bf16_parameters_accumulate_updates_in_a_float32_master_copy() {
         moved as i64 > n / 2,
         "only {moved} of {n} bf16 weights moved"
     );
+}
+
+/// Under `dtype = bf16` the master copies are the float32 weights
+/// themselves, taken before the policy is rounded: at step 0 each equals
+/// the float32 initial weight, which bfloat16 mostly cannot hold.
+#[test]
+fn bf16_master_copies_start_from_the_float32_weights() {
+    tch::manual_seed(12);
+    let n = 4096;
+    let init = Tensor::randn([n], (Kind::Float, Device::Cpu)) * 0.02;
+    let rounded = host(&init.to_kind(Kind::BFloat16).to_kind(Kind::Float));
+    let differ = rounded
+        .iter()
+        .zip(host(&init))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    assert!(
+        differ > n as usize / 2,
+        "only {differ} weights round: no teeth"
+    );
+    let mut vs = VarStore::new(Device::Cpu);
+    let mut w = vs.root().zeros("w", &[n]);
+    tch::no_grad(|| w.copy_(&init));
+    let mut opt = AdamW::new(&[&vs], 0.0);
+    opt.lower_precision(&mut vs, Kind::BFloat16);
+    let p = &opt.params[0].1;
+    assert_eq!(p.kind(), Kind::BFloat16);
+    assert_eq!(
+        host(&p.to_kind(Kind::Float)),
+        rounded,
+        "the policy computes in bf16"
+    );
+    let master = opt.master[0].as_ref().expect("a master copy");
+    assert_eq!(
+        host(master),
+        host(&init),
+        "the master copy is the float32 weight"
+    );
+
+    // The trainer: its master copies are the built-in model's float32 init.
+    let cfg = TrainConfig::load(None, &["dtype=bf16".to_string()]).unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bf16-master");
+    let trainer = Trainer::new(cfg, &out, None).unwrap();
+    let init = tiny_model(0, Device::Cpu).unwrap().vs.variables();
+    let opt = trainer.optimizer();
+    for ((name, p), master) in opt.params.iter().zip(&opt.master) {
+        assert_eq!(p.kind(), Kind::BFloat16, "{name}");
+        let master = master
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no master copy"));
+        assert_eq!(host(master), host(&init[name]), "{name}");
+    }
+    assert_eq!(opt.params.len(), init.len());
 }
