@@ -169,3 +169,29 @@ fn bandit_jsonl() {
         }
     }
 }
+
+/// In a build without feature `torch`, every command of the language-model
+/// stack answers with one line that names the feature, and exit status 2.
+// spec: C-ERRORS
+#[cfg(not(feature = "torch"))]
+#[test]
+fn torch_commands_need_the_feature() {
+    let commands: [&[&str]; 9] = [
+        &["logprobs", "--model", "m"],
+        &["generate", "--model", "m", "--max-new-tokens", "1"],
+        &["reward", "--model", "m"],
+        &["train", "--out", "o"],
+        &["sft", "--out", "o"],
+        &["reward-model", "train", "--out", "o"],
+        &["eval", "--policy", "p", "--reference", "r", "--reward", "w"],
+        &["compare", "--policy", "p", "--reference", "r", "--reward", "w"],
+        &["demo", "--out", "o"],
+    ];
+    for args in commands {
+        let out = p3o(args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("built without the `torch` feature"), "{args:?}: {err}");
+    }
+}

@@ -304,12 +304,14 @@ fn nonfinite_rewards_stop_the_run() {
     ])
     .output()
     .unwrap();
+    // A failure at run time: exit status 1, one line.
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("stopped at step 2") && err.contains("non-finite"),
         "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     // The starting evaluation, then the one skipped step written before the stop.
     let train: Vec<&str> = lines
