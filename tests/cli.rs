@@ -184,7 +184,15 @@ fn torch_commands_need_the_feature() {
         &["sft", "--out", "o"],
         &["reward-model", "train", "--out", "o"],
         &["eval", "--policy", "p", "--reference", "r", "--reward", "w"],
-        &["compare", "--policy", "p", "--reference", "r", "--reward", "w"],
+        &[
+            "compare",
+            "--policy",
+            "p",
+            "--reference",
+            "r",
+            "--reward",
+            "w",
+        ],
         &["demo", "--out", "o"],
     ];
     for args in commands {
@@ -192,6 +200,9 @@ fn torch_commands_need_the_feature() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(err.contains("built without the `torch` feature"), "{args:?}: {err}");
+        assert!(
+            err.contains("built without the `torch` feature"),
+            "{args:?}: {err}"
+        );
     }
 }

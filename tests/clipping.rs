@@ -127,3 +127,31 @@ fn clipping_cases_by_hand() {
         "rho2 = 1.5 above the band with A2 < 0 still learns"
     );
 }
+
+/// The edges of the band are closed (the gradient passes on them), and a
+/// zero advantage is never clipped: [`clipped_objective`] reports a pass.
+// spec: C-CLIP
+#[test]
+fn clip_band_edges_and_zero_advantage_pass() {
+    let (lo, hi) = (0.8, 1.2);
+    assert!(
+        clipped_objective(-1.0, lo, lo, hi).1,
+        "A < 0 on the lower edge"
+    );
+    assert!(
+        clipped_objective(1.0, hi, lo, hi).1,
+        "A > 0 on the upper edge"
+    );
+    assert!(
+        !clipped_objective(-1.0, 0.7, lo, hi).1,
+        "A < 0 below the band"
+    );
+    assert!(
+        !clipped_objective(1.0, 1.3, lo, hi).1,
+        "A > 0 above the band"
+    );
+    for q in [0.5, 1.0, 1.5] {
+        let (value, passes) = clipped_objective(0.0, q, lo, hi);
+        assert!(passes && value == 0.0, "A = 0 at q = {q}");
+    }
+}

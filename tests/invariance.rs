@@ -190,3 +190,18 @@ proptest! {
         prop_assert_eq!((r1 + d) - (r2 + d), r1 - r2);
     }
 }
+
+/// The Bradley-Terry loss by hand (Eq. 1): `-log sigma(r_w - r_l)`.
+// spec: C-BTL
+#[test]
+fn bradley_terry_loss_by_hand() {
+    use p3o::tolerance::F64_IDENTITY;
+    assert!(close(
+        bt_loss(0.0, 0.0),
+        std::f64::consts::LN_2,
+        F64_IDENTITY
+    ));
+    let want = (1.0 + (-1.5f64).exp()).ln();
+    assert!(close(bt_loss(2.0, 0.5), want, F64_IDENTITY));
+    assert!(close(bt_loss(0.5, 2.0), want + 1.5, F64_IDENTITY));
+}

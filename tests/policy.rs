@@ -129,3 +129,87 @@ fn shift_specifications() {
     invalid reward shift ``: unknown form (expected `const:C` or `random:A[:SEED]`)
     ");
 }
+
+/// A random source whose every draw is the same 64 bits, so that
+/// `random::<f64>()` is a chosen number.
+struct Fixed(u64);
+
+impl rand::RngCore for Fixed {
+    fn next_u32(&mut self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for (i, b) in dst.iter_mut().enumerate() {
+            *b = self.0.to_le_bytes()[i % 8];
+        }
+    }
+}
+
+/// Sampling by inversion: action `y` takes the uniforms in
+/// `[P(< y), P(<= y))`, so a draw on a boundary goes to the next action, and
+/// a draw past a row that sums to less than 1 (rounding) to the last one.
+// spec: C-EXPECTATION
+#[test]
+fn sample_action_inverts_the_cumulative_probabilities() {
+    use p3o::reference::estimator::sample_action;
+    use rand::Rng;
+    let half = 1u64 << 63;
+    assert_eq!(Fixed(half).random::<f64>(), 0.5, "the fixed draw is 0.5");
+    let even = array![0.5, 0.5];
+    assert_eq!(sample_action(even.view(), &mut Fixed(half)), 1);
+    assert_eq!(sample_action(even.view(), &mut Fixed(0)), 0);
+    let short = array![0.25, 0.25, 0.25];
+    assert_eq!(sample_action(short.view(), &mut Fixed(u64::MAX)), 2);
+}
+
+/// The stable forms stay finite where the naive ones overflow.
+// spec: C-DPO
+#[test]
+fn softplus_and_sigmoid_at_extreme_arguments() {
+    use p3o::reference::losses::{log_sigmoid, sigmoid, softplus};
+    assert_eq!(softplus(800.0), 800.0);
+    assert_eq!(softplus(-800.0), 0.0);
+    assert!(close(softplus(0.0), std::f64::consts::LN_2, F64_IDENTITY));
+    assert!(close(
+        softplus(1.0),
+        1.0 + (-1.0f64).exp().ln_1p(),
+        F64_IDENTITY
+    ));
+    assert_eq!(sigmoid(1000.0), 1.0);
+    assert_eq!(sigmoid(-1000.0), 0.0);
+    assert_eq!(sigmoid(0.0), 0.5);
+    assert_eq!(log_sigmoid(-800.0), -800.0);
+}
+
+/// `random:A[:SEED]` for a prompt text is the first draw of a ChaCha8
+/// stream seeded with the text's 64-bit FNV-1a hash XOR `SEED` rotated by
+/// 32 bits, on the grid of [C-REWARD-SHIFT] (recomputed here from the
+/// clause; FNV-1a checked on its published test vectors).
+// spec: C-REWARD-SHIFT
+#[test]
+fn text_shift_is_the_stated_draw() {
+    use rand::{Rng, SeedableRng};
+    let fnv1a = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+    let (a, seed) = (10.0f64, 7u64);
+    let s = (a.log2().ceil() - 23.0).exp2();
+    let j = (a / s).floor() as i64;
+    let shift = RewardShift::Random { amplitude: a, seed };
+    for text in ["cfad:", "the cat", ""] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(fnv1a(text) ^ seed.rotate_left(32));
+        let want = rng.random_range(-j..=j) as f64 * s;
+        assert_eq!(shift.delta_for_text(text), want, "{text:?}");
+    }
+    assert_eq!(RewardShift::Const(-2.5).delta_for_text("x"), -2.5);
+    // A zero amplitude is allowed and shifts nothing.
+    let zero: RewardShift = "random:0".parse().unwrap();
+    assert_eq!(zero.delta_for_text("cfad:"), 0.0);
+}

@@ -47,15 +47,9 @@ pub fn ppo_token_loss(
         let vc = v.clamp(t.value_old - h.value_clip, t.value_old + h.value_clip);
         let (e1, e2) = ((v - t.ret).powi(2), (vc - t.ret).powi(2));
         loss += t.mask * h.vf_coef * 0.5 * e1.max(e2) / n;
-        // The clipped branch has gradient only inside the value band.
-        let inside = v >= t.value_old - h.value_clip && v <= t.value_old + h.value_clip;
-        let dv = if e1 >= e2 {
-            v - t.ret
-        } else if inside {
-            vc - t.ret
-        } else {
-            0.0
-        };
+        // The clipped branch wins strictly only outside the value band
+        // (inside it `vc = v`), where `vc` is constant: no gradient.
+        let dv = if e1 >= e2 { v - t.ret } else { 0.0 };
         g_v[i] = t.mask * h.vf_coef * dv / n;
     }
     (loss, g_lp, g_v)
