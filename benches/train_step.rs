@@ -8,6 +8,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use p3o::train::config::TrainConfig;
 use p3o::train::trainer::Trainer;
+use p3o::train::trainer::metrics::{MetricsLine, StepMetrics};
 
 fn main() {
     // As `p3o train` does at start-up.
@@ -23,21 +24,19 @@ fn main() {
             .expect("a valid config");
         let out = std::env::temp_dir().join(format!("p3o-bench-{alg}-{}", std::process::id()));
         let mut trainer = Trainer::new(cfg, &out, None).expect("the default task loads");
-        let mut lines = Vec::new();
+        let mut lines: Vec<StepMetrics> = Vec::new();
         group.bench_function(alg, |b| {
-            b.iter(|| lines.push(trainer.step_once().expect("a step runs")))
+            b.iter(|| match trainer.step_once().expect("a step runs") {
+                MetricsLine::Step(m) => lines.push(m),
+                other => panic!("not a training step: {other:?}"),
+            })
         });
-        let mean = |k: &str| {
-            lines
-                .iter()
-                .map(|l| l[k].as_f64().unwrap_or(0.0))
-                .sum::<f64>()
-                / lines.len() as f64
-        };
+        let mean =
+            |k: fn(&StepMetrics) -> f64| lines.iter().map(k).sum::<f64>() / lines.len() as f64;
         let (g, s, u) = (
-            mean("time_generate_s"),
-            mean("time_score_s"),
-            mean("time_update_s"),
+            mean(|m| m.time_generate_s),
+            mean(|m| m.time_score_s),
+            mean(|m| m.time_update_s),
         );
         let total = g + s + u;
         shares.push(format!(

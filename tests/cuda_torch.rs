@@ -15,6 +15,7 @@ use p3o::cuda::compare::{GaeOutputs, TokenRow, check_gae, check_seq_sums, check_
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
 use p3o::tolerance::{BF16_GRAD, BF16_VS_F64, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP};
+use p3o::train::config::KernelBackend;
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
 
@@ -34,6 +35,12 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
+/// The backend that config key `kernels` spells `name`, for `dev`.
+fn kernels_named(name: &str, dev: Device) -> Result<Kernels, p3o::train::error::TrainError> {
+    let backend: KernelBackend = serde_json::from_value(serde_json::json!(name)).unwrap();
+    Kernels::new(backend, dev)
+}
+
 fn host(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1])).unwrap()
 }
@@ -42,7 +49,7 @@ fn host(t: &Tensor) -> Vec<f64> {
 /// machine.
 #[test]
 fn cuda_kernels_need_a_cuda_device() {
-    let err = match Kernels::from_name("cuda", Device::Cpu) {
+    let err = match kernels_named("cuda", Device::Cpu) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("kernels = cuda accepted on the CPU"),
     };
@@ -114,7 +121,7 @@ fn check_chain_into_autograd(name: &str, dev: Device) {
     use p3o::train::builtin::tiny_model;
     use p3o::train::scoring::token_window_with;
     let model = tiny_model(3, dev).unwrap();
-    let cuda = Kernels::from_name(name, dev).unwrap();
+    let cuda = kernels_named(name, dev).unwrap();
     let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];
     let responses: Vec<Vec<i64>> = vec![vec![40, 41, 42, 0], vec![50], vec![60, 61]];
     let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4]).to_device(dev);
@@ -168,7 +175,7 @@ fn host_cuda_kernels_chain_into_autograd() {
 /// `kernels = cuda-host` runs on CPU tensors only.
 #[test]
 fn cuda_host_kernels_need_the_cpu() {
-    let err = match Kernels::from_name("cuda-host", Device::Cuda(0)) {
+    let err = match kernels_named("cuda-host", Device::Cuda(0)) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("kernels = cuda-host accepted on a CUDA device"),
     };
@@ -181,7 +188,7 @@ fn cuda_host_kernels_need_the_cpu() {
 fn check_pair_losses(name: &str, dev: Device) {
     use p3o::reference::{Algorithm, Hyper};
     use p3o::train::losses::PairBatch;
-    let kernels = Kernels::from_name(name, dev).unwrap();
+    let kernels = kernels_named(name, dev).unwrap();
     tch::manual_seed(11);
     let p = 300;
     let uniform = |lo: f64, hi: f64| Tensor::rand([p], (Kind::Float, dev)) * (hi - lo) + lo;
@@ -328,7 +335,7 @@ fn host_sequence_tensor_launchers_match_reference() {
 /// (the first training step's value head is, so the step test below cannot
 /// see how values and value targets are passed).
 fn check_trainer_sequence_routes(name: &str, dev: Device) {
-    let kernels = Kernels::from_name(name, dev).unwrap();
+    let kernels = kernels_named(name, dev).unwrap();
     tch::manual_seed(3);
     let (n, l) = (6usize, 12usize);
     let lens = [12, 1, 7, 0, 3, 12];
@@ -396,6 +403,7 @@ fn host_trainer_sequence_routes_match_reference() {
 fn check_training_with_kernels(name: &str, device: &str) {
     use p3o::train::config::TrainConfig;
     use p3o::train::trainer::Trainer;
+    use p3o::train::trainer::metrics::{MetricsLine, StepMetrics};
     // In bfloat16 both sides round the logits' gradient to bfloat16, and an
     // entry whose two float32 values straddle a rounding boundary differs by
     // one bfloat16 rounding, which the backward through the model carries on.
@@ -426,11 +434,21 @@ fn check_training_with_kernels(name: &str, device: &str) {
             let cfg = TrainConfig::load(None, &set).unwrap();
             let last = Trainer::new(cfg, &out, None).unwrap().run().unwrap();
             let _ = std::fs::remove_dir_all(&out);
-            last
+            match last {
+                Some(MetricsLine::Step(m)) => m,
+                other => panic!("{alg} {dtype} {kernels}: not a training step: {other:?}"),
+            }
         };
         let (want, got) = (run("torch"), run(name));
-        for key in ["loss", "grad_norm", "kl_mean", "ratio_mean", "reward_mean"] {
-            let (a, b) = (want[key].as_f64().unwrap(), got[key].as_f64().unwrap());
+        let fields: [(&str, fn(&StepMetrics) -> f64); 5] = [
+            ("loss", |m| m.loss),
+            ("grad_norm", |m| m.grad_norm),
+            ("kl_mean", |m| m.kl_mean),
+            ("ratio_mean", |m| m.ratio_mean),
+            ("reward_mean", |m| m.reward_mean),
+        ];
+        for (key, field) in fields {
+            let (a, b) = (field(&want), field(&got));
             println!("{alg} {dtype}, {key}: kernels = torch {a} | kernels = {name} {b}");
             assert!(
                 (a - b).abs() <= tol * a.abs().max(1.0),
