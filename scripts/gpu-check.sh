@@ -65,13 +65,15 @@ for line in sys.stdin:
     (source scripts/torch-env.sh && cp "$(cargo bench --features cuda,torch --bench cuda_logprob --no-run --message-format=json | exe cuda_logprob)" "$bundle/cuda_logprob")
     # shellcheck source=scripts/torch-env.sh
     (source scripts/torch-env.sh && cp "$(cargo test --release --features cuda,torch --test cuda_torch --no-run --message-format=json | exe cuda_torch)" "$bundle/cuda_torch")
+    # The model stack against the committed HF fixtures, on CUDA.
+    (source scripts/torch-env.sh && cp "$(cargo test --release --features torch --test torch_models --no-run --message-format=json | exe torch_models)" "$bundle/torch_models")
     # The CLI for the training checks, and the built-in character tokenizer
     # that scripts/gpu-train-check.sh gives its random models.
     (source scripts/torch-env.sh && cargo build --release --features cuda,torch --bin p3o && cp target/release/p3o "$bundle/p3o")
     tok=$(mktemp -d)
     "$bundle/p3o" train --out "$tok/run" --set steps=1 --set eval_every=0 >/dev/null
     cp "$tok/run/final/tokenizer.json" "$bundle/tokenizer.json" && rm -rf "$tok"
-    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch "$bundle"/p3o
+    strip "$bundle"/cuda_kernels "$bundle"/cuda_logprob "$bundle"/cuda_torch "$bundle"/torch_models "$bundle"/p3o
     # A bare CUDA image has no fontconfig or freetype; the charts draw with
     # an embedded font, so no binary may link them.
     if ldd "$bundle"/* 2>/dev/null | grep -E 'fontconfig|freetype'; then
@@ -107,6 +109,7 @@ run)
     "$bundle/cuda_kernels" --test-threads=1 --nocapture --skip host_ --skip kernels_assemble 2>&1 | tee "$out/tests.log" || status=1
     torch_lib=$(run_libs)
     LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_torch" --test-threads=1 --nocapture --skip host_ 2>&1 | tee -a "$out/tests.log" || status=1
+    LD_LIBRARY_PATH=$torch_lib "$bundle/torch_models" --test-threads=1 --nocapture cuda_ 2>&1 | tee -a "$out/tests.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || LD_LIBRARY_PATH=$torch_lib "$bundle/cuda_logprob" --bench --noplot 2>&1 | tee "$out/bench.log" || status=1
     [ "${P3O_SKIP_BENCH:-0}" = 1 ] || python3 "$bundle/torch_eager_logprob.py" 2>&1 | tee "$out/eager.log" || status=1
     took=$SECONDS

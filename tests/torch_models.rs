@@ -15,10 +15,15 @@ use p3o::torch::{Head, LanguageModel, TorchError};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+/// A committed fixture model: in the source tree, or (for a test binary
+/// carried to a GPU machine and run from a copy of the repository's root)
+/// under the working directory.
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
+    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    if !dir.is_dir() {
+        dir = PathBuf::from("tests/fixtures/models");
+    }
+    dir.join(name)
 }
 
 fn expected(name: &str) -> Value {
