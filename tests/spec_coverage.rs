@@ -67,7 +67,8 @@ struct Function {
 /// Every function in `tokens` (nested groups included).
 fn functions(tokens: TokenStream, out: &mut Vec<Function>) {
     let tokens: Vec<TokenTree> = tokens.into_iter().collect();
-    let mut test_attr = false;
+    // `#[test]` seen, and `#[ignore]` (an ignored test covers nothing).
+    let (mut test_attr, mut ignored) = (false, false);
     let mut i = 0;
     while i < tokens.len() {
         match &tokens[i] {
@@ -77,6 +78,7 @@ fn functions(tokens: TokenStream, out: &mut Vec<Function>) {
                 {
                     let attr = g.stream().to_string();
                     test_attr |= attr == "test";
+                    ignored |= attr == "ignore" || attr.starts_with("ignore ");
                     i += 2;
                     continue;
                 }
@@ -94,14 +96,14 @@ fn functions(tokens: TokenStream, out: &mut Vec<Function>) {
                         out.push(Function {
                             name: name.to_string(),
                             line: id.span().start().line,
-                            is_test: test_attr,
+                            is_test: test_attr && !ignored,
                             asserts,
                             calls,
                         });
                         functions(body, out);
                     }
                 }
-                test_attr = false;
+                (test_attr, ignored) = (false, false);
             }
             TokenTree::Ident(id)
                 if ["pub", "async", "const", "unsafe", "extern"]
@@ -110,11 +112,11 @@ fn functions(tokens: TokenStream, out: &mut Vec<Function>) {
                 // `pub(crate)` keeps the attributes; any other group is an
                 // item's body.
                 if g.delimiter() != Delimiter::Parenthesis {
-                    test_attr = false;
+                    (test_attr, ignored) = (false, false);
                 }
                 functions(g.stream(), out);
             }
-            _ => test_attr = false,
+            _ => (test_attr, ignored) = (false, false),
         }
         i += 1;
     }
@@ -243,6 +245,10 @@ fn coverage() -> (BTreeMap<String, BTreeSet<String>>, Vec<String>) {
                 c.file.strip_prefix(root()).unwrap().display(),
                 c.line
             );
+            if c.ids.is_empty() {
+                problems.push(format!("{at}: the citation names no clause"));
+                continue;
+            }
             let Some(f) = fns
                 .iter()
                 .filter(|f| f.line > c.line)
@@ -335,6 +341,9 @@ fn citations_count_only_on_asserting_tests() {
         fn through_helper() { helper(3); }
         #[test]
         fn silent() { quiet(); }
+        #[test]
+        #[ignore]
+        fn ignored() { assert!(true); }
         proptest! {
             #![proptest_config(c())]
             #[test]
@@ -355,5 +364,6 @@ fn citations_count_only_on_asserting_tests() {
     );
     assert!(by("silent").is_test && !asserts(by("silent"), &helpers, &mut BTreeSet::new()));
     assert!(!asserts(by("set_up_only"), &helpers, &mut BTreeSet::new()));
+    assert!(!by("ignored").is_test);
     assert!(by("property").is_test && by("property").asserts);
 }

@@ -434,3 +434,76 @@ fn behaviour_logprobs_from_sampling_match_the_training_forward() {
         }
     }
 }
+
+/// `state.json` reads back the config that wrote it, an unbounded clip
+/// (`epsilon = inf`, which JSON cannot write as a number) included.
+#[test]
+fn checkpoint_state_round_trips_an_unbounded_clip() {
+    use p3o::train::trainer::state::CheckpointState;
+    let config = TrainConfig::load(None, &["epsilon=inf".to_string()]).unwrap();
+    assert_eq!(config.epsilon, f64::INFINITY);
+    let state = CheckpointState {
+        step: 3,
+        optimizer_step: 6,
+        nonfinite_in_row: 0,
+        nonfinite_total: 1,
+        score_stats: [2.0, 0.5, 0.25],
+        config,
+    };
+    let dir = tmp("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.json");
+    state.write(&path).unwrap();
+    assert_eq!(CheckpointState::read(&path).unwrap(), state);
+}
+
+/// Resuming drops the metrics lines written after the checkpoint and a last
+/// line that a kill cut short, and continues to the same number of lines as
+/// an uninterrupted run.
+#[test]
+fn resume_drops_lines_after_the_checkpoint_and_a_torn_last_line() {
+    let out = tmp("torn");
+    let dir = out.display().to_string();
+    let base = small("p3o-v2");
+    let mut args = vec!["train", "--out", dir.as_str()];
+    args.extend(base.iter().flat_map(|s| ["--set", s.as_str()]));
+    let first = p3o(&[args.clone(), vec!["--set", "steps=2"]].concat())
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let metrics = out.join("metrics.jsonl");
+    let before = std::fs::read_to_string(&metrics).unwrap();
+    let mut text = before.clone();
+    // A line of step 3 that the checkpoint at step 2 does not cover, then a
+    // torn one.
+    let later = before
+        .lines()
+        .last()
+        .unwrap()
+        .replacen("\"step\":2", "\"step\":3", 1);
+    text.push_str(&format!("{later}\n{{\"step\":4,\"algor"));
+    std::fs::write(&metrics, text).unwrap();
+    let resumed = p3o(&[args, vec!["--resume"]].concat()).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let after = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        after.starts_with(&before),
+        "the lines up to the checkpoint are kept"
+    );
+    assert!(!after.contains("\"algor\n") && !after.contains("algor{"));
+    let whole = tmp("torn-whole");
+    let whole_dir = whole.display().to_string();
+    let mut args = vec!["train", "--out", whole_dir.as_str()];
+    args.extend(base.iter().flat_map(|s| ["--set", s.as_str()]));
+    assert!(p3o(&args).output().unwrap().status.success());
+    let want = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    assert_eq!(after.lines().count(), want.lines().count(), "{after}");
+}

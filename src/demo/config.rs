@@ -13,6 +13,7 @@ use crate::train::error::ConfigError;
 use crate::train::reward_model::RewardModelConfig;
 use crate::train::sft::SftConfig;
 
+/// Every key of the demo, with its default (the full run); `--quick` starts
 /// from [`DemoConfig::quick`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +43,7 @@ pub struct DemoConfig {
     pub beta: f64,
     /// DPO's beta.
     pub dpo_beta: f64,
+    #[serde(with = "crate::train::config::non_finite")]
     pub epsilon: f64,
     pub max_new_tokens: i64,
     /// Frontier points every this many RL steps.

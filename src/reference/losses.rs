@@ -235,13 +235,10 @@ pub fn log_sigmoid(u: f64) -> f64 {
     -softplus(-u)
 }
 
-/// `log(1 + exp(v))`, stable for large `|v|`.
+/// `log(1 + exp(v)) = max(v, 0) + log(1 + exp(-|v|))`, stable for large
+/// `|v|` (the exponential never exceeds 1).
 pub fn softplus(v: f64) -> f64 {
-    if v > 0.0 {
-        v + (-v).exp().ln_1p()
-    } else {
-        v.exp().ln_1p()
-    }
+    v.max(0.0) + (-v.abs()).exp().ln_1p()
 }
 
 /// `1 / (1 + exp(-u))`, stable for large `|u|`.

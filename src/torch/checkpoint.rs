@@ -10,7 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::{Result, TorchError, file_error};
+use super::{Result, TorchError, file_error, write_error};
 
 /// The safetensors files of a checkpoint directory.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -123,7 +123,7 @@ pub fn load_into_except(vs: &VarStore, dir: &Path, fresh: &[&str]) -> Result<()>
 /// Writes `config.json` and a single `model.safetensors` (tensors in their
 /// current dtype) into `dir`, through temporary names and renames.
 pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let vars: Vec<(String, Tensor)> = vars.into_iter().collect();
     write_tensors(&vars, &dir.join("model.safetensors"))?;
@@ -133,8 +133,8 @@ pub fn save(vs: &VarStore, config: &serde_json::Value, dir: &Path) -> Result<()>
         &tmp,
         serde_json::to_string_pretty(config).expect("a JSON value serialises"),
     )
-    .map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, &cfg).map_err(|e| file_error(&cfg, e))?;
+    .map_err(|e| write_error(&tmp, e))?;
+    std::fs::rename(&tmp, &cfg).map_err(|e| write_error(&cfg, e))?;
     Ok(())
 }
 
@@ -192,7 +192,8 @@ pub fn write_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))?;
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| write_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| write_error(path, e))?;
     Ok(())
 }

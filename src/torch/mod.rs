@@ -17,6 +17,6 @@ pub mod model;
 pub mod reward;
 pub mod tokenizer;
 
-pub(crate) use error::file_error;
 pub use error::{Result, TorchError};
+pub(crate) use error::{file_error, write_error};
 pub use model::{Head, LanguageModel};

@@ -30,13 +30,6 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [
-        Algorithm::P3oV1,
-        Algorithm::P3oV2,
-        Algorithm::Dpo,
-        Algorithm::Ppo,
-    ];
-
     /// The algorithm's clause in the float64 reference.
     pub fn reference(self) -> reference::Algorithm {
         match self {
@@ -129,7 +122,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// KL coefficient of the shaped reward; DPO's beta.
     pub beta: f64,
-    /// Clip half-width ([C-CLIP]).
+    /// Clip half-width ([C-CLIP]); `inf` leaves the ratios unclipped.
+    #[serde(with = "non_finite")]
     pub epsilon: f64,
     /// Prompts per step (P3O and DPO sample two responses for each).
     pub batch_size: usize,
@@ -401,6 +395,44 @@ impl KernelBackend {
                 bad("runs the kernels on the CPU; it needs device = cpu")
             }
             KernelBackend::Cuda | KernelBackend::CudaHost => Ok(()),
+        }
+    }
+}
+
+/// A float that may be infinite, as TOML writes it (`inf`) and as JSON,
+/// which has no infinity, cannot: there it is the string `"inf"` (or
+/// `"-inf"`, `"nan"`), so that a checkpoint's `state.json` reads back the
+/// config that wrote it.
+pub mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("nan"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Spelled {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Spelled::deserialize(d)? {
+            Spelled::Number(v) => Ok(v),
+            Spelled::Text(t) => match t.as_str() {
+                "inf" | "+inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}` is not a number (or `inf`)"
+                ))),
+            },
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum TrainError {
     /// The run stopped on non-finite rewards, losses or gradients.
     #[error("{0}")]
     NonFinite(String),
+    /// A broken invariant of the trainer itself (a bug, not the input).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// Drawing a figure failed.
     #[error("plotting: {0}")]
     Plot(String),

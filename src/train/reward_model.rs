@@ -20,6 +20,7 @@ use super::data::{read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
 use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
+use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
 use crate::torch::checkpoint::load_into_except;
 use crate::torch::config::{Architecture, ModelConfig};
@@ -237,7 +238,11 @@ pub fn train_reward_model(
     let model = reward_model_from(base, device)?;
     let tokenizer_json = tokenizer_json_of(&cfg.base)?;
     let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
-    let (prefs, heldout_prefs) = split_heldout(prefs, cfg.heldout_fraction, cfg.seed ^ 0xb7);
+    let (prefs, heldout_prefs) = split_heldout(
+        prefs,
+        cfg.heldout_fraction,
+        SeedPurpose::RewardModelHeldout.of(cfg.seed),
+    );
     let max = model.config.max_positions();
     let train = encode(&prefs, &tokenizer, max)?;
     let heldout = encode(&heldout_prefs, &tokenizer, max)?;

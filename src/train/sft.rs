@@ -19,6 +19,7 @@ use super::error::{ConfigError, TrainError};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::scoring::token_window;
+use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
@@ -183,7 +184,7 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let (pairs, heldout_pairs) = split_heldout(
         load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?,
         cfg.heldout_fraction,
-        cfg.seed ^ 0x5f7,
+        SeedPurpose::SftHeldout.of(cfg.seed),
     );
     let max = model.config.max_positions();
     let train = encode(&pairs, &tokenizer, max)?;

@@ -271,7 +271,13 @@ pub fn skip(why: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_string();
     println!("SKIPPED {test}: {why}");
     if let Some(path) = std::env::var_os("P3O_SKIP_LOG") {
-        let line = format!("{test}: {why}\n");
+        // The test binary's name too: two binaries may hold a test of
+        // one name.
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let line = format!("{binary}::{test}: {why}\n");
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tch::Tensor;
 
 use super::Trainer;
-use super::metrics::MetricsLine;
+use super::metrics::parse_line;
 use super::state::CheckpointState;
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
 use crate::train::error::TrainError;
@@ -75,6 +75,13 @@ impl Trainer {
         };
         let dir = self.checkpoint_dir().join(format!("step-{n}"));
         let state = CheckpointState::read(&dir.join("state.json"))?;
+        if state.step != n {
+            return Err(TrainError::Input(format!(
+                "{}: state.json holds step {}",
+                dir.display(),
+                state.step
+            )));
+        }
         load_into(&self.policy.vs, &dir)?;
         let device = self.policy.device();
         let tensors = read_tensors(&dir.join("optimizer.safetensors"), device)?;
@@ -112,20 +119,15 @@ impl Trainer {
             .collect();
         let mut kept = String::new();
         for (k, &(i, line)) in lines.iter().enumerate() {
-            match serde_json::from_str::<MetricsLine>(line) {
+            match parse_line(&metrics, i + 1, line) {
                 Ok(m) if m.step() <= n => {
                     kept.push_str(line);
                     kept.push('\n');
                 }
                 Ok(_) => {}
-                Err(_) if k + 1 == lines.len() => {}
-                Err(e) => {
-                    return Err(TrainError::Input(format!(
-                        "{} line {}: not a metrics line of this version ({e})",
-                        metrics.display(),
-                        i + 1
-                    )));
-                }
+                // The line a kill cut short.
+                Err(_) if k + 1 == lines.len() && !line.ends_with('}') => {}
+                Err(e) => return Err(e),
             }
         }
         let tmp = self.out.join(".metrics.jsonl.tmp");

@@ -129,16 +129,18 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                TrainError::Input(format!(
-                    "{} line {}: not a metrics line of this version ({e})",
-                    path.display(),
-                    i + 1
-                ))
-            })
-        })
+        .map(|(i, l)| parse_line(path, i + 1, l))
         .collect()
+}
+
+/// Line `number` of the metrics file at `path`.
+pub fn parse_line(path: &Path, number: usize, line: &str) -> Result<MetricsLine, TrainError> {
+    serde_json::from_str(line).map_err(|e| {
+        TrainError::Input(format!(
+            "{} line {number}: not a metrics line of this version ({e})",
+            path.display()
+        ))
+    })
 }
 
 /// Non-finite floats as `null`, and `null` back as NaN.

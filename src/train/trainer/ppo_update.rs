@@ -128,7 +128,7 @@ impl Trainer {
     fn value_head(&self) -> Result<&ValueHead, TrainError> {
         self.value_head
             .as_ref()
-            .ok_or_else(|| TrainError::Input("PPO needs its value head".into()))
+            .ok_or(TrainError::Internal("a PPO run without its value head"))
     }
 
     /// One PPO step; returns its metrics line.
@@ -202,7 +202,7 @@ impl Trainer {
                 let values = new
                     .values
                     .as_ref()
-                    .ok_or_else(|| TrainError::Input("PPO needs its value head".into()))?;
+                    .ok_or(TrainError::Internal("PPO's window without values"))?;
                 let batch = PpoBatch {
                     lp: &new.lp,
                     value: values,
