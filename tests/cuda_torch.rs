@@ -440,7 +440,8 @@ fn check_training_with_kernels(name: &str, device: &str) {
             }
         };
         let (want, got) = (run("torch"), run(name));
-        let fields: [(&str, fn(&StepMetrics) -> f64); 5] = [
+        type Field = (&'static str, fn(&StepMetrics) -> f64);
+        let fields: [Field; 5] = [
             ("loss", |m| m.loss),
             ("grad_norm", |m| m.grad_norm),
             ("kl_mean", |m| m.kl_mean),

@@ -208,14 +208,16 @@ impl Crate {
             module = next;
             i += 1;
         }
-        if i < segments.len() && depth < 16 {
-            if let Some(target) = self.reexports.get(&(module.clone(), segments[i].clone())) {
-                let (_, absolute) = self.absolute(target, &module, &Aliases::new(), None)?;
-                let mut full = absolute;
-                full.extend(segments[i + 1..].iter().cloned());
-                if let Some(f) = self.file_defining(&full, depth + 1) {
-                    return Some(f);
-                }
+        // A name the module binds by `use` leads to where it is defined (a
+        // name from another crate leaves the edge at the module).
+        if i < segments.len()
+            && depth < 16
+            && let Some(target) = self.reexports.get(&(module.clone(), segments[i].clone()))
+            && let Some((_, mut full)) = self.absolute(target, &module, &Aliases::new(), None)
+        {
+            full.extend(segments[i + 1..].iter().cloned());
+            if let Some(f) = self.file_defining(&full, depth + 1) {
+                return Some(f);
             }
         }
         self.file_of.get(&module).cloned()
@@ -453,8 +455,8 @@ fn src_has_no_import_circle() {
         for (a, b) in &e {
             println!(
                 "{} -> {}",
-                show(&[a.clone()], root),
-                show(&[b.clone()], root)
+                show(std::slice::from_ref(a), root),
+                show(std::slice::from_ref(b), root)
             );
         }
     }
