@@ -163,3 +163,24 @@ proptest! {
         }
     }
 }
+
+/// The band's edges are closed: with the ratio exactly on `1 + eps` (A > 0)
+/// or `1 - eps` (A < 0) the gradient passes ([C-CLIP]). The clip
+/// half-widths are chosen so that the edge is exactly the ratio.
+// spec: C-PPO-TOKEN C-CLIP
+#[test]
+fn ppo_gradient_passes_on_the_band_edges() {
+    for (dlp, a) in [(0.18f64, 2.0), (-0.22f64, -1.0)] {
+        let rho = dlp.exp();
+        let epsilon = (rho - 1.0).abs();
+        let edge = if a > 0.0 {
+            1.0 + epsilon
+        } else {
+            1.0 - epsilon
+        };
+        assert_eq!(edge, rho, "the edge is the ratio");
+        let h = PpoHyper { epsilon, ..H };
+        let (_, g_lp, _) = ppo_token_loss(&[token(0.0, a, 0.0, 0.0)], &[dlp], &[0.0], &h);
+        assert_close(g_lp[0], -a * rho, "on the edge");
+    }
+}
