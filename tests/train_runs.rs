@@ -10,7 +10,7 @@ use p3o::reference::shift::RewardShift;
 use p3o::torch::checkpoint::read_tensors;
 use p3o::train::config::TrainConfig;
 use p3o::train::trainer::Trainer;
-use p3o::train::trainer::metrics::{MetricsLine, StepMetrics};
+use p3o::train::trainer::metrics::{MetricsLine, StepMetrics, read_metrics};
 use tch::{Device, Kind};
 
 /// The metrics of a training step (not a skipped one).
@@ -462,22 +462,30 @@ fn checkpoint_state_round_trips_an_unbounded_clip() {
 /// an uninterrupted run.
 #[test]
 fn resume_drops_lines_after_the_checkpoint_and_a_torn_last_line() {
+    // `p3o train` on the small config into `out`, with more flags.
+    let train = |out: &Path, more: &[&str]| {
+        let mut args = vec![
+            "train".to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        for s in small("p3o-v2") {
+            args.extend(["--set".to_string(), s]);
+        }
+        args.extend(more.iter().map(|s| s.to_string()));
+        let o = p3o(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
     let out = tmp("torn");
-    let dir = out.display().to_string();
-    let base = small("p3o-v2");
-    let mut args = vec!["train", "--out", dir.as_str()];
-    args.extend(base.iter().flat_map(|s| ["--set", s.as_str()]));
-    let first = p3o(&[args.clone(), vec!["--set", "steps=2"]].concat())
-        .output()
-        .unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    train(&out, &["--set", "steps=2"]);
     let metrics = out.join("metrics.jsonl");
     let before = std::fs::read_to_string(&metrics).unwrap();
-    let mut text = before.clone();
     // A line of step 3 that the checkpoint at step 2 does not cover, then a
     // torn one.
     let later = before
@@ -485,25 +493,17 @@ fn resume_drops_lines_after_the_checkpoint_and_a_torn_last_line() {
         .last()
         .unwrap()
         .replacen("\"step\":2", "\"step\":3", 1);
-    text.push_str(&format!("{later}\n{{\"step\":4,\"algor"));
-    std::fs::write(&metrics, text).unwrap();
-    let resumed = p3o(&[args, vec!["--resume"]].concat()).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    std::fs::write(&metrics, format!("{before}{later}\n{{\"step\":4,\"algor")).unwrap();
+    train(&out, &["--resume"]);
     let after = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         after.starts_with(&before),
         "the lines up to the checkpoint are kept"
     );
-    assert!(!after.contains("\"algor\n") && !after.contains("algor{"));
+    // Every line is whole again.
+    read_metrics(&metrics).unwrap();
     let whole = tmp("torn-whole");
-    let whole_dir = whole.display().to_string();
-    let mut args = vec!["train", "--out", whole_dir.as_str()];
-    args.extend(base.iter().flat_map(|s| ["--set", s.as_str()]));
-    assert!(p3o(&args).output().unwrap().status.success());
+    train(&whole, &[]);
     let want = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
     assert_eq!(after.lines().count(), want.lines().count(), "{after}");
 }
