@@ -54,6 +54,38 @@ impl Default for BanditConfig {
     }
 }
 
+/// The most table cells (`contexts * actions`) a bandit run holds: a few
+/// float64 tables of this size, 32 MiB each.
+pub const MAX_CELLS: u64 = 1 << 22;
+
+impl BanditConfig {
+    /// Refuses sizes and hyper-parameters that would train nothing, train
+    /// backwards or not fit ([C-BANDIT-TRAIN]); the message names the flag.
+    pub fn check(&self) -> Result<(), String> {
+        let cells = self.contexts as u64 * self.actions as u64;
+        if cells > MAX_CELLS {
+            return Err(format!(
+                "--contexts x --actions = {cells} table cells is above the limit of {MAX_CELLS}"
+            ));
+        }
+        let positive = [
+            ("--steps", self.steps as f64),
+            ("--epochs", self.epochs as f64),
+            ("--lr", self.lr),
+            ("--dpo-beta", self.dpo_beta),
+        ];
+        if let Some((flag, v)) = positive.iter().find(|(_, v)| !(*v > 0.0)) {
+            return Err(format!("{flag} must be positive, got {v}"));
+        }
+        for (flag, v) in [("--beta", self.beta), ("--vf-coef", self.vf_coef)] {
+            if !(v >= 0.0) {
+                return Err(format!("{flag} must be at least 0, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The environment: reference logits (also the initial policy) and the
 /// unshifted reward table.
 #[derive(Clone, Debug, PartialEq)]

@@ -55,7 +55,7 @@ const FIELDS: [&str; 10] = [
 
 /// Parses one JSON line into a checked [`Case`].
 pub fn parse_case(line: &str) -> Result<Case, CaseError> {
-    let value: Value = serde_json::from_str(line).map_err(malformed)?;
+    let value: Value = crate::json::from_str_strict(line).map_err(malformed)?;
     let obj = value
         .as_object()
         .ok_or_else(|| err("(case)", "expected a JSON object"))?;
@@ -88,6 +88,13 @@ pub fn parse_case(line: &str) -> Result<Case, CaseError> {
         optional_table(obj, "logits_ref", (x_count, k))?.unwrap_or_else(|| logits_old.clone());
     let rewards = table(required(obj, "rewards")?, "rewards")?;
     check_shape("rewards", rewards.dim(), (x_count, k))?;
+    for (field, t) in [
+        ("logits", &logits),
+        ("logits_old", &logits_old),
+        ("logits_ref", &logits_ref),
+    ] {
+        check_spread(field, t)?;
+    }
 
     let hyper = Hyper {
         beta: optional_number(obj, "beta")?.unwrap_or(0.0),
@@ -113,6 +120,15 @@ pub fn parse_case(line: &str) -> Result<Case, CaseError> {
     };
 
     let batch = match obj.get("samples") {
+        None if exact_work(x_count, k) > MAX_EXACT_PAIRS => {
+            return Err(err(
+                "samples",
+                format!(
+                    "the exact expectation over X K^2 = {} (context, y1, y2) cells is above the limit of {MAX_EXACT_PAIRS}: give `samples` instead",
+                    exact_work(x_count, k)
+                ),
+            ));
+        }
         None => Batch::Exact,
         Some(v) => Batch::Sampled(samples(v, x_count, k)?),
     };
@@ -165,13 +181,10 @@ pub fn run_line(line: &str) -> Result<CaseResult, CaseError> {
 /// serde_json's message without its "at line 1 column N" suffix, which would
 /// be confused with the input line number.
 fn malformed(e: serde_json::Error) -> CaseError {
-    let text = e.to_string();
-    let message = text
-        .rsplit_once(" at line ")
-        .map_or(text.as_str(), |(m, _)| m);
+    let (message, column) = crate::json::message_and_column(&e);
     err(
         "(json)",
-        format!("malformed JSON at column {}: {message}", e.column()),
+        format!("malformed JSON at column {column}: {message}"),
     )
 }
 
@@ -291,6 +304,30 @@ fn table(v: &Value, field: &str) -> Result<Array2<f64>, CaseError> {
     }
     let k = k.expect("at least one row was read");
     Ok(Array2::from_shape_vec((rows.len(), k), cells).expect("cells match the checked shape"))
+}
+
+/// The most `(x, y1, y2)` cells the exact expectation visits
+/// ([C-CLI-REFERENCE]): about a second of work. Larger cases give `samples`.
+pub const MAX_EXACT_PAIRS: u128 = 1 << 26;
+
+fn exact_work(x_count: usize, k: usize) -> u128 {
+    x_count as u128 * k as u128 * k as u128
+}
+
+/// Refuses a logits row whose spread `max - min` overflows float64
+/// ([C-SOFTMAX]): its log-probabilities would not be representable.
+fn check_spread(field: &str, t: &Array2<f64>) -> Result<(), CaseError> {
+    for (x, row) in t.rows().into_iter().enumerate() {
+        let max = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        let min = row.fold(f64::INFINITY, |m, &v| m.min(v));
+        if !(max - min).is_finite() {
+            return Err(err(
+                format!("{field}[{x}]"),
+                format!("the row spans {min:e} to {max:e}, a spread that overflows float64"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_shape(field: &str, got: (usize, usize), want: (usize, usize)) -> Result<(), CaseError> {

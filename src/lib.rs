@@ -15,7 +15,9 @@ pub mod cuda;
 #[cfg(feature = "torch")]
 pub mod demo;
 pub mod device;
+pub mod json;
 pub mod reference;
+pub mod run_dir;
 pub mod stats;
 #[cfg(feature = "testing")]
 pub mod tolerance;

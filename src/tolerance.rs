@@ -9,6 +9,11 @@ pub const F64_IDENTITY: f64 = 1e-10;
 /// with `eps * |r + delta|` (relative to that scale).
 pub const F64_SHIFTED: f64 = 1e-9;
 
+/// A float64 result against an independent formula for the same stored
+/// inputs: a few units in the last place, relative to the larger of one and
+/// the value.
+pub const F64_ULPS: f64 = 8.0 * f64::EPSILON;
+
 /// Central finite differences of a float64 surrogate against its analytic
 /// gradient (step `FD_STEP`), relative with an absolute floor.
 pub const FINITE_DIFFERENCE: f64 = 1e-6;

@@ -6,8 +6,76 @@ use common::*;
 use ndarray::array;
 use p3o::reference::policy::{expected_reward, log_softmax, mean_kl, probabilities};
 use p3o::reference::shift::RewardShift;
-use p3o::tolerance::{F64_IDENTITY, FD_STEP, FINITE_DIFFERENCE, close};
+use p3o::reference::{Algorithm, Batch, Hyper, Problem, evaluate};
+use p3o::tolerance::{F64_IDENTITY, F64_ULPS, FD_STEP, FINITE_DIFFERENCE, close};
 use proptest::prelude::*;
+
+/// A logit row stored far from zero: `x_k = s - n_k u` with `s = +-m 2^e`
+/// (`m` in [1, 1.5), `e` up to 997, so `|s|` up to about 2e300), `u` the
+/// spacing of float64 at `s` and `n_k` in 0..=8 with at least one zero.
+/// Every `x_k` is stored exactly and `x_k - max = -n_k u` exactly, so the
+/// true log-softmax of the stored row is known in closed form.
+#[derive(Clone, Debug)]
+struct OffsetRow {
+    offset: f64,
+    spacing: f64,
+    steps: Vec<u32>,
+}
+
+impl OffsetRow {
+    fn stored(&self) -> Vec<f64> {
+        self.steps
+            .iter()
+            .map(|&n| self.offset - n as f64 * self.spacing)
+            .collect()
+    }
+
+    /// The same row with the offset taken away: `-n_k u`.
+    fn centred(&self) -> Vec<f64> {
+        self.steps
+            .iter()
+            .map(|&n| -(n as f64) * self.spacing)
+            .collect()
+    }
+
+    /// `-n_k u - ln(c + sum_{n_j > 0} exp(-n_j u))` written with `ln_1p`
+    /// around the `c` tied maxima, a different formula from the reference's.
+    fn exact_log_softmax(&self) -> Vec<f64> {
+        let ties = self.steps.iter().filter(|&&n| n == 0).count() as f64;
+        let rest: f64 = self
+            .steps
+            .iter()
+            .filter(|&&n| n > 0)
+            .map(|&n| (-(n as f64) * self.spacing).exp())
+            .sum();
+        let lse = ties.ln() + (rest / ties).ln_1p();
+        self.centred().iter().map(|&d| d - lse).collect()
+    }
+}
+
+fn offset_row() -> impl Strategy<Value = OffsetRow> {
+    (
+        1.0f64..1.5,
+        -30i32..=997,
+        any::<bool>(),
+        prop::collection::vec(0u32..=8, 2..=6),
+    )
+        .prop_map(|(m, e, negative, mut steps)| {
+            let least = *steps.iter().min().unwrap();
+            steps.iter_mut().for_each(|n| *n -= least);
+            let offset = if negative { -m } else { m } * 2f64.powi(e);
+            OffsetRow {
+                offset,
+                spacing: 2f64.powi(e - 52),
+                steps,
+            }
+        })
+}
+
+fn table_of(rows: &[Vec<f64>]) -> ndarray::Array2<f64> {
+    let k = rows[0].len();
+    ndarray::Array2::from_shape_fn((rows.len(), k), |(x, y)| rows[x][y])
+}
 
 proptest! {
     #![proptest_config(config("tests/proptest-regressions/policy.txt"))]
@@ -25,6 +93,71 @@ proptest! {
         let shifted = log_softmax((&t + c).view());
         let scale = 1e-12 * (1.0 + max_abs(t.iter()) + c.abs());
         assert_all_close("shifted", &lp, &shifted, 1.0, scale)?;
+    }
+
+    /// The log-softmax of a row stored as far out as 2e300 is its exact
+    /// value to float64 rounding: a row `[1e16, 1e16, 0]` gives
+    /// `-ln 2` twice, not zero.
+    // spec: C-SOFTMAX
+    #[test]
+    fn log_softmax_is_exact_at_any_offset(row in offset_row()) {
+        let got = log_softmax(table_of(&[row.stored()]).view());
+        for (k, want) in row.exact_log_softmax().into_iter().enumerate() {
+            let v = got[[0, k]];
+            prop_assert!((v - want).abs() <= F64_ULPS * (1.0 + want.abs()), "entry {k}: {v} vs {want}");
+        }
+        let total: f64 = got.iter().map(|v| v.exp()).sum();
+        prop_assert!((total - 1.0).abs() <= F64_ULPS * row.steps.len() as f64, "probabilities sum to {total}");
+    }
+
+    /// A row scaled by up to 1e300 keeps `lp_i - lp_j = x_i - x_j` to
+    /// rounding, its probabilities sum to one and its largest entry is at
+    /// least `-ln K`.
+    // spec: C-SOFTMAX
+    #[test]
+    fn log_softmax_of_scaled_rows(base in prop::collection::vec(-3.0f64..=3.0, 2..=6), decades in 0.0f64..=299.5) {
+        let scale = 10f64.powf(decades);
+        let x: Vec<f64> = base.iter().map(|b| b * scale).collect();
+        let lp = log_softmax(table_of(&[x.clone()]).view());
+        let k = x.len();
+        let top = (0..k).max_by(|&i, &j| x[i].total_cmp(&x[j])).unwrap();
+        prop_assert!(lp.iter().all(|&v| v <= 0.0));
+        prop_assert!(lp[[0, top]] >= -(k as f64).ln() * (1.0 + F64_ULPS));
+        let total: f64 = lp.iter().map(|v| v.exp()).sum();
+        prop_assert!((total - 1.0).abs() <= F64_ULPS * k as f64, "probabilities sum to {total}");
+        for i in 0..k {
+            let gap = (lp[[0, i]] - lp[[0, top]]) - (x[i] - x[top]);
+            prop_assert!(gap.abs() <= F64_ULPS * (1.0 + x[i].abs() + x[top].abs()), "entry {i}: off by {gap}");
+        }
+    }
+
+    /// Every algorithm's exact loss and gradient are the same for a policy
+    /// stored with rows far from zero as for the same policy stored
+    /// centred: the estimators see log-probabilities only.
+    // spec: C-SOFTMAX C-EXPECTATION
+    #[test]
+    fn losses_do_not_depend_on_where_rows_are_stored(rows in prop::collection::vec(offset_row(), 1..=3), r in prop::collection::vec(-5.0f64..=5.0, 18), beta in 0.05f64..=1.0) {
+        let k = rows.iter().map(|row| row.steps.len()).min().unwrap();
+        let cut = |v: Vec<f64>| v[..k].to_vec();
+        let far = table_of(&rows.iter().map(|row| cut(row.stored())).collect::<Vec<_>>());
+        let near = table_of(&rows.iter().map(|row| cut(row.centred())).collect::<Vec<_>>());
+        let rewards = ndarray::Array2::from_shape_fn(far.dim(), |(x, y)| r[x * 6 + y]);
+        let problem = |logits: &ndarray::Array2<f64>| Problem {
+            logits: logits.clone(),
+            logits_old: logits.clone(),
+            logits_ref: logits.clone(),
+            rewards: rewards.clone(),
+            value: None,
+        };
+        let hyper = Hyper { beta, epsilon: 0.2, vf_coef: 1.0 };
+        for alg in [Algorithm::Vpg, Algorithm::Ppg, Algorithm::P3oV1, Algorithm::P3oV2, Algorithm::Dpo] {
+            let a = evaluate(alg, &hyper, &problem(&far), &Batch::Exact);
+            let b = evaluate(alg, &hyper, &problem(&near), &Batch::Exact);
+            prop_assert!(close(a.loss, b.loss, F64_ULPS), "{alg}: loss {} vs {}", a.loss, b.loss);
+            for (u, v) in a.grad.iter().zip(b.grad.iter()) {
+                prop_assert!(close(*u, *v, F64_ULPS), "{alg}: grad {u} vs {v}");
+            }
+        }
     }
 
     /// `d log pi(y|x) / d theta[x,k] = [k = y] - pi(k|x)`.

@@ -84,7 +84,10 @@ fn greedy(eos: i64, max_new: i64) -> GenerateOptions {
     }
 }
 
-/// Logits and greedy continuations of every causal-LM fixture equal HF's.
+/// Logits and greedy continuations of every causal-LM fixture equal HF's,
+/// `neox-odd-rotary` included: a head of 12 channels with `rotary_pct`
+/// 0.25 has `r = 3` rotary dimensions, which HF rotates as 4 channels
+/// (pairs `(0, 2)` and `(1, 3)`) with frequencies `base^(-2i / 3)`.
 // spec: C-TOKEN-LOGPROB
 #[test]
 fn causal_lms_match_transformers() {
@@ -94,6 +97,7 @@ fn causal_lms_match_transformers() {
         "gpt2",
         "neox-sharded",
         "neox-bf16",
+        "neox-odd-rotary",
     ] {
         let model = load(name, Head::Lm);
         let exp = expected(name);

@@ -234,7 +234,7 @@ fn outside_logprobs_chain_into_autograd() {
     let model = tiny_model(3, Device::Cpu).unwrap();
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let head = ValueHead {
-        linear: Linear::new(vs.root() / "v_head", model.config.hidden_size(), 1, true),
+        linear: Linear::new(vs.root() / "v_head", model.config.hidden_size(), 1, true).unwrap(),
         vs,
     };
     tch::no_grad(|| {

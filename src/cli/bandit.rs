@@ -62,8 +62,8 @@ pub struct BanditArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Table rows every this many steps.
-    #[arg(long, default_value_t = 5)]
-    print_every: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    print_every: u32,
 }
 
 fn finite(s: &str) -> Result<f64, String> {
@@ -95,11 +95,16 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
         vf_coef: args.vf_coef,
         seed: args.seed,
     };
+    cfg.check().map_err(CliError::Input)?;
     let runs = run_all(&cfg, args.reward_shift);
     let mut out = BufWriter::new(io::stdout().lock());
     match args.format {
         Format::Table => {
-            writeln!(out, "{}", trajectory_table(&runs, args.print_every))?;
+            writeln!(
+                out,
+                "{}",
+                trajectory_table(&runs, args.print_every as usize)
+            )?;
             write!(out, "{}", summary_table(&runs))?;
         }
         Format::Jsonl => {

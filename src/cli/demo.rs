@@ -25,15 +25,10 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> Result<(), super::error::CliError> {
     use p3o::demo::{DemoConfig, run_demo};
 
-    use super::error::CliError;
+    use super::output::claim_new_run;
 
     let cfg = DemoConfig::load(a.quick, a.config.as_deref(), &a.set)?;
-    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(CliError::Input(format!(
-            "{} exists and is not empty; choose another --out or remove it",
-            a.out.display()
-        )));
-    }
+    claim_new_run(&a.out, "choose another --out")?;
     let results = run_demo(&cfg, &a.out)?;
     eprintln!("report: {}", a.out.join("report.md").display());
     for e in &results.final_eval {

@@ -51,7 +51,7 @@ mod imp {
         Judges, PolicyEval, SampleSpec, compare as win_rates, eval_prompts, evaluate_policy,
         load_policy,
     };
-    use p3o::train::models::device_of;
+    use p3o::train::models::{check_shared_vocabulary, device_of};
     use p3o::train::scoring::Reward;
 
     use super::EvalArgs;
@@ -68,6 +68,13 @@ mod imp {
                 "--max-new-tokens must be at least 1".into(),
             ));
         }
+        if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+            return Err(CliError::Input(format!(
+                "--temperature: {} must be finite and >= 0",
+                a.temperature
+            )));
+        }
+        policy_names(&a.policies)?;
         let device = device_of(a.device, "--device")?;
         let reference = load_policy(&a.reference, device)?;
         let tokenizer = Tokenizer::load(&a.reference, &reference.config)
@@ -89,14 +96,67 @@ mod imp {
             seed: a.seed,
             batch_size: 256,
         };
-        a.policies
+        let named = policy_names(&a.policies)?;
+        for (key, spec, r) in [
+            ("--reward", a.reward.as_str(), Some(&judges.reward)),
+            (
+                "--gold-reward",
+                a.gold_reward.as_deref().unwrap_or(""),
+                judges.gold.as_ref(),
+            ),
+        ] {
+            if let Some(Reward::Model(m)) = r {
+                check_shared_vocabulary(
+                    key,
+                    spec,
+                    m,
+                    &owner(a),
+                    &judges.reference,
+                    &judges.tokenizer,
+                )?;
+            }
+        }
+        named
             .iter()
-            .map(|p| {
-                let (name, dir) = p.split_once('=').unwrap_or((p.as_str(), p.as_str()));
+            .map(|(name, dir)| {
                 let policy = load_policy(Path::new(dir), device)?;
+                check_shared_vocabulary(
+                    &format!("--policy {name}"),
+                    dir,
+                    &policy,
+                    &owner(a),
+                    &judges.reference,
+                    &judges.tokenizer,
+                )?;
                 Ok(evaluate_policy(name, &policy, &judges, &prompts, &spec)?)
             })
             .collect()
+    }
+
+    fn owner(a: &EvalArgs) -> String {
+        format!("the reference `{}`", a.reference.display())
+    }
+
+    /// `NAME=DIR` or `DIR` (named by itself) for each `--policy`; an empty
+    /// name or directory, or a name given twice, is refused.
+    fn policy_names(policies: &[String]) -> Result<Vec<(String, String)>, CliError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for p in policies {
+            let (name, dir) = p.split_once('=').unwrap_or((p.as_str(), p.as_str()));
+            let (name, dir) = (name.trim(), dir.trim());
+            if name.is_empty() || dir.is_empty() {
+                return Err(CliError::Input(format!(
+                    "--policy `{p}`: expected DIR or NAME=DIR with neither part empty"
+                )));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(CliError::Input(format!(
+                    "--policy `{p}`: the name `{name}` is given twice; name each policy once (NAME=DIR)"
+                )));
+            }
+            out.push((name.to_string(), dir.to_string()));
+        }
+        Ok(out)
     }
 
     /// One JSON line per policy.

@@ -54,8 +54,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Prompts per batch (left-padded together).
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
 }
 
 #[cfg(feature = "torch")]
@@ -179,11 +179,19 @@ mod imp {
     }
 
     pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
-        if a.max_new_tokens < 1 {
-            return Err(CliError::Input(
-                "--max-new-tokens must be at least 1".into(),
-            ));
+        let flag = |key: &str| format!("--{}", key.replace('_', "-"));
+        GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+            eos_token_id: None,
+            pad_token_id: 0,
+            use_cache: true,
+            logprobs: false,
         }
+        .check(flag)?;
         let lines = input_lines(&a.model.input)?;
         let l = load(&a.model, Head::Lm)?;
         let inputs = parse_all(&l, &lines, false)?;
@@ -220,7 +228,7 @@ mod imp {
             logprobs: false,
         };
         let mut out = BufWriter::new(io::stdout().lock());
-        for (i, chunk) in inputs.chunks(a.batch_size.max(1)).enumerate() {
+        for (i, chunk) in inputs.chunks(a.batch_size as usize).enumerate() {
             let prompts: Vec<Vec<i64>> = chunk.iter().map(|x| x.prompt.clone()).collect();
             // Batch i samples from the stream seeded with seed + i.
             let o = GenerateOptions {

@@ -71,14 +71,54 @@ enum Command {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    std::panic::set_hook(Box::new(report_panic));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // A bad flag: clap's first line (which names it), exit status 2.
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{line} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     // libtorch's large CPU tensors: reuse freed pages (see the module).
     #[cfg(feature = "torch")]
     p3o::torch::memory::keep_freed_memory();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => e.report(),
+        Ok(()) => {
+            output::keep_claimed();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            output::release_half_made();
+            e.report()
+        }
     }
+}
+
+/// The last line of defence: a panic that remains (a bug) is reported as
+/// one line, a half-made run directory is removed
+/// ([`output::release_half_made`]), and the process exits with status 101.
+fn report_panic(info: &std::panic::PanicHookInfo) {
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let first = payload.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    eprintln!("error: internal error (a bug in p3o, please report it){at}: {first}");
+    output::release_half_made();
 }
 
 /// Runs one command; those of the language-model stack answer

@@ -5,6 +5,9 @@
 
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use p3o::run_dir;
 
 use super::error::CliError;
 
@@ -27,16 +30,50 @@ pub fn input_lines(path: &Option<PathBuf>) -> Result<Vec<(usize, String)>, CliEr
     Ok(out)
 }
 
-/// Refuses an output directory that already holds a run of `what` (its
-/// `marker` file), so that nothing is overwritten.
-pub fn fresh_output(out: &Path, marker: &str, what: &str, hint: &str) -> Result<(), CliError> {
-    if out.join(marker).exists() {
-        return Err(CliError::Input(format!(
-            "{} already holds a {what} ({marker}); {hint}",
-            out.display()
-        )));
-    }
+/// The output directory this process claimed for a new run, and whether
+/// it existed (empty) before.
+static CLAIMED: Mutex<Option<(PathBuf, bool)>> = Mutex::new(None);
+
+/// Claims `out` for a new run: it must be absent or empty
+/// ([`p3o::run_dir`]); otherwise the error names what it holds and `hint`
+/// says what to do. A claimed directory that a failed command leaves
+/// holding nothing of value is removed again ([`release_half_made`]).
+pub fn claim_new_run(out: &Path, hint: &str) -> Result<(), CliError> {
+    let contents = run_dir::require_fresh(out, hint).map_err(CliError::Input)?;
+    let existed = contents == run_dir::Contents::Empty;
+    *CLAIMED.lock().unwrap_or_else(|p| p.into_inner()) = Some((out.to_path_buf(), existed));
     Ok(())
+}
+
+/// After a failed command or a panic: empties (or, if this process made
+/// it, removes) the claimed directory when it holds nothing of value
+/// (no checkpoint, no `final/`, no report, no metrics line), so that the
+/// same `--out` takes the next attempt. A directory with any of those is
+/// left as it is.
+pub fn release_half_made() {
+    let Some((dir, existed)) = CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    if !run_dir::holds_nothing_of_value(&dir) {
+        return;
+    }
+    if existed {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The claim is kept: the command finished.
+pub fn keep_claimed() {
+    CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
 
 /// One JSON value on a line of standard output.

@@ -34,7 +34,7 @@ pub struct RewardModelArgs {
 pub fn run(c: RewardModelCommand) -> Result<(), super::error::CliError> {
     use p3o::train::reward_model::{RewardModelConfig, train_reward_model};
 
-    use super::output::{fresh_output, print_json};
+    use super::output::{claim_new_run, print_json};
 
     let RewardModelCommand::Train(a) = c;
     let mut sets = a.set.clone();
@@ -45,11 +45,6 @@ pub fn run(c: RewardModelCommand) -> Result<(), super::error::CliError> {
         sets.push(format!("data = {d:?}"));
     }
     let cfg = RewardModelConfig::load(a.config.as_deref(), &sets)?;
-    fresh_output(
-        &a.out,
-        "metrics.jsonl",
-        "run",
-        "choose another --out or remove it",
-    )?;
+    claim_new_run(&a.out, "choose another --out")?;
     print_json(&train_reward_model(&cfg, &a.out)?)
 }

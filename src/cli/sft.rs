@@ -21,14 +21,9 @@ pub struct SftArgs {
 pub fn run(a: SftArgs) -> Result<(), super::error::CliError> {
     use p3o::train::sft::{SftConfig, run_sft};
 
-    use super::output::{fresh_output, print_json};
+    use super::output::{claim_new_run, print_json};
 
     let cfg = SftConfig::load(a.config.as_deref(), &a.set)?;
-    fresh_output(
-        &a.out,
-        "metrics.jsonl",
-        "run",
-        "choose another --out or remove it",
-    )?;
+    claim_new_run(&a.out, "choose another --out")?;
     print_json(&run_sft(&cfg, &a.out)?)
 }

@@ -28,24 +28,46 @@ pub struct TrainArgs {
 #[cfg(feature = "torch")]
 pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
     use p3o::train::config::TrainConfig;
-    use p3o::train::trainer::Trainer;
+    use p3o::train::trainer::{Resumed, Trainer};
 
-    use super::output::{fresh_output, print_json};
+    use p3o::run_dir::{Contents, checkpoint_steps, contents};
+
+    use super::error::CliError;
+    use super::output::{claim_new_run, print_json};
 
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
-    if !a.resume {
-        fresh_output(
+    // README, "Resuming": a new run needs an absent or empty --out; --resume
+    // needs a complete checkpoint there, or nothing at all.
+    let fresh = match contents(&a.out).map_err(CliError::Input)? {
+        Contents::Run(_) if a.resume => {
+            if checkpoint_steps(&a.out).is_empty() {
+                return Err(CliError::Input(format!(
+                    "{} holds a run but no complete checkpoint (checkpoints/step-N/state.json) to resume from; choose another --out",
+                    a.out.display()
+                )));
+            }
+            false
+        }
+        _ => true,
+    };
+    if fresh {
+        claim_new_run(
             &a.out,
-            "metrics.jsonl",
-            "run",
-            "pass --resume to continue it, or choose another --out",
+            "pass --resume to continue the run there, or choose another --out",
         )?;
     }
     let mut trainer = Trainer::new(cfg, &a.out, a.reward_shift)?;
     if a.resume {
         match trainer.resume()? {
-            Some(n) => eprintln!("resuming from step {n}"),
-            None => eprintln!("no checkpoint in {}; starting afresh", a.out.display()),
+            Resumed::From(n) => eprintln!("resuming from step {n}"),
+            Resumed::Nothing => eprintln!("no run in {} yet; starting one", a.out.display()),
+            Resumed::Complete(n) => {
+                eprintln!(
+                    "the run in {} is complete at step {n}; nothing to do (raise `steps` to continue it)",
+                    a.out.display()
+                );
+                return Ok(());
+            }
         }
     }
     let last = trainer.run()?;

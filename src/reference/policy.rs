@@ -2,24 +2,35 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
-/// Row-wise `log softmax` of a logit table ([C-SOFTMAX]), computed with the
-/// row maximum subtracted so that logits of any magnitude stay finite.
+/// Row-wise `log softmax` of a logit table ([C-SOFTMAX]), formed as
+/// `(v - max) - ln sum_k exp(v_k - max)`: right to float64 rounding for
+/// finite logits of any magnitude. (`v - (max + ln sum)` is not: at
+/// `max = 1e16` the sum `max + ln 2` rounds back to `max`, and a row
+/// `[1e16, 1e16, 0]` would get log-probabilities `[0, 0, -1e16]`.)
 pub fn log_softmax(logits: ArrayView2<f64>) -> Array2<f64> {
     let mut out = logits.to_owned();
     for mut row in out.axis_iter_mut(Axis(0)) {
-        let lse = logsumexp(row.view());
-        row.mapv_inplace(|v| v - lse);
+        let (max, log_sum) = split_logsumexp(row.view());
+        row.mapv_inplace(|v| (v - max) - log_sum);
     }
     out
 }
 
 /// `log sum_k exp(v_k)` of one row, stable for large magnitudes.
 pub fn logsumexp(row: ArrayView1<f64>) -> f64 {
+    let (max, log_sum) = split_logsumexp(row);
+    max + log_sum
+}
+
+/// `(max, ln sum_k exp(v_k - max))` of a row, kept apart so that callers
+/// can subtract the two one at a time. A row whose maximum is not finite
+/// gives `(max, 0)`.
+fn split_logsumexp(row: ArrayView1<f64>) -> (f64, f64) {
     let max = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
     if !max.is_finite() {
-        return max;
+        return (max, 0.0);
     }
-    max + row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln()
+    (max, row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln())
 }
 
 /// `pi(y|x)` for every cell of a logit table.

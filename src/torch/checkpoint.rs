@@ -25,7 +25,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "neither model.safetensors nor model.safetensors.index.json is here",
         )
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
+    let json: serde_json::Value = crate::json::from_str_strict(&text)
         .map_err(|e| file_error(&index, format!("malformed JSON: {e}")))?;
     let map = json
         .get("weight_map")
@@ -39,6 +39,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// The layer number of a parameter name such as `gpt_neox.layers.3.mlp...`
+/// or `transformer.h.3.attn...`.
+fn layer_index(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts
+        .windows(2)
+        .find(|w| w[0] == "layers" || w[0] == "h")
+        .and_then(|w| w[1].parse().ok())
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -72,6 +82,8 @@ pub fn load_into(vs: &VarStore, dir: &Path) -> Result<()> {
 /// from the checkpoint (they keep their values): a new head on a loaded body.
 pub fn load_into_except(vs: &VarStore, dir: &Path, fresh: &[&str]) -> Result<()> {
     let mut wanted: HashMap<String, Tensor> = vs.variables();
+    let layers: std::collections::HashSet<usize> =
+        wanted.keys().filter_map(|n| layer_index(n)).collect();
     let device = vs.device();
     for path in weight_files(dir)? {
         let file = File::open(&path).map_err(|e| file_error(&path, e))?;
@@ -88,6 +100,18 @@ pub fn load_into_except(vs: &VarStore, dir: &Path, fresh: &[&str]) -> Result<()>
             // Tensors the model has no variable for (recomputed buffers, a tied
             // `lm_head.weight`, another head) are skipped.
             let Some(var) = wanted.remove(&name) else {
+                // ...but a layer the model does not have means the config
+                // describes another model than the weights.
+                if let Some(i) = layer_index(&name).filter(|i| !layers.contains(i)) {
+                    return Err(TorchError::Tensor {
+                        name,
+                        message: format!(
+                            "layer {i} is in {} but the config's model has {} layers (num_hidden_layers / n_layer)",
+                            path.display(),
+                            layers.len()
+                        ),
+                    });
+                }
                 continue;
             };
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -107,6 +131,12 @@ pub fn load_into_except(vs: &VarStore, dir: &Path, fresh: &[&str]) -> Result<()>
                 message: format!("unsupported dtype {:?}", view.dtype()),
             })?;
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_device(device);
+            if src.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+                return Err(TorchError::Tensor {
+                    name,
+                    message: format!("holds NaN or infinite values in {}", path.display()),
+                });
+            }
             let mut var = var;
             tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
         }

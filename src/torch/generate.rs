@@ -33,6 +33,34 @@ pub struct GenerateOptions {
     pub logprobs: bool,
 }
 
+impl GenerateOptions {
+    /// The sampling settings make sense: at least one new token, a finite
+    /// temperature of at least 0, `top_k >= 1`, `top_p` in (0, 1]. The
+    /// error names the setting as `name` spells it (`--top-p`, `top_p`).
+    pub fn check(&self, name: impl Fn(&str) -> String) -> Result<()> {
+        let bad = |key: &str, why: String| Err(TorchError::Input(format!("{}: {why}", name(key))));
+        if self.max_new_tokens < 1 {
+            return bad(
+                "max_new_tokens",
+                format!("{} must be at least 1", self.max_new_tokens),
+            );
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                format!("{} must be finite and >= 0", self.temperature),
+            );
+        }
+        if let Some(k) = self.top_k.filter(|&k| k < 1) {
+            return bad("top_k", format!("{k} must be at least 1"));
+        }
+        if let Some(p) = self.top_p.filter(|&p| !(p > 0.0 && p <= 1.0)) {
+            return bad("top_p", format!("{p} must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 /// Sampled responses, one row per prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {

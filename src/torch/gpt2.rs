@@ -1,8 +1,8 @@
 //! GPT-2, HF parameter names under `transformer.`; the LM head is tied to
 //! the token embedding.
 
-use tch::Tensor;
 use tch::nn::Path;
+use tch::{TchError, Tensor};
 
 use super::config::Gpt2Config;
 use super::kv_cache::KvCache;
@@ -68,7 +68,7 @@ pub struct Gpt2Model {
 
 impl Gpt2Model {
     /// `p` is the `transformer` path.
-    pub fn new(p: Path, c: &Gpt2Config) -> Gpt2Model {
+    pub fn new(p: Path, c: &Gpt2Config) -> Result<Gpt2Model, TchError> {
         let inner = c.n_inner.unwrap_or(4 * c.n_embd);
         let approximate = if c.activation_function == "gelu_new" {
             "tanh"
@@ -78,28 +78,28 @@ impl Gpt2Model {
         let h = (0..c.n_layer)
             .map(|i| {
                 let bp = &p / "h" / i;
-                Gpt2Block {
-                    ln_1: LayerNorm::new(&bp / "ln_1", c.n_embd, c.layer_norm_epsilon),
+                Ok(Gpt2Block {
+                    ln_1: LayerNorm::new(&bp / "ln_1", c.n_embd, c.layer_norm_epsilon)?,
                     attn: Gpt2Attention {
-                        c_attn: Conv1D::new(&bp / "attn" / "c_attn", c.n_embd, 3 * c.n_embd),
-                        c_proj: Conv1D::new(&bp / "attn" / "c_proj", c.n_embd, c.n_embd),
+                        c_attn: Conv1D::new(&bp / "attn" / "c_attn", c.n_embd, 3 * c.n_embd)?,
+                        c_proj: Conv1D::new(&bp / "attn" / "c_proj", c.n_embd, c.n_embd)?,
                         heads: c.n_head,
                     },
-                    ln_2: LayerNorm::new(&bp / "ln_2", c.n_embd, c.layer_norm_epsilon),
+                    ln_2: LayerNorm::new(&bp / "ln_2", c.n_embd, c.layer_norm_epsilon)?,
                     mlp: Gpt2Mlp {
-                        c_fc: Conv1D::new(&bp / "mlp" / "c_fc", c.n_embd, inner),
-                        c_proj: Conv1D::new(&bp / "mlp" / "c_proj", inner, c.n_embd),
+                        c_fc: Conv1D::new(&bp / "mlp" / "c_fc", c.n_embd, inner)?,
+                        c_proj: Conv1D::new(&bp / "mlp" / "c_proj", inner, c.n_embd)?,
                         approximate,
                     },
-                }
+                })
             })
-            .collect();
-        Gpt2Model {
-            wte: Embedding::new(&p / "wte", c.vocab_size, c.n_embd),
-            wpe: Embedding::new(&p / "wpe", c.n_positions, c.n_embd),
+            .collect::<Result<_, TchError>>()?;
+        Ok(Gpt2Model {
+            wte: Embedding::new(&p / "wte", c.vocab_size, c.n_embd)?,
+            wpe: Embedding::new(&p / "wpe", c.n_positions, c.n_embd)?,
             h,
-            ln_f: LayerNorm::new(&p / "ln_f", c.n_embd, c.layer_norm_epsilon),
-        }
+            ln_f: LayerNorm::new(&p / "ln_f", c.n_embd, c.layer_norm_epsilon)?,
+        })
     }
 
     pub fn forward(

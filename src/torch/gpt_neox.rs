@@ -1,7 +1,7 @@
 //! GPT-NeoX (Pythia), HF parameter names under `gpt_neox.`.
 
 use tch::nn::Path;
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use super::config::GptNeoxConfig;
 use super::kv_cache::KvCache;
@@ -18,28 +18,29 @@ pub struct GptNeoxAttention {
 }
 
 impl GptNeoxAttention {
-    fn new(p: Path, c: &GptNeoxConfig) -> Self {
-        let head_dim = c.hidden_size / c.num_attention_heads;
-        GptNeoxAttention {
+    fn new(p: Path, c: &GptNeoxConfig) -> Result<Self, TchError> {
+        let head_dim = c.head_dim();
+        let r = c.rotary_frequency_dims();
+        // As HF: base ** (arange(0, r, 2).float() / r) in float32, ceil(r / 2)
+        // frequencies, and as many channels rotated as the cos/sin tables
+        // have (r + 1 for an odd r; config.rs checks that they fit).
+        let inv_freq: Vec<f32> = (0..r)
+            .step_by(2)
+            .map(|i| 1.0 / (c.rotary_emb_base as f32).powf(i as f32 / r as f32))
+            .collect();
+        Ok(GptNeoxAttention {
             query_key_value: Linear::new(
                 &p / "query_key_value",
                 c.hidden_size,
                 3 * c.hidden_size,
                 c.attention_bias,
-            ),
-            dense: Linear::new(&p / "dense", c.hidden_size, c.hidden_size, c.attention_bias),
+            )?,
+            dense: Linear::new(&p / "dense", c.hidden_size, c.hidden_size, c.attention_bias)?,
             heads: c.num_attention_heads,
             head_dim,
-            rotary_dims: (head_dim as f64 * c.rotary_pct) as i64,
-            inv_freq: {
-                let r = (head_dim as f64 * c.rotary_pct) as i64;
-                // As HF: base ** (arange(0, r, 2).float() / r) in float32.
-                (0..r)
-                    .step_by(2)
-                    .map(|i| 1.0 / (c.rotary_emb_base as f32).powf(i as f32 / r as f32))
-                    .collect()
-            },
-        }
+            rotary_dims: 2 * inv_freq.len() as i64,
+            inv_freq,
+        })
     }
 
     /// `(cos, sin)` tables `[b, 1, t, r]` of the positions `[b, t]` for the
@@ -141,49 +142,49 @@ pub struct GptNeoxModel {
 
 impl GptNeoxModel {
     /// `p` is the `gpt_neox` path.
-    pub fn new(p: Path, c: &GptNeoxConfig) -> GptNeoxModel {
+    pub fn new(p: Path, c: &GptNeoxConfig) -> Result<GptNeoxModel, TchError> {
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let lp = &p / "layers" / i;
-                GptNeoxLayer {
+                Ok(GptNeoxLayer {
                     input_layernorm: LayerNorm::new(
                         &lp / "input_layernorm",
                         c.hidden_size,
                         c.layer_norm_eps,
-                    ),
+                    )?,
                     post_attention_layernorm: LayerNorm::new(
                         &lp / "post_attention_layernorm",
                         c.hidden_size,
                         c.layer_norm_eps,
-                    ),
-                    attention: GptNeoxAttention::new(&lp / "attention", c),
+                    )?,
+                    attention: GptNeoxAttention::new(&lp / "attention", c)?,
                     mlp: GptNeoxMlp {
                         dense_h_to_4h: Linear::new(
                             &lp / "mlp" / "dense_h_to_4h",
                             c.hidden_size,
                             c.intermediate_size,
                             true,
-                        ),
+                        )?,
                         dense_4h_to_h: Linear::new(
                             &lp / "mlp" / "dense_4h_to_h",
                             c.intermediate_size,
                             c.hidden_size,
                             true,
-                        ),
+                        )?,
                     },
                     parallel_residual: c.use_parallel_residual,
-                }
+                })
             })
-            .collect();
-        GptNeoxModel {
-            embed_in: Embedding::new(&p / "embed_in", c.vocab_size, c.hidden_size),
+            .collect::<Result<_, TchError>>()?;
+        Ok(GptNeoxModel {
+            embed_in: Embedding::new(&p / "embed_in", c.vocab_size, c.hidden_size)?,
             layers,
             final_layer_norm: LayerNorm::new(
                 &p / "final_layer_norm",
                 c.hidden_size,
                 c.layer_norm_eps,
-            ),
-        }
+            )?,
+        })
     }
 
     pub fn forward(

@@ -20,7 +20,10 @@ pub fn parse_line(
     vocab: i64,
     need_response: bool,
 ) -> Result<LmInput, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("malformed JSON: {e}"))?;
+    let v: Value = crate::json::from_str_strict(line).map_err(|e| {
+        let (message, column) = crate::json::message_and_column(&e);
+        format!("malformed JSON at column {column}: {message}")
+    })?;
     let obj = v.as_object().ok_or("expected a JSON object")?;
     let known = ["prompt", "response", "prompt_ids", "response_ids"];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {

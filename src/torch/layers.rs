@@ -1,8 +1,8 @@
 //! The building blocks, as named structs whose tensors carry HF parameter
 //! names (their path in the `VarStore`).
 
-use tch::Tensor;
 use tch::nn::{Init, Path};
+use tch::{TchError, Tensor};
 
 /// `y = x W^T + b` with `W: [out, in]` (torch `nn.Linear`).
 pub struct Linear {
@@ -11,11 +11,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(p: Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
-        Linear {
-            weight: p.var("weight", &[out_dim, in_dim], Init::Const(0.0)),
-            bias: bias.then(|| p.var("bias", &[out_dim], Init::Const(0.0))),
-        }
+    /// Zero weights, to be loaded; an allocation that fails is an error.
+    pub fn new(p: Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Linear, TchError> {
+        Ok(Linear {
+            weight: p.f_var("weight", &[out_dim, in_dim], Init::Const(0.0))?,
+            bias: bias
+                .then(|| p.f_var("bias", &[out_dim], Init::Const(0.0)))
+                .transpose()?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -30,11 +33,11 @@ pub struct Conv1D {
 }
 
 impl Conv1D {
-    pub fn new(p: Path, in_dim: i64, out_dim: i64) -> Conv1D {
-        Conv1D {
-            weight: p.var("weight", &[in_dim, out_dim], Init::Const(0.0)),
-            bias: p.var("bias", &[out_dim], Init::Const(0.0)),
-        }
+    pub fn new(p: Path, in_dim: i64, out_dim: i64) -> Result<Conv1D, TchError> {
+        Ok(Conv1D {
+            weight: p.f_var("weight", &[in_dim, out_dim], Init::Const(0.0))?,
+            bias: p.f_var("bias", &[out_dim], Init::Const(0.0))?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -49,12 +52,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(p: Path, dim: i64, eps: f64) -> LayerNorm {
-        LayerNorm {
-            weight: p.var("weight", &[dim], Init::Const(1.0)),
-            bias: p.var("bias", &[dim], Init::Const(0.0)),
+    pub fn new(p: Path, dim: i64, eps: f64) -> Result<LayerNorm, TchError> {
+        Ok(LayerNorm {
+            weight: p.f_var("weight", &[dim], Init::Const(1.0))?,
+            bias: p.f_var("bias", &[dim], Init::Const(0.0))?,
             eps,
-        }
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -71,10 +74,10 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(p: Path, count: i64, dim: i64) -> Embedding {
-        Embedding {
-            weight: p.var("weight", &[count, dim], Init::Const(0.0)),
-        }
+    pub fn new(p: Path, count: i64, dim: i64) -> Result<Embedding, TchError> {
+        Ok(Embedding {
+            weight: p.f_var("weight", &[count, dim], Init::Const(0.0))?,
+        })
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {

@@ -1,4 +1,5 @@
-//! How the process's C heap treats libtorch's large CPU tensors.
+//! Memory: how the process's C heap treats libtorch's large CPU tensors,
+//! and whether a model fits before it is made.
 //!
 //! glibc serves every allocation above its mmap threshold (at most 32 MiB)
 //! with a fresh `mmap` and hands it back with `munmap` on free. The LM head's
@@ -31,4 +32,35 @@ pub fn keep_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// Refuses, before anything is allocated, a model whose float32 parameters
+/// (4 bytes each, as they are made before any cast) exceed the memory this
+/// machine has available: on the CPU, Linux's `MemAvailable`. On a GPU the
+/// allocator itself reports a failure, which [`super::LanguageModel::new`]
+/// returns as an error.
+pub fn check_fits(config: &super::config::ModelConfig, device: tch::Device) -> super::Result<()> {
+    let bytes = config.parameter_count().saturating_mul(4);
+    if device != tch::Device::Cpu {
+        return Ok(());
+    }
+    match available_bytes() {
+        Some(free) if bytes > free as u128 => Err(super::TorchError::Input(format!(
+            "the model's {} parameters need {:.1} GiB, but this machine has {:.1} GiB available",
+            config.parameter_count(),
+            bytes as f64 / GIB,
+            free as f64 / GIB
+        ))),
+        _ => Ok(()),
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `MemAvailable` of `/proc/meminfo` in bytes, where there is one.
+fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -6,13 +6,13 @@ use std::path::Path as FsPath;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::checkpoint;
 use super::config::{Architecture, ModelConfig};
 use super::gpt_neox::GptNeoxModel;
 use super::gpt2::Gpt2Model;
 use super::kv_cache::KvCache;
 use super::layers::Linear;
 use super::{Result, TorchError};
+use super::{checkpoint, memory};
 
 /// Which head sits on the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,35 +40,44 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
-    /// A model with every weight zero (layer norms one), to be loaded.
-    pub fn new(config: ModelConfig, head: Head, device: Device) -> LanguageModel {
+    /// A model with every weight zero (layer norms one), to be loaded. The
+    /// parameters must fit in the memory `device` has free ([`memory`]), and
+    /// an allocation that fails anyway is an error, not a panic.
+    pub fn new(config: ModelConfig, head: Head, device: Device) -> Result<LanguageModel> {
+        memory::check_fits(&config, device)?;
         let vs = VarStore::new(device);
         let root = vs.root();
         let hidden = config.hidden_size();
         let (body, embed_out) = match &config.arch {
             Architecture::GptNeox(c) => (
-                Body::GptNeox(GptNeoxModel::new(&root / "gpt_neox", c)),
+                Body::GptNeox(GptNeoxModel::new(&root / "gpt_neox", c)?),
                 (head == Head::Lm)
-                    .then(|| Linear::new(&root / "embed_out", hidden, c.vocab_size, false)),
+                    .then(|| Linear::new(&root / "embed_out", hidden, c.vocab_size, false))
+                    .transpose()?,
             ),
-            Architecture::Gpt2(c) => (Body::Gpt2(Gpt2Model::new(&root / "transformer", c)), None),
+            Architecture::Gpt2(c) => (Body::Gpt2(Gpt2Model::new(&root / "transformer", c)?), None),
         };
-        let score = (head == Head::Score).then(|| Linear::new(&root / "score", hidden, 1, false));
-        LanguageModel {
+        let score = (head == Head::Score)
+            .then(|| Linear::new(&root / "score", hidden, 1, false))
+            .transpose()?;
+        Ok(LanguageModel {
             vs,
             config,
             head,
             body,
             embed_out,
             score,
-        }
+        })
     }
 
     /// Loads `dir/config.json` and the safetensors weights (single file or
     /// sharded), on `device`, converted to `kind`.
     pub fn load(dir: &FsPath, head: Head, device: Device, kind: Kind) -> Result<LanguageModel> {
         let config = ModelConfig::load(dir)?;
-        let mut model = LanguageModel::new(config, head, device);
+        let mut model = LanguageModel::new(config, head, device).map_err(|e| match e {
+            TorchError::Input(m) => super::file_error(&dir.join("config.json"), m),
+            other => other,
+        })?;
         checkpoint::load_into(&model.vs, dir)?;
         model.vs.set_kind(kind);
         Ok(model)

@@ -18,6 +18,27 @@ impl Tokenizer {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
+        Tokenizer::checked(inner, config).map_err(|m| file_error(&path, m))
+    }
+
+    /// The tokenizer, if every id it can give lies in the model's
+    /// `0..vocab_size` (a model's vocabulary may be larger than its
+    /// tokenizer's, padded for speed, but never smaller).
+    fn checked(
+        inner: tokenizers::Tokenizer,
+        config: &ModelConfig,
+    ) -> std::result::Result<Tokenizer, String> {
+        let vocab = config.vocab_size();
+        if let Some((token, id)) = inner
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|&(_, id)| id)
+            .filter(|&(_, id)| i64::from(id) >= vocab)
+        {
+            return Err(format!(
+                "token `{token}` has id {id}, outside the model's vocab_size {vocab} (config.json)"
+            ));
+        }
         Ok(Tokenizer {
             inner,
             eos_token_id: config.eos_token_id,
@@ -25,16 +46,24 @@ impl Tokenizer {
         })
     }
 
+    /// Whether `other` maps every token to the same id as this one: the
+    /// same vocabulary, added tokens included.
+    pub fn same_vocabulary(&self, other: &Tokenizer) -> bool {
+        self.inner.get_vocab(true) == other.inner.get_vocab(true)
+    }
+
+    /// The number of tokens, added ones included.
+    pub fn len(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     /// A tokenizer from the text of a `tokenizer.json`.
     pub fn from_json(text: &str, config: &ModelConfig) -> Result<Tokenizer> {
         let inner: tokenizers::Tokenizer = text
             .parse()
             .map_err(|e| TorchError::Input(format!("tokenizer.json: {e}")))?;
-        Ok(Tokenizer {
-            inner,
-            eos_token_id: config.eos_token_id,
-            pad_token_id: config.pad_token_id.or(config.eos_token_id),
-        })
+        Tokenizer::checked(inner, config)
+            .map_err(|m| TorchError::Input(format!("tokenizer.json: {m}")))
     }
 
     /// Token ids of `text`, no special tokens added.

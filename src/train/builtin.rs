@@ -80,7 +80,7 @@ pub fn config_json() -> serde_json::Value {
 /// and 0, biases 0) from a ChaCha8 stream seeded with `seed`, in name order.
 pub fn tiny_model(seed: u64, device: Device) -> Result<LanguageModel> {
     let config = ModelConfig::from_json(config_json())?;
-    let model = LanguageModel::new(config, Head::Lm, device);
+    let model = LanguageModel::new(config, Head::Lm, device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.05).map_err(|e| TorchError::Input(e.to_string()))?;
     let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();

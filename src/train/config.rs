@@ -274,6 +274,23 @@ pub fn check_device(device: DeviceSpec) -> Result<(), ConfigError> {
         .map_err(|why| ConfigError(format!("config key `device`: {why}")))
 }
 
+/// A TOML syntax error as one line: the file, the line and column of the
+/// error's start, and toml's message (whose own rendering spans several
+/// lines).
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" line {line} column {column}")
+        }
+        None => String::new(),
+    };
+    let message = e.message().trim().replace('\n', "; ");
+    ConfigError(format!("{}{at}: {message}", path.display()))
+}
+
 /// [`load_toml`] with the keys of `base` as defaults under the file's.
 pub fn load_toml_over<T: serde::de::DeserializeOwned>(
     mut table: toml::Table,
@@ -283,8 +300,8 @@ pub fn load_toml_over<T: serde::de::DeserializeOwned>(
     if let Some(p) = file {
         let text =
             std::fs::read_to_string(p).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
-        let from_file = toml::from_str::<toml::Table>(&text)
-            .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+        let from_file =
+            toml::from_str::<toml::Table>(&text).map_err(|e| toml_error(p, &text, &e))?;
         table.extend(from_file);
     }
     for s in sets {
@@ -367,6 +384,9 @@ impl TrainConfig {
         }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return bad("top_p", "must be in (0, 1]".into());
+        }
+        if let Some(k) = self.top_k.filter(|&k| k < 1) {
+            return bad("top_k", format!("{k} must be at least 1"));
         }
         check_device(self.device)?;
         self.kernels.check_against(self.device)

@@ -12,15 +12,13 @@ pub fn read_jsonl<T>(
     path: &Path,
     parse: impl Fn(&serde_json::Value) -> Result<T, String>,
 ) -> Result<Vec<T>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |m: String| format!("{} line {}: {m}", path.display(), i + 1);
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| at(format!("malformed JSON: {e}")))?;
+    for (number, line) in crate::json::read_lines(path)? {
+        let at = |m: String| format!("{} line {number}: {m}", path.display());
+        let v: serde_json::Value = crate::json::from_str_strict(&line).map_err(|e| {
+            let (message, column) = crate::json::message_and_column(&e);
+            at(format!("malformed JSON at column {column}: {message}"))
+        })?;
         out.push(parse(&v).map_err(at)?);
     }
     if out.is_empty() {
@@ -55,7 +53,7 @@ pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
     read_jsonl(path, prompt_of)
 }
 
-fn prompt_of(v: &serde_json::Value) -> Result<String, String> {
+pub fn prompt_of(v: &serde_json::Value) -> Result<String, String> {
     if let Some(p) = v.get("prompt") {
         return p
             .as_str()

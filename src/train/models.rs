@@ -10,6 +10,7 @@ use tch::{Device, Kind};
 use super::builtin::{self, BUILTIN_MODEL};
 use super::error::TrainError;
 use crate::device::DeviceSpec;
+use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
 
 /// The libtorch device that config key or flag `key` names, if this
@@ -47,6 +48,43 @@ pub fn tokenizer_json_of(spec: &str) -> Result<String, TrainError> {
     let path = Path::new(spec).join("tokenizer.json");
     std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
+}
+
+/// The models a run compares token by token (the reference's log-probs, a
+/// reward model's scores of the policy's ids, the policies `p3o eval`
+/// samples) must read the same ids as the same tokens: the same
+/// `vocab_size` as the model that owns the tokenizer, and, where the
+/// model's directory has a `tokenizer.json`, the same vocabulary in it.
+/// Otherwise the error names both: `what` (a config key or flag) with its
+/// `spec`, and `owner`.
+pub fn check_shared_vocabulary(
+    what: &str,
+    spec: &str,
+    model: &LanguageModel,
+    owner: &str,
+    owner_model: &LanguageModel,
+    tokenizer: &Tokenizer,
+) -> Result<(), TrainError> {
+    let refuse = |why: String| {
+        Err(TrainError::Input(format!(
+            "{what}: `{spec}` {why}; it must share the tokenizer of {owner}"
+        )))
+    };
+    let (v, ov) = (model.config.vocab_size(), owner_model.config.vocab_size());
+    if v != ov {
+        return refuse(format!("has vocab_size {v}, {owner} {ov}"));
+    }
+    if spec == BUILTIN_MODEL || Path::new(spec).join("tokenizer.json").is_file() {
+        let own = Tokenizer::from_json(&tokenizer_json_of(spec)?, &model.config)?;
+        if !own.same_vocabulary(tokenizer) {
+            return refuse(format!(
+                "has a tokenizer.json with another vocabulary ({} tokens; {owner} has {})",
+                own.len(),
+                tokenizer.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A progress bar on standard error when it is a terminal (hidden

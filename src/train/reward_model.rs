@@ -131,7 +131,7 @@ pub fn reward_model_from(dir: &Path, device: tch::Device) -> Result<LanguageMode
     if config.raw.get("pad_token_id").is_none_or(|v| v.is_null()) {
         config.raw["pad_token_id"] = json!(config.eos_token_id);
     }
-    let model = LanguageModel::new(config, Head::Score, device);
+    let model = LanguageModel::new(config, Head::Score, device)?;
     load_into_except(&model.vs, dir, &["score.weight"])?;
     Ok(model)
 }
@@ -294,8 +294,11 @@ pub fn train_reward_model(
     bar.finish_and_clear();
     let (loss, acc) = eval(step, &mut metrics)?;
     let final_dir = out.join("final");
-    model.save(&final_dir)?;
-    std::fs::write(final_dir.join("tokenizer.json"), tokenizer_json)?;
+    crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
+        model.save(d)?;
+        std::fs::write(d.join("tokenizer.json"), &tokenizer_json)?;
+        Ok(())
+    })?;
     Ok(RewardModelSummary {
         train_pairs: train.chosen.len(),
         heldout_pairs: heldout.chosen.len(),

@@ -242,8 +242,11 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     }
     bar.finish_and_clear();
     let final_dir = out.join("final");
-    model.save(&final_dir)?;
-    std::fs::write(final_dir.join("tokenizer.json"), tokenizer_json)?;
+    crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
+        model.save(d)?;
+        std::fs::write(d.join("tokenizer.json"), &tokenizer_json)?;
+        Ok(())
+    })?;
     Ok(SftSummary {
         examples: train.prompts.len(),
         heldout_examples: heldout.prompts.len(),

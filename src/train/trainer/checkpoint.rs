@@ -10,8 +10,56 @@ use tch::Tensor;
 use super::Trainer;
 use super::metrics::parse_line;
 use super::state::CheckpointState;
+use crate::run_dir::checkpoint_steps;
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
+use crate::train::config::TrainConfig;
 use crate::train::error::TrainError;
+
+/// What [`Trainer::resume`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// No complete checkpoint: the run starts at step 0.
+    Nothing,
+    /// Continues after the checkpoint of this step.
+    From(usize),
+    /// The run already finished at `steps` (its `final/` is there and its
+    /// metrics reach that step): nothing is loaded, run or written.
+    Complete(usize),
+}
+
+/// The config keys a resumed run may change: how long it runs, how often
+/// it evaluates and checkpoints, and its thread count. Every other key
+/// shapes the trajectory and must be the checkpoint's.
+pub const RESUMABLE_CHANGES: [&str; 4] = ["steps", "eval_every", "checkpoint_every", "threads"];
+
+/// Refuses a resume whose config differs from the checkpoint's in a key
+/// outside [`RESUMABLE_CHANGES`], naming the first such key and both
+/// values.
+fn check_same_config(
+    saved: &TrainConfig,
+    now: &TrainConfig,
+    path: &std::path::Path,
+) -> Result<(), TrainError> {
+    let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (saved, now) = (as_map(saved), as_map(now));
+    for (key, was) in &saved {
+        if RESUMABLE_CHANGES.contains(&key.as_str()) {
+            continue;
+        }
+        let is = now.get(key).unwrap_or(&serde_json::Value::Null);
+        if is != was {
+            return Err(TrainError::Input(format!(
+                "config key `{key}`: {is} here but {was} in {}; a resumed run keeps its config (only {} may change)",
+                path.display(),
+                RESUMABLE_CHANGES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
 
 impl Trainer {
     fn checkpoint_dir(&self) -> PathBuf {
@@ -47,40 +95,30 @@ impl Trainer {
         Ok(())
     }
 
-    /// The step of the last complete checkpoint (one with its `state.json`).
-    fn last_checkpoint(&self) -> Option<usize> {
-        let entries = std::fs::read_dir(self.checkpoint_dir()).ok()?;
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("step-"))
-                    .and_then(|n| n.parse::<usize>().ok())
-            })
-            .filter(|n| {
-                self.checkpoint_dir()
-                    .join(format!("step-{n}"))
-                    .join("state.json")
-                    .is_file()
-            })
-            .max()
-    }
-
-    /// Continues from the last complete checkpoint, if any; returns its
-    /// step.
-    pub fn resume(&mut self) -> Result<Option<usize>, TrainError> {
-        let Some(n) = self.last_checkpoint() else {
-            return Ok(None);
+    /// Continues from the last complete checkpoint ([`crate::run_dir`]
+    /// says which are complete), if any, and returns its step. Everything is
+    /// checked before anything changes: the checkpoint's counters, its
+    /// config against this one (only [`RESUMABLE_CHANGES`] may differ),
+    /// `steps` not below its step, and every tensor file; the metrics lines
+    /// after its step are dropped last.
+    pub fn resume(&mut self) -> Result<Resumed, TrainError> {
+        let Some(&n) = checkpoint_steps(&self.out).last() else {
+            return Ok(Resumed::Nothing);
         };
         let dir = self.checkpoint_dir().join(format!("step-{n}"));
-        let state = CheckpointState::read(&dir.join("state.json"))?;
-        if state.step != n {
+        let state_path = dir.join("state.json");
+        let state = CheckpointState::read(&state_path)?;
+        state.check(n, &state_path)?;
+        check_same_config(&state.config, &self.cfg, &state_path)?;
+        if self.cfg.steps < n {
             return Err(TrainError::Input(format!(
-                "{}: state.json holds step {}",
-                dir.display(),
-                state.step
+                "config key `steps`: {} is below the last checkpoint's step {n} ({}); a resumed run cannot go back: set steps >= {n}, or start a new run in another --out",
+                self.cfg.steps,
+                dir.display()
             )));
+        }
+        if self.completed_step()? == Some(self.cfg.steps) {
+            return Ok(Resumed::Complete(self.cfg.steps));
         }
         load_into(&self.policy.vs, &dir)?;
         let device = self.policy.device();
@@ -102,7 +140,30 @@ impl Trainer {
         self.step = n;
         self.nonfinite_in_row = state.nonfinite_in_row;
         self.nonfinite_total = state.nonfinite_total;
-        self.truncate_metrics(n).map(|()| Some(n))
+        self.truncate_metrics(n).map(|()| Resumed::From(n))
+    }
+
+    /// The last step of a finished run in `out` (one with `final/`): the
+    /// largest step its metrics record.
+    fn completed_step(&self) -> Result<Option<usize>, TrainError> {
+        let metrics = self.out.join("metrics.jsonl");
+        if !self.out.join("final").is_dir() || !metrics.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&metrics)?;
+        let mut last = None;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            match parse_line(&metrics, i + 1, line) {
+                Ok(m) => last = last.max(Some(m.step())),
+                // A torn last line: the run did not finish cleanly.
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(last)
     }
 
     /// Drops the metrics lines that the interrupted run wrote after step
@@ -129,6 +190,9 @@ impl Trainer {
                 Err(_) if k + 1 == lines.len() && !line.ends_with('}') => {}
                 Err(e) => return Err(e),
             }
+        }
+        if kept == text {
+            return Ok(());
         }
         let tmp = self.out.join(".metrics.jsonl.tmp");
         std::fs::write(&tmp, kept)?;

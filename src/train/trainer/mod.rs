@@ -10,6 +10,7 @@
 //! and `state`.
 
 mod checkpoint;
+pub use checkpoint::{RESUMABLE_CHANGES, Resumed};
 pub mod metrics;
 mod pair_update;
 mod ppo_update;
@@ -109,7 +110,7 @@ impl Trainer {
         }
         bar.finish_and_clear();
         metrics.flush()?;
-        self.save_model(&self.out.join("final"))?;
+        crate::run_dir::replace_dir(&self.out.join("final"), |d| self.save_model(d))?;
         Ok(last)
     }
 

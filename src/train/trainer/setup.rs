@@ -9,9 +9,9 @@ use tch::Kind;
 
 use super::Trainer;
 use crate::reference::shift::RewardShift;
-use crate::torch::Head;
 use crate::torch::layers::Linear;
 use crate::torch::tokenizer::Tokenizer;
+use crate::torch::{Head, TorchError};
 use crate::toy::{self, Split};
 use crate::train::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
 use crate::train::collective::SingleProcess;
@@ -19,7 +19,7 @@ use crate::train::config::{Algorithm, Dtype, TrainConfig};
 use crate::train::data::load_prompts;
 use crate::train::error::TrainError;
 use crate::train::kernels::Kernels;
-use crate::train::models::{device_of, load_model, tokenizer_json_of};
+use crate::train::models::{check_shared_vocabulary, device_of, load_model, tokenizer_json_of};
 use crate::train::optim::AdamW;
 use crate::train::scoring::{Reward, ValueHead};
 
@@ -53,6 +53,17 @@ impl Trainer {
         }
         let tokenizer_json = tokenizer_json_of(&cfg.policy)?;
         let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
+        if !cfg.reference.is_empty() {
+            let owner = format!("the policy `{}`", cfg.policy);
+            check_shared_vocabulary(
+                "config key `reference`",
+                &cfg.reference,
+                &reference,
+                &owner,
+                &policy,
+                &tokenizer,
+            )?;
+        }
         let reward = Reward::load(&cfg.reward, "reward", cfg.max_new_tokens, device)?;
         let gold = if cfg.gold_reward.is_empty() {
             None
@@ -64,22 +75,50 @@ impl Trainer {
                 device,
             )?)
         };
+        for (key, spec, r) in [
+            ("reward", &cfg.reward, Some(&reward)),
+            ("gold_reward", &cfg.gold_reward, gold.as_ref()),
+        ] {
+            if let Some(Reward::Model(m)) = r {
+                let owner = format!("the policy `{}`", cfg.policy);
+                check_shared_vocabulary(
+                    &format!("config key `{key}`"),
+                    spec,
+                    m,
+                    &owner,
+                    &policy,
+                    &tokenizer,
+                )?;
+            }
+        }
         let (prompts, eval_prompts) = resolve_prompts(&cfg)?;
         let max = policy.config.max_positions();
         for p in prompts.iter().chain(&eval_prompts) {
             let n = tokenizer.encode(p)?.len() as i64;
             if n == 0 || n + cfg.max_new_tokens > max {
+                let why = if n == 0 {
+                    "the prompt has no tokens".to_string()
+                } else {
+                    format!(
+                        "{n} prompt tokens + max_new_tokens {} do not fit the model's {max} positions",
+                        cfg.max_new_tokens
+                    )
+                };
                 return Err(TrainError::Input(format!(
-                    "prompt {p:?}: {n} tokens + max_new_tokens {} do not fit the model's {max} positions (or the prompt is empty)",
-                    cfg.max_new_tokens
+                    "{}: {why}",
+                    prompt_place(&cfg, p)
                 )));
             }
         }
-        let value_head = (cfg.algorithm == Algorithm::Ppo).then(|| {
-            let vs = tch::nn::VarStore::new(device);
-            let linear = Linear::new(vs.root() / "v_head", policy.config.hidden_size(), 1, true);
-            ValueHead { vs, linear }
-        });
+        let value_head = (cfg.algorithm == Algorithm::Ppo)
+            .then(|| {
+                let vs = tch::nn::VarStore::new(device);
+                let linear =
+                    Linear::new(vs.root() / "v_head", policy.config.hidden_size(), 1, true)?;
+                Ok::<_, tch::TchError>(ValueHead { vs, linear })
+            })
+            .transpose()
+            .map_err(TorchError::from)?;
         let mut stores = vec![&policy.vs];
         if let Some(v) = &value_head {
             stores.push(&v.vs);
@@ -112,6 +151,33 @@ impl Trainer {
             nonfinite_total: 0,
         })
     }
+}
+
+/// Where prompt `p` comes from, for a message: the file and line of config
+/// key `prompts` or `eval_prompts` that holds it, or the built-in set.
+fn prompt_place(cfg: &TrainConfig, p: &str) -> String {
+    for (key, source) in [
+        ("prompts", &cfg.prompts),
+        ("eval_prompts", &cfg.eval_prompts),
+    ] {
+        if source.is_empty() || source.starts_with("builtin:") {
+            continue;
+        }
+        let path = Path::new(source);
+        let lines = crate::json::read_lines(path).unwrap_or_default();
+        let found = lines.iter().find(|(_, line)| {
+            crate::json::from_str_strict::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| crate::train::data::prompt_of(&v).ok())
+                .is_some_and(|q| q == p)
+        });
+        if let Some((number, _)) = found {
+            return format!("config key `{key}`: {} line {number}", path.display());
+        }
+    }
+    let head: String = p.chars().take(40).collect();
+    let more = if p.chars().count() > 40 { "..." } else { "" };
+    format!("the built-in prompt {head:?}{more}")
 }
 
 /// The training and held-out prompts of config keys `prompts` and
