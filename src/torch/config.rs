@@ -234,12 +234,20 @@ impl ModelConfig {
             .and_then(|v| v.as_str())
             .unwrap_or("(missing)")
             .to_string();
-        let parse_err =
-            |e: serde_json::Error| TorchError::Input(format!("{model_type} config: {e}"));
+        let parse_err = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let message = crate::json::message_and_column(&inner).0;
+            if field == "." {
+                TorchError::Input(format!("{model_type} config: {message}"))
+            } else {
+                TorchError::Input(format!("field `{field}`: {message}"))
+            }
+        };
         let arch = match model_type.as_str() {
             "gpt_neox" => {
                 let mut c: GptNeoxConfig =
-                    serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                    serde_path_to_error::deserialize(raw.clone()).map_err(parse_err)?;
                 if let Some(rope) = raw.get("rope_parameters").filter(|r| r.is_object()) {
                     let kind = rope
                         .get("rope_type")
@@ -267,7 +275,8 @@ impl ModelConfig {
                 Architecture::GptNeox(c)
             }
             "gpt2" => {
-                let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let c: Gpt2Config =
+                    serde_path_to_error::deserialize(raw.clone()).map_err(parse_err)?;
                 c.check()?;
                 if c.activation_function != "gelu_new" && c.activation_function != "gelu" {
                     return Err(TorchError::Unsupported(format!(

@@ -274,6 +274,48 @@ pub fn check_device(device: DeviceSpec) -> Result<(), ConfigError> {
         .map_err(|why| ConfigError(format!("config key `device`: {why}")))
 }
 
+/// serde's "unknown field `x`, expected one of `a`, `b`, ..." names every
+/// key, too many for one line: this keeps the closest known key (within two
+/// edits) as a suggestion and points to the README for the rest.
+fn shorten_unknown_field(message: &str) -> String {
+    let Some((head, known)) = message.split_once(", expected one of ") else {
+        return message.to_string();
+    };
+    let Some(field) = head
+        .strip_prefix("unknown field `")
+        .and_then(|f| f.strip_suffix('`'))
+    else {
+        return message.to_string();
+    };
+    let closest = known
+        .split(", ")
+        .map(|k| k.trim_matches('`'))
+        .map(|k| (edit_distance(field, k), k))
+        .min();
+    match closest {
+        Some((d, k)) if d <= 2 => {
+            format!("unknown key (did you mean `{k}`? the README lists every key)")
+        }
+        _ => "unknown key (the README lists every key)".to_string(),
+    }
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
 /// A TOML syntax error as one line: the file, the line and column of the
 /// error's start, and toml's message (whose own rendering spans several
 /// lines).
@@ -318,7 +360,7 @@ pub fn load_toml_over<T: serde::de::DeserializeOwned>(
     }
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
-        let message = e.into_inner().message().to_string();
+        let message = shorten_unknown_field(e.into_inner().message());
         if key == "." {
             ConfigError(format!("config: {message}"))
         } else {

@@ -27,6 +27,22 @@ pub fn read_jsonl<T>(
     Ok(out)
 }
 
+/// Where item `index` (0-based, in file order) of the JSON Lines file or
+/// built-in set `source` comes from, for a message: `FILE line N`.
+pub fn item_place(source: &str, index: usize) -> String {
+    if source.starts_with("builtin:") {
+        return format!("{source} example {}", index + 1);
+    }
+    let path = Path::new(source);
+    match crate::json::read_lines(path)
+        .ok()
+        .and_then(|l| l.get(index).map(|(n, _)| *n))
+    {
+        Some(line) => format!("{} line {line}", path.display()),
+        None => format!("{} item {}", path.display(), index + 1),
+    }
+}
+
 /// Shuffles `items` with a ChaCha8 stream seeded with `seed` and splits off
 /// a held-out share (rounded, leaving at least one item to train on):
 /// returns (train, held out).

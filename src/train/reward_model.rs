@@ -16,7 +16,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::config::{LrSchedule, check_supervised, load_toml};
-use super::data::{read_jsonl, split_heldout, string_field};
+use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
 use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
@@ -131,7 +131,12 @@ pub fn reward_model_from(dir: &Path, device: tch::Device) -> Result<LanguageMode
     if config.raw.get("pad_token_id").is_none_or(|v| v.is_null()) {
         config.raw["pad_token_id"] = json!(config.eos_token_id);
     }
-    let model = LanguageModel::new(config, Head::Score, device)?;
+    let model = LanguageModel::new(config, Head::Score, device).map_err(|e| match e {
+        crate::torch::TorchError::Input(m) => {
+            TrainError::Input(format!("{}: {m}", dir.join("config.json").display()))
+        }
+        other => other.into(),
+    })?;
     load_into_except(&model.vs, dir, &["score.weight"])?;
     Ok(model)
 }
@@ -142,18 +147,23 @@ struct Encoded {
     rejected: Vec<Vec<i64>>,
 }
 
-fn encode(prefs: &[Preference], tok: &Tokenizer, max: i64) -> Result<Encoded, TrainError> {
+fn encode(
+    prefs: &[(usize, Preference)],
+    tok: &Tokenizer,
+    max: i64,
+    place: &dyn Fn(usize) -> String,
+) -> Result<Encoded, TrainError> {
     let mut e = Encoded {
         chosen: Vec::new(),
         rejected: Vec::new(),
     };
-    for (i, p) in prefs.iter().enumerate() {
+    for (i, p) in prefs {
         for (text, side) in [(&p.chosen, "chosen"), (&p.rejected, "rejected")] {
             let ids = tok.encode(text)?;
             if ids.is_empty() || ids.len() as i64 > max {
                 return Err(TrainError::Input(format!(
-                    "pair {}: the {side} text has {} tokens (the model takes 1 to {max})",
-                    i + 1,
+                    "{}: the {side} text has {} tokens (the model takes 1 to {max})",
+                    place(*i),
                     ids.len()
                 )));
             }
@@ -238,14 +248,17 @@ pub fn train_reward_model(
     let model = reward_model_from(base, device)?;
     let tokenizer_json = tokenizer_json_of(&cfg.base)?;
     let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
+    // Each pair keeps its place in the file, for messages; the shuffle of
+    // the split is the same with it as without.
     let (prefs, heldout_prefs) = split_heldout(
-        prefs,
+        prefs.into_iter().enumerate().collect::<Vec<_>>(),
         cfg.heldout_fraction,
         SeedPurpose::RewardModelHeldout.of(cfg.seed),
     );
     let max = model.config.max_positions();
-    let train = encode(&prefs, &tokenizer, max)?;
-    let heldout = encode(&heldout_prefs, &tokenizer, max)?;
+    let place = |i: usize| item_place(&cfg.data, i);
+    let train = encode(&prefs, &tokenizer, max, &place)?;
+    let heldout = encode(&heldout_prefs, &tokenizer, max, &place)?;
 
     std::fs::create_dir_all(out)?;
     let mut metrics = std::fs::File::create(out.join("metrics.jsonl"))?;

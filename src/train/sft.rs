@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
 use super::config::{LrSchedule, check_supervised, load_toml};
-use super::data::{read_jsonl, split_heldout, string_field};
+use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
@@ -114,25 +114,28 @@ struct Encoded {
 }
 
 fn encode(
-    pairs: &[(String, String)],
+    pairs: &[(usize, (String, String))],
     tokenizer: &Tokenizer,
     max_positions: i64,
+    place: &dyn Fn(usize) -> String,
 ) -> Result<Encoded, TrainError> {
     let eos = tokenizer.eos_token_id.ok_or_else(|| {
         TrainError::Input("the model config names no eos_token_id to end responses with".into())
     })?;
     let mut prompts = Vec::with_capacity(pairs.len());
     let mut responses = Vec::with_capacity(pairs.len());
-    for (i, (p, r)) in pairs.iter().enumerate() {
+    for (i, (p, r)) in pairs {
         let p_ids = tokenizer.encode(p)?;
         let mut r_ids = tokenizer.encode(r)?;
         r_ids.push(eos);
         let n = (p_ids.len() + r_ids.len()) as i64;
         if p_ids.is_empty() || n > max_positions {
-            return Err(TrainError::Input(format!(
-                "example {}: {n} tokens do not fit the model's {max_positions} positions (or the prompt is empty)",
-                i + 1
-            )));
+            let why = if p_ids.is_empty() {
+                "the prompt has no tokens".to_string()
+            } else {
+                format!("{n} tokens do not fit the model's {max_positions} positions")
+            };
+            return Err(TrainError::Input(format!("{}: {why}", place(*i))));
         }
         prompts.push(p_ids);
         responses.push(r_ids);
@@ -181,14 +184,22 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let model = load_model(&cfg.base, Head::Lm, cfg.seed, device)?;
     let tokenizer_json = tokenizer_json_of(&cfg.base)?;
     let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
+    // Each pair keeps its place in the file, for messages; the shuffle of
+    // the split is the same with it as without.
+    let numbered: Vec<(usize, (String, String))> =
+        load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?
+            .into_iter()
+            .enumerate()
+            .collect();
     let (pairs, heldout_pairs) = split_heldout(
-        load_pairs(&cfg.data, cfg.corpus_size, cfg.seed)?,
+        numbered,
         cfg.heldout_fraction,
         SeedPurpose::SftHeldout.of(cfg.seed),
     );
     let max = model.config.max_positions();
-    let train = encode(&pairs, &tokenizer, max)?;
-    let heldout = encode(&heldout_pairs, &tokenizer, max)?;
+    let place = |i: usize| item_place(&cfg.data, i);
+    let train = encode(&pairs, &tokenizer, max, &place)?;
+    let heldout = encode(&heldout_pairs, &tokenizer, max, &place)?;
 
     std::fs::create_dir_all(out)?;
     let mut metrics = std::fs::File::create(out.join("metrics.jsonl"))?;

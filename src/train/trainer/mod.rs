@@ -10,13 +10,13 @@
 //! and `state`.
 
 mod checkpoint;
-pub use checkpoint::{RESUMABLE_CHANGES, Resumed};
 pub mod metrics;
 mod pair_update;
 mod ppo_update;
 mod rollout;
 mod setup;
 pub mod state;
+pub use state::{RESUMABLE_CHANGES, Resumed};
 mod update;
 
 use std::io::Write;

@@ -68,3 +68,49 @@ impl CheckpointState {
             .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
     }
 }
+
+/// What `Trainer::resume` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// No complete checkpoint: the run starts at step 0.
+    Nothing,
+    /// Continues after the checkpoint of this step.
+    From(usize),
+    /// The run already finished at `steps` (its `final/` is there and its
+    /// metrics reach that step): nothing is loaded, run or written.
+    Complete(usize),
+}
+
+/// The config keys a resumed run may change: how long it runs, how often
+/// it evaluates and checkpoints, and its thread count. Every other key
+/// shapes the trajectory and must be the checkpoint's.
+pub const RESUMABLE_CHANGES: [&str; 4] = ["steps", "eval_every", "checkpoint_every", "threads"];
+
+/// Refuses a resume whose config differs from the checkpoint's in a key
+/// outside [`RESUMABLE_CHANGES`], naming the first such key and both
+/// values.
+pub(super) fn check_same_config(
+    saved: &TrainConfig,
+    now: &TrainConfig,
+    path: &std::path::Path,
+) -> Result<(), TrainError> {
+    let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (saved, now) = (as_map(saved), as_map(now));
+    for (key, was) in &saved {
+        if RESUMABLE_CHANGES.contains(&key.as_str()) {
+            continue;
+        }
+        let is = now.get(key).unwrap_or(&serde_json::Value::Null);
+        if is != was {
+            return Err(TrainError::Input(format!(
+                "config key `{key}`: {is} here but {was} in {}; a resumed run keeps its config (only {} may change)",
+                path.display(),
+                RESUMABLE_CHANGES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
