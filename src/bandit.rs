@@ -74,11 +74,11 @@ impl BanditConfig {
             ("--lr", self.lr),
             ("--dpo-beta", self.dpo_beta),
         ];
-        if let Some((flag, v)) = positive.iter().find(|(_, v)| !(*v > 0.0)) {
+        if let Some((flag, v)) = positive.iter().find(|(_, v)| v.is_nan() || *v <= 0.0) {
             return Err(format!("{flag} must be positive, got {v}"));
         }
         for (flag, v) in [("--beta", self.beta), ("--vf-coef", self.vf_coef)] {
-            if !(v >= 0.0) {
+            if v.is_nan() || v < 0.0 {
                 return Err(format!("{flag} must be at least 0, got {v}"));
             }
         }

@@ -89,6 +89,24 @@ pub fn checkpoint_steps(dir: &Path) -> Vec<usize> {
     steps
 }
 
+/// The names a `p3o train` run directory holds besides `final/`: what a
+/// run killed before its first complete checkpoint leaves.
+const RUN_FILES: [&str; 5] = [
+    "metrics.jsonl",
+    "checkpoints/",
+    ".metrics.jsonl.tmp",
+    ".final.tmp/",
+    ".final.old/",
+];
+
+/// Whether `names` (from [`Contents::Run`]) are only what a training run
+/// writes before `final/`: a run that can start again from step 0 without
+/// losing anything (no checkpoint, no final model, no file of anyone
+/// else's).
+pub fn only_early_run_files(names: &[String]) -> bool {
+    names.iter().all(|n| RUN_FILES.contains(&n.as_str()))
+}
+
 /// Whether a failed command's `dir` holds nothing worth keeping: no
 /// complete checkpoint, no `final/`, no report, and no metrics line. Such a
 /// directory may be removed so that the same `--out` can be used again.
@@ -100,6 +118,29 @@ pub fn holds_nothing_of_value(dir: &Path) -> bool {
         && !dir.join("report.md").exists()
         && !dir.join("results.json").exists()
         && metrics_empty
+}
+
+/// After a failed command: when `dir` holds nothing of value
+/// ([`holds_nothing_of_value`]), removes it (or, if it `existed` before the
+/// command, empty, only what is in it) and returns true; otherwise leaves
+/// it as it is.
+pub fn clear_if_nothing_of_value(dir: &Path, existed: bool) -> bool {
+    if !dir.is_dir() || !holds_nothing_of_value(dir) {
+        return false;
+    }
+    if existed {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    true
 }
 
 /// Writes the directory `dest` whole: `fill` writes into a fresh temporary
@@ -158,6 +199,22 @@ mod tests {
         assert!(!holds_nothing_of_value(&root));
         let file = root.join("metrics.jsonl");
         assert!(contents(&file).unwrap_err().contains("not a directory"));
+
+        // What a failed command made is cleared only while it holds nothing
+        // of value.
+        assert!(!clear_if_nothing_of_value(&root, false));
+        let half = root.join("half");
+        std::fs::create_dir_all(half.join("checkpoints/.step-2.tmp")).unwrap();
+        std::fs::write(half.join("metrics.jsonl"), "\n").unwrap();
+        assert!(clear_if_nothing_of_value(&half, true));
+        assert!(half.is_dir() && std::fs::read_dir(&half).unwrap().next().is_none());
+        std::fs::write(half.join("metrics.jsonl"), "").unwrap();
+        assert!(clear_if_nothing_of_value(&half, false));
+        assert!(!half.exists());
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+        assert!(!clear_if_nothing_of_value(&half, false) && half.join("metrics.jsonl").exists());
+        std::fs::remove_dir_all(&half).unwrap();
 
         let dest = root.join("final");
         replace_dir::<std::io::Error>(&dest, |d| std::fs::write(d.join("a"), "1")).unwrap();

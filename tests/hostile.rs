@@ -1747,6 +1747,15 @@ fn runs() {
         Box::new(with_run(|_| {})),
     );
     push(
+        "resume-killed-before-first-checkpoint",
+        train(&["--resume"]),
+        Expect::Accepted,
+        Box::new(with_run(|o| {
+            std::fs::remove_dir_all(o.join("final")).unwrap();
+            std::fs::remove_dir_all(o.join("checkpoints")).unwrap();
+        })),
+    );
+    push(
         "resume-into-nothing",
         train(&["--resume"]),
         Expect::Accepted,

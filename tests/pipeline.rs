@@ -271,9 +271,9 @@ fn pipeline_commands_reject_bad_input_with_status_2() {
             stderr(&o)
         );
     }
-    // A malformed preference line is reported with its line number.
-    std::fs::create_dir_all(&out).unwrap();
-    let prefs = out.join("prefs.jsonl");
+    // A malformed preference line is reported with its line number (the
+    // data lies outside --out, which a new run needs empty).
+    let prefs = earlier.join("prefs.jsonl");
     std::fs::write(
         &prefs,
         "{\"chosen\": \"a\", \"rejected\": \"b\"}\n{\"chosen\": 3}\n",
@@ -288,12 +288,16 @@ fn pipeline_commands_reject_bad_input_with_status_2() {
             "--data",
             prefs.to_str().unwrap(),
             "--out",
-            dir,
+            out.join("fresh").to_str().unwrap(),
         ],
         "",
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    assert!(
+        !out.join("fresh").exists(),
+        "a refused run leaves no directory"
+    );
 }
 
 /// The commands on their own with HF inputs: SFT from an HF directory on a

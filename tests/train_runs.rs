@@ -507,3 +507,173 @@ fn resume_drops_lines_after_the_checkpoint_and_a_torn_last_line() {
     let want = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
     assert_eq!(after.lines().count(), want.lines().count(), "{after}");
 }
+
+/// The train lines of a metrics file without their timings (which differ
+/// between any two runs), and its eval lines, in order.
+fn metrics_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.retain(|k, _| !k.starts_with("time_") && k != "samples_per_s");
+            v
+        })
+        .collect()
+}
+
+/// What a kill may leave: complete checkpoints (a `state.json` beside every
+/// file of the checkpoint), a `final/` that is whole when it is there,
+/// metrics lines that all parse but perhaps the last, and otherwise only
+/// temporary names.
+fn assert_nothing_half_written(dir: &Path, when: &str) {
+    let known = [
+        "metrics.jsonl",
+        "checkpoints",
+        "final",
+        ".metrics.jsonl.tmp",
+        ".final.tmp",
+        ".final.old",
+    ];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(known.contains(&name.as_str()), "{when}: unexpected {name}");
+    }
+    let whole = |d: &Path, files: &[&str]| {
+        for f in files {
+            assert!(d.join(f).is_file(), "{when}: {} lacks {f}", d.display());
+        }
+    };
+    for e in std::fs::read_dir(dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-") {
+            whole(
+                &e.path(),
+                &[
+                    "state.json",
+                    "config.json",
+                    "model.safetensors",
+                    "optimizer.safetensors",
+                    "tokenizer.json",
+                ],
+            );
+        } else {
+            assert!(
+                name.starts_with(".step-") && name.ends_with(".tmp"),
+                "{when}: {name}"
+            );
+        }
+    }
+    if dir.join("final").exists() {
+        whole(
+            &dir.join("final"),
+            &["config.json", "model.safetensors", "tokenizer.json"],
+        );
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let parses = serde_json::from_str::<serde_json::Value>(l).is_ok();
+            assert!(
+                parses || i + 1 == lines.len(),
+                "{when}: metrics line {} is torn",
+                i + 1
+            );
+        }
+    }
+}
+
+/// SIGKILL at random moments: each of several runs is killed up to four
+/// times at seeded random points of its uninterrupted duration, checked for
+/// half-written files after each kill, resumed each time, and at the end
+/// has exactly the weights and the metrics (timings aside) of the
+/// uninterrupted run.
+#[test]
+fn random_sigkills_then_resume_match_an_uninterrupted_run() {
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut uniform = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for (alg, dtype) in [("p3o-v1", "f32"), ("ppo", "bf16"), ("dpo", "f32")] {
+        let sets: Vec<String> = [
+            "steps=6",
+            "batch_size=4",
+            "minibatch_size=2",
+            "max_new_tokens=8",
+            "checkpoint_every=2",
+            "eval_every=3",
+        ]
+        .iter()
+        .map(|s| format!("--set={s}"))
+        .chain([
+            format!("--set=algorithm={alg}"),
+            format!("--set=dtype={dtype}"),
+        ])
+        .collect();
+        let args = |out: &Path, resume: bool| -> Vec<String> {
+            let mut v = vec![
+                "train".to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ];
+            v.extend(sets.clone());
+            if resume {
+                v.push("--resume".into());
+            }
+            v
+        };
+        let whole = tmp(&format!("kills-{alg}-whole"));
+        let start = Instant::now();
+        let st = Command::new(env!("CARGO_BIN_EXE_p3o"))
+            .args(args(&whole, false))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let duration = start.elapsed().as_secs_f64();
+
+        let cut = tmp(&format!("kills-{alg}-cut"));
+        for kill in 0..4 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_p3o"))
+                .args(args(&cut, kill > 0))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_secs_f64(uniform() * duration));
+            let _ = child.kill(); // SIGKILL (or nothing, if it had finished)
+            child.wait().unwrap();
+            assert_nothing_half_written(&cut, &format!("{alg} after kill {kill}"));
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_p3o"))
+            .args(args(&cut, true))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            relative_difference(&whole, &cut),
+            0.0,
+            "{alg}: resumed weights differ"
+        );
+        assert_eq!(
+            metrics_without_timings(&whole),
+            metrics_without_timings(&cut),
+            "{alg}: resumed metrics differ"
+        );
+    }
+}

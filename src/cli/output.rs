@@ -54,21 +54,7 @@ pub fn release_half_made() {
     let Some((dir, existed)) = CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    if !run_dir::holds_nothing_of_value(&dir) {
-        return;
-    }
-    if existed {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    run_dir::clear_if_nothing_of_value(&dir, existed);
 }
 
 /// The claim is kept: the command finished.

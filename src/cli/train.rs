@@ -30,7 +30,7 @@ pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
     use p3o::train::config::TrainConfig;
     use p3o::train::trainer::{Resumed, Trainer};
 
-    use p3o::run_dir::{Contents, checkpoint_steps, contents};
+    use p3o::run_dir::{Contents, checkpoint_steps, contents, only_early_run_files};
 
     use super::error::CliError;
     use super::output::{claim_new_run, print_json};
@@ -39,11 +39,12 @@ pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
     // README, "Resuming": a new run needs an absent or empty --out; --resume
     // needs a complete checkpoint there, or nothing at all.
     let fresh = match contents(&a.out).map_err(CliError::Input)? {
-        Contents::Run(_) if a.resume => {
-            if checkpoint_steps(&a.out).is_empty() {
+        Contents::Run(names) if a.resume => {
+            if checkpoint_steps(&a.out).is_empty() && !only_early_run_files(&names) {
                 return Err(CliError::Input(format!(
-                    "{} holds a run but no complete checkpoint (checkpoints/step-N/state.json) to resume from; choose another --out",
-                    a.out.display()
+                    "{} has no complete checkpoint (checkpoints/step-N/state.json) to resume from, and holds more than a run killed before its first one (it holds {}); choose another --out",
+                    a.out.display(),
+                    names.join(", ")
                 )));
             }
             false
@@ -60,7 +61,10 @@ pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
     if a.resume {
         match trainer.resume()? {
             Resumed::From(n) => eprintln!("resuming from step {n}"),
-            Resumed::Nothing => eprintln!("no run in {} yet; starting one", a.out.display()),
+            Resumed::Nothing => eprintln!(
+                "no complete checkpoint in {}; starting the run from step 0",
+                a.out.display()
+            ),
             Resumed::Complete(n) => {
                 eprintln!(
                     "the run in {} is complete at step {n}; nothing to do (raise `steps` to continue it)",

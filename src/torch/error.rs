@@ -16,7 +16,7 @@ pub enum TorchError {
     Unsupported(String),
     #[error("tensor `{name}`: {message}")]
     Tensor { name: String, message: String },
-    #[error("bad input: {0}")]
+    #[error("{0}")]
     Input(String),
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),

@@ -53,7 +53,7 @@ impl Tokenizer {
     }
 
     /// The number of tokens, added ones included.
-    pub fn len(&self) -> usize {
+    pub fn vocabulary_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 

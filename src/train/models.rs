@@ -79,8 +79,8 @@ pub fn check_shared_vocabulary(
         if !own.same_vocabulary(tokenizer) {
             return refuse(format!(
                 "has a tokenizer.json with another vocabulary ({} tokens; {owner} has {})",
-                own.len(),
-                tokenizer.len()
+                own.vocabulary_size(),
+                tokenizer.vocabulary_size()
             ));
         }
     }

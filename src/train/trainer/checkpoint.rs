@@ -56,6 +56,9 @@ impl Trainer {
     /// after its step are dropped last.
     pub fn resume(&mut self) -> Result<Resumed, TrainError> {
         let Some(&n) = checkpoint_steps(&self.out).last() else {
+            // A run killed before its first checkpoint starts again: its
+            // metrics lines are written again, identically.
+            self.truncate_metrics(None)?;
             return Ok(Resumed::Nothing);
         };
         let dir = self.checkpoint_dir().join(format!("step-{n}"));
@@ -93,7 +96,7 @@ impl Trainer {
         self.step = n;
         self.nonfinite_in_row = state.nonfinite_in_row;
         self.nonfinite_total = state.nonfinite_total;
-        self.truncate_metrics(n).map(|()| Resumed::From(n))
+        self.truncate_metrics(Some(n)).map(|()| Resumed::From(n))
     }
 
     /// The last step of a finished run in `out` (one with `final/`): the
@@ -120,8 +123,8 @@ impl Trainer {
     }
 
     /// Drops the metrics lines that the interrupted run wrote after step
-    /// `n` (and a last line that a kill cut short).
-    fn truncate_metrics(&self, n: usize) -> Result<(), TrainError> {
+    /// `n` (and a last line that a kill cut short); with no `n`, every line.
+    fn truncate_metrics(&self, n: Option<usize>) -> Result<(), TrainError> {
         let metrics = self.out.join("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&metrics) else {
             return Ok(());
@@ -134,7 +137,7 @@ impl Trainer {
         let mut kept = String::new();
         for (k, &(i, line)) in lines.iter().enumerate() {
             match parse_line(&metrics, i + 1, line) {
-                Ok(m) if m.step() <= n => {
+                Ok(m) if n.is_some_and(|n| m.step() <= n) => {
                     kept.push_str(line);
                     kept.push('\n');
                 }
