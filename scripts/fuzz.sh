@@ -36,6 +36,12 @@ host_*)
         echo "no clang++ here: the kernels' own branches are not instrumented" >&2
     fi
     ;;
+train_config | data_readers)
+    # The training inputs' readers live behind feature `torch`.
+    # shellcheck source=scripts/torch-env.sh
+    source ../scripts/torch-env.sh
+    build=(--features torch)
+    ;;
 esac
 mkdir -p "corpus/$target"
 cargo fuzz run "${build[@]}" "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds"

@@ -31,6 +31,9 @@ scripts/setup-torch.sh
 # shellcheck source=scripts/torch-env.sh
 source scripts/torch-env.sh
 cargo test --locked --features torch --tests 2>&1 | tee -a "$log"
+# The fuzz targets of the training inputs, behind the fuzz crate's `torch`
+# feature, build too.
+cargo check --locked --manifest-path fuzz/Cargo.toml --features torch --bins
 # Both: the kernels on libtorch tensors and chained into autograd.
 cargo test --locked --features cuda,torch --test cuda_torch -- --nocapture 2>&1 | tee -a "$log"
 # Test-only code stays out of the product: `cargo tree` of a normal build

@@ -5,7 +5,8 @@
 //! which must give a finite result or a `CaseError`, never a panic. The
 //! kernel targets' inputs are replayed by `tests/cuda_kernels.rs`; a crash
 //! file anywhere else under `fuzz/regressions/` would be replayed by no
-//! test, and fails here.
+//! test, and fails here. With feature `torch`, the training inputs'
+//! targets (`train_config`, `data_readers`) replay theirs here too.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,12 @@ use std::path::{Path, PathBuf};
 const REFERENCE_SEEDS: usize = 4;
 
 /// The fuzz targets, each with the folder of its crash files.
-const TARGETS: [&str; 3] = [
+const TARGETS: [&str; 5] = [
     "reference_case",
     "host_token_kernels",
     "host_sequence_kernels",
+    "train_config",
+    "data_readers",
 ];
 
 /// The files of `dir` under the crate, README.md files aside, sorted; none
@@ -62,6 +65,37 @@ fn fuzz_seeds_evaluate() {
         if let Err(e) = evaluate(path) {
             panic!("seed {} no longer evaluates: {e}", path.display());
         }
+    }
+}
+
+/// The seeds and crash files of the training inputs' targets (feature
+/// `torch`) go through the targets' own checks: read, or refused in one
+/// line naming the file or key; the seeds cover both answers.
+// spec: C-ERRORS
+#[cfg(feature = "torch")]
+#[test]
+fn training_input_seeds_and_crash_files() {
+    use p3o::train::input_cases::{check_data_readers, check_train_config};
+    for (target, check, seeds) in [
+        ("train_config", check_train_config as fn(&[u8]) -> bool, 4),
+        ("data_readers", check_data_readers, 4),
+    ] {
+        let files = inputs(&format!("fuzz/seeds/{target}"));
+        assert!(
+            files.len() >= seeds,
+            "{target}: {} seeds, {seeds} committed",
+            files.len()
+        );
+        let crashes = inputs(&format!("fuzz/regressions/{target}"));
+        let outcomes: Vec<bool> = files
+            .iter()
+            .chain(&crashes)
+            .map(|path| check(&fs::read(path).unwrap()))
+            .collect();
+        assert!(
+            outcomes.contains(&true) && outcomes.contains(&false),
+            "{target}: the seeds are all read or all refused"
+        );
     }
 }
 

@@ -10,6 +10,8 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+#[cfg(feature = "testing")]
+pub mod input_cases;
 pub mod kernels;
 pub mod losses;
 pub mod models;
