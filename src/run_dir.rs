@@ -143,6 +143,12 @@ pub fn clear_if_nothing_of_value(dir: &Path, existed: bool) -> bool {
     true
 }
 
+/// An I/O error with the path it concerns in its message (the OS's own
+/// says only what went wrong, "No space left on device", not where).
+pub fn io_at(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// Writes the directory `dest` whole: `fill` writes into a fresh temporary
 /// sibling, which then takes `dest`'s place (an old `dest` is moved aside
 /// first and removed last, so a kill at any moment leaves either the old
@@ -158,17 +164,17 @@ pub fn replace_dir<E: From<std::io::Error>>(
     let parent = dest
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    std::fs::create_dir_all(&parent)?;
+    std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp"));
     let old = parent.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
     fill(&tmp)?;
     if dest.exists() {
         let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dest, &old)?;
+        std::fs::rename(dest, &old).map_err(io_at(dest))?;
     }
-    std::fs::rename(&tmp, dest)?;
+    std::fs::rename(&tmp, dest).map_err(io_at(dest))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }

@@ -118,8 +118,9 @@ fn changes(
     out
 }
 
-/// Runs one case; returns what is wrong with its outcome, if anything.
-fn run_case(index: usize, c: &Case) -> Option<String> {
+/// Runs one case; returns what is wrong with its outcome, if anything, or
+/// else its error line (empty for a case that succeeds).
+fn run_case(index: usize, c: &Case) -> Result<String, String> {
     let dir = root().join(format!("{index:03}-{}", c.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -152,7 +153,10 @@ fn run_case(index: usize, c: &Case) -> Option<String> {
         if start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             let _ = child.wait();
-            return Some("still running after 120 s (a hang)".into());
+            return Err(format!(
+                "{index:03}-{}: still running after 120 s (a hang)",
+                c.name
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -182,14 +186,18 @@ fn run_case(index: usize, c: &Case) -> Option<String> {
         Expect::Accepted if code != Some(0) => Some(format!("exit {code:?}: {stderr}")),
         _ => None,
     };
-    if problem.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+    match problem {
+        Some(p) => Err(format!("{index:03}-{} ({}): {p}", c.name, c.args.join(" "))),
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(lines.first().map_or(String::new(), |l| l.to_string()))
+        }
     }
-    problem.map(|p| format!("{index:03}-{} ({}): {p}", c.name, c.args.join(" ")))
 }
 
-/// Runs every case on two threads and fails with the list of bad outcomes.
-fn run_all(group: &str, cases: Vec<Case>, at_least: usize) {
+/// Runs every case on two threads and fails with the list of bad outcomes;
+/// returns each case's name and error line, in case order.
+fn run_all(group: &str, cases: Vec<Case>, at_least: usize) -> Vec<(String, String)> {
     assert!(
         cases.len() >= at_least,
         "{group}: only {} cases",
@@ -207,16 +215,21 @@ fn run_all(group: &str, cases: Vec<Case>, at_least: usize) {
         .map(|(i, c)| (offset + i, c))
         .collect();
     let (a, b): (Vec<_>, Vec<_>) = cases.iter().partition(|(i, _)| i % 2 == 0);
-    let work = |part: Vec<&(usize, Case)>| -> Vec<String> {
+    let work = |part: Vec<&(usize, Case)>| -> Vec<(usize, Result<String, String>)> {
         part.into_iter()
-            .filter_map(|(i, c)| run_case(*i, c))
+            .map(|(i, c)| (*i, run_case(*i, c)))
             .collect()
     };
-    let (mut bad, bad_b) = std::thread::scope(|s| {
+    let (mut outcomes, outcomes_b) = std::thread::scope(|s| {
         let h = s.spawn(|| work(b));
         (work(a), h.join().unwrap())
     });
-    bad.extend(bad_b);
+    outcomes.extend(outcomes_b);
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut bad: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().cloned())
+        .collect();
     bad.sort();
     assert!(
         bad.is_empty(),
@@ -225,6 +238,11 @@ fn run_all(group: &str, cases: Vec<Case>, at_least: usize) {
         cases.len(),
         bad.join("\n")
     );
+    cases
+        .iter()
+        .zip(outcomes)
+        .map(|((_, c), (_, r))| (c.name.clone(), r.unwrap()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------
@@ -671,7 +689,16 @@ fn models() {
             copy_dir(&fixture("neox-odd-rotary"), &d.join("m"));
         },
     ));
-    run_all("models", cases, 150);
+    let messages = run_all("models", cases, 150);
+    // The messages themselves, for review: every `logprobs` refusal (whose
+    // paths are relative to the case's directory), machine-dependent
+    // figures aside.
+    let report: Vec<String> = messages
+        .iter()
+        .filter(|(name, line)| name.ends_with("-logprobs") && !line.contains("GiB available"))
+        .map(|(name, line)| format!("{name}: {line}"))
+        .collect();
+    insta::assert_snapshot!(report.join("\n"));
 }
 
 // ---------------------------------------------------------------------
@@ -1092,7 +1119,7 @@ fn flags() {
             ));
         }
     }
-    run_all("flags", cases, 80);
+    let _ = run_all("flags", cases, 80);
 }
 
 /// `dir/p`: the `neox-serial` fixture with two tokens' ids swapped in its
@@ -1498,7 +1525,7 @@ fn files() {
             std::fs::write(d.join("q.jsonl"), PREFS).unwrap()
         }));
     }
-    run_all("files", cases, 60);
+    let _ = run_all("files", cases, 60);
 }
 
 // ---------------------------------------------------------------------
@@ -1797,5 +1824,5 @@ fn runs() {
             }),
         );
     }
-    run_all("runs", cases, 25);
+    let _ = run_all("runs", cases, 25);
 }

@@ -66,13 +66,14 @@ fn check_dimension(field: &str, v: i64) -> Result<()> {
     }
 }
 
-/// `field` is finite and positive.
-fn check_positive(field: &str, v: f64) -> Result<()> {
+/// The field `label` names (in backticks, with its other spelling) is
+/// finite and positive.
+fn check_positive(label: &str, v: f64) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
         Err(TorchError::Input(format!(
-            "field `{field}`: {v} must be finite and positive"
+            "field {label}: {v} must be finite and positive"
         )))
     }
 }
@@ -137,8 +138,8 @@ impl GptNeoxConfig {
                 self.head_dim()
             )));
         }
-        check_positive("rope_theta` (`rotary_emb_base", self.rotary_emb_base)?;
-        check_positive("layer_norm_eps", self.layer_norm_eps)
+        check_positive("`rope_theta` (`rotary_emb_base`)", self.rotary_emb_base)?;
+        check_positive("`layer_norm_eps`", self.layer_norm_eps)
     }
 }
 
@@ -158,7 +159,7 @@ impl Gpt2Config {
             check_dimension("n_inner", inner)?;
         }
         check_divides("n_embd", self.n_embd, "n_head", self.n_head)?;
-        check_positive("layer_norm_epsilon", self.layer_norm_epsilon)
+        check_positive("`layer_norm_epsilon`", self.layer_norm_epsilon)
     }
 }
 
@@ -209,6 +210,7 @@ impl ModelConfig {
             .map_err(|e| file_error(&path, format!("malformed JSON: {e}")))?;
         let mut cfg = ModelConfig::from_json(raw).map_err(|e| match e {
             TorchError::Input(m) => file_error(&path, m),
+            TorchError::Unsupported(m) => file_error(&path, format!("unsupported model: {m}")),
             other => other,
         })?;
         let gen_path = dir.join("generation_config.json");

@@ -22,6 +22,7 @@ use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
+use crate::run_dir::io_at;
 use crate::torch::checkpoint::load_into_except;
 use crate::torch::config::{Architecture, ModelConfig};
 use crate::torch::generate::left_pad;
@@ -260,8 +261,9 @@ pub fn train_reward_model(
     let train = encode(&prefs, &tokenizer, max, &place)?;
     let heldout = encode(&heldout_prefs, &tokenizer, max, &place)?;
 
-    std::fs::create_dir_all(out)?;
-    let mut metrics = std::fs::File::create(out.join("metrics.jsonl"))?;
+    std::fs::create_dir_all(out).map_err(io_at(out))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(io_at(&metrics_path))?;
     let eval = |step: usize, metrics: &mut std::fs::File| -> Result<(f64, f64), TrainError> {
         if heldout.chosen.is_empty() {
             return Ok((f64::NAN, f64::NAN));
@@ -309,7 +311,8 @@ pub fn train_reward_model(
     let final_dir = out.join("final");
     crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
         model.save(d)?;
-        std::fs::write(d.join("tokenizer.json"), &tokenizer_json)?;
+        let path = d.join("tokenizer.json");
+        std::fs::write(&path, &tokenizer_json).map_err(io_at(&path))?;
         Ok(())
     })?;
     Ok(RewardModelSummary {

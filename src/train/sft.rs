@@ -21,6 +21,7 @@ use super::optim::{AdamW, descend, learning_rate};
 use super::scoring::token_window;
 use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
+use crate::run_dir::io_at;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
 
@@ -201,8 +202,9 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let train = encode(&pairs, &tokenizer, max, &place)?;
     let heldout = encode(&heldout_pairs, &tokenizer, max, &place)?;
 
-    std::fs::create_dir_all(out)?;
-    let mut metrics = std::fs::File::create(out.join("metrics.jsonl"))?;
+    std::fs::create_dir_all(out).map_err(io_at(out))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(io_at(&metrics_path))?;
     let mut opt = AdamW::new(&[&model.vs], cfg.weight_decay);
     let eval = || -> Result<Option<f64>, TrainError> {
         if heldout.prompts.is_empty() {
@@ -242,11 +244,11 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
         })?;
         let mut line =
             json!({"step": step, "split": "train", "loss": loss_v, "grad_norm": norm, "lr": lr});
-        writeln!(metrics, "{line}")?;
+        writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
         if step == cfg.steps || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
             last = eval()?;
             line = json!({"step": step, "split": "heldout", "loss": last});
-            writeln!(metrics, "{line}")?;
+            writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
         }
         bar.set_message(format!("loss {loss_v:.3}"));
         bar.inc(1);
@@ -255,7 +257,8 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let final_dir = out.join("final");
     crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
         model.save(d)?;
-        std::fs::write(d.join("tokenizer.json"), &tokenizer_json)?;
+        let path = d.join("tokenizer.json");
+        std::fs::write(&path, &tokenizer_json).map_err(io_at(&path))?;
         Ok(())
     })?;
     Ok(SftSummary {

@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::Trainer;
 use super::metrics::parse_line;
 use super::state::{CheckpointState, Resumed, check_same_config};
-use crate::run_dir::checkpoint_steps;
+use crate::run_dir::{checkpoint_steps, io_at};
 use crate::torch::checkpoint::{load_into, read_tensors, write_tensors};
 use crate::train::error::TrainError;
 
@@ -23,7 +23,7 @@ impl Trainer {
     /// rename.
     pub(super) fn save_checkpoint(&self) -> Result<(), TrainError> {
         let root = self.checkpoint_dir();
-        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&root).map_err(io_at(&root))?;
         let dir = root.join(format!("step-{}", self.step));
         let tmp = root.join(format!(".step-{}.tmp", self.step));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -44,7 +44,7 @@ impl Trainer {
         };
         state.write(&tmp.join("state.json"))?;
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)?;
+        std::fs::rename(&tmp, &dir).map_err(io_at(&dir))?;
         Ok(())
     }
 
@@ -151,8 +151,8 @@ impl Trainer {
             return Ok(());
         }
         let tmp = self.out.join(".metrics.jsonl.tmp");
-        std::fs::write(&tmp, kept)?;
-        std::fs::rename(&tmp, &metrics)?;
+        std::fs::write(&tmp, kept).map_err(io_at(&tmp))?;
+        std::fs::rename(&tmp, &metrics).map_err(io_at(&metrics))?;
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ use super::optim::AdamW;
 use super::scoring::{Reward, ValueHead, sequence_logprobs_with};
 use super::seed::SeedPurpose;
 use crate::reference::shift::RewardShift;
+use crate::run_dir::io_at;
 use crate::torch::LanguageModel;
 use crate::torch::generate::{GenerateOptions, Generation, generate};
 use crate::torch::tokenizer::Tokenizer;
@@ -78,38 +79,41 @@ impl Trainer {
     /// writing checkpoints and finally `DIR/final`. Returns the last step's
     /// line (none when a resumed run had no step left).
     pub fn run(&mut self) -> Result<Option<MetricsLine>, TrainError> {
-        std::fs::create_dir_all(&self.out)?;
+        std::fs::create_dir_all(&self.out).map_err(io_at(&self.out))?;
+        let metrics_path = self.out.join("metrics.jsonl");
+        let at = io_at(&metrics_path);
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.out.join("metrics.jsonl"))?;
+            .open(&metrics_path)
+            .map_err(&at)?;
         let total_opt_steps = self.total_optimizer_steps();
         let bar = progress_bar(self.cfg.steps as u64, "steps");
         bar.set_position(self.step as u64);
         let mut last = None;
         if self.step == 0 && self.cfg.eval_every > 0 {
             // The starting point of the KL-reward curve.
-            writeln!(metrics, "{}", self.evaluate()?.to_json())?;
+            writeln!(metrics, "{}", self.evaluate()?.to_json()).map_err(&at)?;
         }
         while self.step < self.cfg.steps {
             let line = self.train_step(total_opt_steps)?;
-            writeln!(metrics, "{}", line.to_json())?;
+            writeln!(metrics, "{}", line.to_json()).map_err(&at)?;
             if let MetricsLine::Step(m) = &line {
                 bar.set_message(format!("reward {:.3} kl {:.3}", m.reward_mean, m.kl_mean));
             }
             bar.inc(1);
             if self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every) {
-                writeln!(metrics, "{}", self.evaluate()?.to_json())?;
+                writeln!(metrics, "{}", self.evaluate()?.to_json()).map_err(&at)?;
             }
             if self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every)
             {
-                metrics.flush()?;
+                metrics.flush().map_err(&at)?;
                 self.save_checkpoint()?;
             }
             last = Some(line);
         }
         bar.finish_and_clear();
-        metrics.flush()?;
+        metrics.flush().map_err(&at)?;
         crate::run_dir::replace_dir(&self.out.join("final"), |d| self.save_model(d))?;
         Ok(last)
     }
@@ -179,7 +183,8 @@ impl Trainer {
 
     fn save_model(&self, dir: &std::path::Path) -> Result<(), TrainError> {
         self.policy.save(dir)?;
-        std::fs::write(dir.join("tokenizer.json"), &self.tokenizer_json)?;
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, &self.tokenizer_json).map_err(io_at(&path))?;
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ pub struct CheckpointState {
 impl CheckpointState {
     pub fn write(&self, path: &Path) -> Result<(), TrainError> {
         let text = serde_json::to_string_pretty(self).expect("the state serialises");
-        std::fs::write(path, text)?;
+        std::fs::write(path, text).map_err(crate::run_dir::io_at(path))?;
         Ok(())
     }
 
