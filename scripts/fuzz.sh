@@ -41,6 +41,10 @@ train_config | data_readers)
     # shellcheck source=scripts/torch-env.sh
     source ../scripts/torch-env.sh
     build=(--features torch)
+    # The main crate's binaries carry an rpath to libtorch (build.rs); the
+    # fuzz target, built by another crate, finds it through the loader path.
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     ;;
 esac
 mkdir -p "corpus/$target"

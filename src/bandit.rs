@@ -58,6 +58,12 @@ impl Default for BanditConfig {
 /// float64 tables of this size, 32 MiB each.
 pub const MAX_CELLS: u64 = 1 << 22;
 
+/// The most iterations (and gradient steps per batch) a run may ask for.
+pub const MAX_STEPS: usize = 10_000_000;
+
+/// The most pairs one iteration may sample.
+pub const MAX_PAIRS: usize = 1 << 24;
+
 impl BanditConfig {
     /// Refuses sizes and hyper-parameters that would train nothing, train
     /// backwards or not fit ([C-BANDIT-TRAIN]); the message names the flag.
@@ -76,6 +82,15 @@ impl BanditConfig {
         ];
         if let Some((flag, v)) = positive.iter().find(|(_, v)| v.is_nan() || *v <= 0.0) {
             return Err(format!("{flag} must be positive, got {v}"));
+        }
+        for (flag, v, limit) in [
+            ("--steps", self.steps, MAX_STEPS),
+            ("--epochs", self.epochs, MAX_STEPS),
+            ("--pairs", self.pairs, MAX_PAIRS),
+        ] {
+            if v > limit {
+                return Err(format!("{flag} {v} is above the limit of {limit}"));
+            }
         }
         for (flag, v) in [("--beta", self.beta), ("--vf-coef", self.vf_coef)] {
             if v.is_nan() || v < 0.0 {

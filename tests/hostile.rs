@@ -528,6 +528,35 @@ fn broken_models() -> Vec<(&'static str, Setup, Vec<&'static str>)> {
             vec!["tokenizer.json", "400", "vocab_size"],
         ),
         (
+            "tokenizer-added-token-beyond-vocab",
+            Box::new(|d: &Path| {
+                patched_model(d, &|_| {});
+                let path = d.join("m/tokenizer.json");
+                let mut t: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                t["added_tokens"].as_array_mut().unwrap().push(json!({
+                    "id": 512, "content": "<|big|>", "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true
+                }));
+                std::fs::write(&path, serde_json::to_string(&t).unwrap()).unwrap();
+            }),
+            vec!["tokenizer.json", "vocab_size"],
+        ),
+        (
+            "generation-config-eos-out-of-range",
+            Box::new(|d: &Path| {
+                patched_model(d, &|c| {
+                    c.as_object_mut().unwrap().remove("eos_token_id");
+                });
+                std::fs::write(
+                    d.join("m/generation_config.json"),
+                    r#"{"eos_token_id": 1000}"#,
+                )
+                .unwrap();
+            }),
+            vec!["generation_config.json", "eos_token_id"],
+        ),
+        (
             "tokenizer-malformed",
             Box::new(|d: &Path| {
                 patched_model(d, &|_| {});
@@ -750,6 +779,11 @@ fn flags() {
         ("device-unknown", vec!["--device", "gpu"], vec!["--device"]),
         ("dtype-unknown", vec!["--dtype", "f8"], vec!["--dtype"]),
         ("seed-negative", vec!["--seed=-1"], vec!["--seed"]),
+        (
+            "temperature-tiny",
+            vec!["--temperature", "1e-40"],
+            vec!["--temperature"],
+        ),
     ] {
         let args: Vec<&str> = gen_base.iter().copied().chain(extra).collect();
         cases.push(case(
@@ -945,6 +979,12 @@ fn flags() {
             vec!["--reward-shift"],
         ),
         ("format-unknown", vec!["--format", "xml"], vec!["--format"]),
+        (
+            "steps-huge",
+            vec!["--steps", "1000000000000000000"],
+            vec!["--steps"],
+        ),
+        ("pairs-huge", vec!["--pairs", "4000000000"], vec!["--pairs"]),
         ("unknown-flag", vec!["--nope"], vec!["--nope"]),
     ] {
         let args: Vec<&str> = ["bandit"].into_iter().chain(extra).collect();
@@ -1093,6 +1133,26 @@ fn flags() {
                 "prompts-missing",
                 vec!["--policy", m.as_str(), "--prompts", "none.jsonl"],
                 vec!["none.jsonl"],
+            ),
+            (
+                "new-tokens-overflowing",
+                vec![
+                    "--policy",
+                    m.as_str(),
+                    "--max-new-tokens",
+                    "9223372036854775807",
+                ],
+                vec!["--max-new-tokens"],
+            ),
+            (
+                "samples-huge",
+                vec!["--policy", m.as_str(), "--samples", "1000000000000000000"],
+                vec!["--samples"],
+            ),
+            (
+                "temperature-tiny",
+                vec!["--policy", m.as_str(), "--temperature", "1e-40"],
+                vec!["--temperature"],
             ),
             (
                 "other-vocabulary",
@@ -1258,6 +1318,51 @@ fn files() {
             "prompt-beyond-positions",
             vec!["max_new_tokens=1000"],
             vec!["positions"],
+        ),
+        (
+            "new-tokens-overflowing",
+            vec!["max_new_tokens=9223372036854775807"],
+            vec!["config key `max_new_tokens`"],
+        ),
+        (
+            "temperature-tiny",
+            vec!["temperature=1e-40"],
+            vec!["config key `temperature`"],
+        ),
+        (
+            "temperature-greedy-pairs",
+            vec!["temperature=0"],
+            vec!["config key `temperature`", "p3o-v2"],
+        ),
+        (
+            "top-k-one-pairs",
+            vec!["algorithm=dpo", "top_k=1"],
+            vec!["config key `top_k`", "dpo"],
+        ),
+        (
+            "threads-huge",
+            vec!["threads=4294967296"],
+            vec!["config key `threads`"],
+        ),
+        (
+            "eval-samples-huge",
+            vec!["eval_samples=1000000000000000000"],
+            vec!["config key `eval_samples`"],
+        ),
+        (
+            "batch-huge",
+            vec!["batch_size=1000000000000"],
+            vec!["config key `batch_size`"],
+        ),
+        (
+            "max-nonfinite-zero",
+            vec!["max_nonfinite=0"],
+            vec!["config key `max_nonfinite`"],
+        ),
+        (
+            "steps-huge",
+            vec!["steps=100000000000000"],
+            vec!["config key `steps`"],
         ),
     ] {
         let args = train(&sets);
@@ -1520,9 +1625,120 @@ fn files() {
             vec!["demo", "--quick", "--out", "out", "--set", "rl_steps=0"],
             vec!["config key `rl_steps`"],
         ),
+        (
+            "demo-sft-batch-zero",
+            vec![
+                "demo",
+                "--quick",
+                "--out",
+                "out",
+                "--set",
+                "sft_batch_size=0",
+            ],
+            vec!["config key `sft_batch_size`"],
+        ),
+        (
+            "demo-rm-epochs-zero",
+            vec!["demo", "--quick", "--out", "out", "--set", "rm_epochs=0"],
+            vec!["config key `rm_epochs`"],
+        ),
+        (
+            "demo-sft-lr-negative",
+            vec!["demo", "--quick", "--out", "out", "--set", "sft_lr=-1"],
+            vec!["config key `sft_lr`"],
+        ),
+        (
+            "demo-algorithm-twice",
+            vec![
+                "demo",
+                "--quick",
+                "--out",
+                "out",
+                "--set",
+                "algorithms=[\"dpo\", \"dpo\"]",
+            ],
+            vec!["config key `algorithms`", "twice"],
+        ),
+        (
+            "demo-new-tokens-beyond-positions",
+            vec![
+                "demo",
+                "--quick",
+                "--out",
+                "out",
+                "--set",
+                "max_new_tokens=200",
+            ],
+            vec!["config key `max_new_tokens`"],
+        ),
+        (
+            "demo-threads-huge",
+            vec![
+                "demo",
+                "--quick",
+                "--out",
+                "out",
+                "--set",
+                "threads=4294967296",
+            ],
+            vec!["config key `threads`"],
+        ),
+        (
+            "sft-threads-huge",
+            vec!["sft", "--out", "out", "--set", "threads=4294967296"],
+            vec!["config key `threads`"],
+        ),
+        (
+            "sft-weight-decay-nan",
+            vec!["sft", "--out", "out", "--set", "weight_decay=nan"],
+            vec!["config key `weight_decay`"],
+        ),
+        (
+            "reward-model-grad-norm-negative",
+            vec![
+                "reward-model",
+                "train",
+                "--base",
+                "builtin:tiny-neox",
+                "--data",
+                "q.jsonl",
+                "--out",
+                "out",
+                "--set",
+                "max_grad_norm=-1",
+            ],
+            vec!["config key `max_grad_norm`"],
+        ),
+        (
+            "train-reference-with-fewer-positions",
+            vec![
+                "train",
+                "--out",
+                "out",
+                "--set",
+                "policy=p",
+                "--set",
+                "reference=r",
+                "--set",
+                "prompts=builtin",
+                "--set",
+                "max_new_tokens=14",
+            ],
+            vec!["config key `reference`", "positions"],
+        ),
     ] {
         cases.push(case(name, &sets, "", refused(&needles), |d: &Path| {
-            std::fs::write(d.join("q.jsonl"), PREFS).unwrap()
+            std::fs::write(d.join("q.jsonl"), PREFS).unwrap();
+            // A policy and a reference of the same vocabulary, the
+            // reference holding 16 positions (GPT-NeoX's rotary tables
+            // need no weights for them).
+            copy_dir(&fixture("neox-serial"), &d.join("p"));
+            copy_dir(&fixture("neox-serial"), &d.join("r"));
+            let path = d.join("r/config.json");
+            let mut cfg: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            cfg["max_position_embeddings"] = json!(16);
+            std::fs::write(&path, cfg.to_string()).unwrap();
         }));
     }
     let _ = run_all("files", cases, 60);

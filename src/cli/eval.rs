@@ -46,6 +46,7 @@ pub use imp::{compare, eval};
 mod imp {
     use std::path::Path;
 
+    use p3o::torch::generate::{MAX_NEW_TOKENS, temperature_problem};
     use p3o::torch::tokenizer::Tokenizer;
     use p3o::train::evaluate::{
         Judges, PolicyEval, SampleSpec, compare as win_rates, eval_prompts, evaluate_policy,
@@ -60,19 +61,20 @@ mod imp {
 
     /// Loads the judges and evaluates every policy of `a`.
     fn evaluate_all(a: &EvalArgs) -> Result<Vec<PolicyEval>, CliError> {
-        if a.samples == 0 {
-            return Err(CliError::Input("--samples must be at least 1".into()));
-        }
-        if a.max_new_tokens < 1 {
-            return Err(CliError::Input(
-                "--max-new-tokens must be at least 1".into(),
-            ));
-        }
-        if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        if !(1..=MAX_SAMPLES).contains(&a.samples) {
             return Err(CliError::Input(format!(
-                "--temperature: {} must be finite and >= 0",
-                a.temperature
+                "--samples: {} must be in 1..={MAX_SAMPLES}",
+                a.samples
             )));
+        }
+        if !(1..=MAX_NEW_TOKENS).contains(&a.max_new_tokens) {
+            return Err(CliError::Input(format!(
+                "--max-new-tokens: {} must be in 1..={MAX_NEW_TOKENS}",
+                a.max_new_tokens
+            )));
+        }
+        if let Some(why) = temperature_problem(a.temperature) {
+            return Err(CliError::Input(format!("--temperature: {why}")));
         }
         policy_names(&a.policies)?;
         let device = device_of(a.device, "--device")?;
@@ -89,6 +91,35 @@ mod imp {
             tokenizer,
         };
         let prompts = eval_prompts(&a.prompts)?;
+        // Every model that reads a prompt and its response must hold the
+        // longest of them.
+        let mut longest = 0i64;
+        for p in &prompts {
+            longest = longest.max(judges.tokenizer.encode(p)?.len() as i64);
+        }
+        let needed = longest + a.max_new_tokens;
+        let fits = |what: &str, m: &p3o::torch::LanguageModel| -> Result<(), CliError> {
+            let max = m.config.max_positions();
+            if needed > max {
+                return Err(CliError::Input(format!(
+                    "{what}: the longest prompt ({longest} tokens) + --max-new-tokens {} need {needed} positions; the model has {max}",
+                    a.max_new_tokens
+                )));
+            }
+            Ok(())
+        };
+        fits(
+            &format!("--reference {}", a.reference.display()),
+            &judges.reference,
+        )?;
+        for (flag, r) in [
+            ("--reward", Some(&judges.reward)),
+            ("--gold-reward", judges.gold.as_ref()),
+        ] {
+            if let Some(Reward::Model(m)) = r {
+                fits(flag, m)?;
+            }
+        }
         let spec = SampleSpec {
             max_new_tokens: a.max_new_tokens,
             temperature: a.temperature,
@@ -120,6 +151,7 @@ mod imp {
             .iter()
             .map(|(name, dir)| {
                 let policy = load_policy(Path::new(dir), device)?;
+                fits(&format!("--policy {name}"), &policy)?;
                 check_shared_vocabulary(
                     &format!("--policy {name}"),
                     dir,
@@ -133,6 +165,9 @@ mod imp {
             .collect()
     }
 
+    /// The most responses `--samples` may ask for per prompt.
+    const MAX_SAMPLES: usize = 1 << 14;
+
     fn owner(a: &EvalArgs) -> String {
         format!("the reference `{}`", a.reference.display())
     }
@@ -142,7 +177,11 @@ mod imp {
     fn policy_names(policies: &[String]) -> Result<Vec<(String, String)>, CliError> {
         let mut out: Vec<(String, String)> = Vec::new();
         for p in policies {
-            let (name, dir) = p.split_once('=').unwrap_or((p.as_str(), p.as_str()));
+            // A path may hold `=` (runs/lr=1e-3/final): a NAME has no `/`.
+            let (name, dir) = p
+                .split_once('=')
+                .filter(|(name, _)| !name.contains('/'))
+                .unwrap_or((p.as_str(), p.as_str()));
             let (name, dir) = (name.trim(), dir.trim());
             if name.is_empty() || dir.is_empty() {
                 return Err(CliError::Input(format!(

@@ -197,7 +197,7 @@ mod imp {
         let inputs = parse_all(&l, &lines, false)?;
         let max = l.model.config.max_positions();
         for ((n, _), x) in lines.iter().zip(&inputs) {
-            if x.prompt.len() as i64 + a.max_new_tokens > max {
+            if a.max_new_tokens > max - x.prompt.len() as i64 {
                 return Err(CliError::Input(format!(
                     "line {n}: {} prompt tokens + {} new exceed the model's {max} positions",
                     x.prompt.len(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceSpec;
 use crate::reference::shift::RewardShift;
 use crate::train::builtin::{TOY_GOLD_REWARD, TOY_PROMPTS};
+use crate::train::config::MAX_COUNT;
 use crate::train::config::{Algorithm, TrainConfig, check_device, load_toml_over};
 use crate::train::error::ConfigError;
 use crate::train::reward_model::RewardModelConfig;
@@ -124,10 +125,23 @@ impl DemoConfig {
                 "config key `algorithms`: name at least one".into(),
             ));
         }
+        if let Some(dup) = cfg
+            .algorithms
+            .iter()
+            .enumerate()
+            .find(|(i, a)| cfg.algorithms[..*i].contains(a))
+        {
+            return Err(ConfigError(format!(
+                "config key `algorithms`: `{}` is named twice",
+                dup.1.name()
+            )));
+        }
         for (key, v) in [
             ("corpus_size", cfg.corpus_size),
             ("sft_steps", cfg.sft_steps),
+            ("sft_batch_size", cfg.sft_batch_size),
             ("preference_pairs", cfg.preference_pairs),
+            ("rm_epochs", cfg.rm_epochs),
             ("rl_steps", cfg.rl_steps),
             ("eval_samples", cfg.eval_samples),
         ] {
@@ -136,6 +150,33 @@ impl DemoConfig {
                     "config key `{key}`: must be at least 1"
                 )));
             }
+            if v > MAX_COUNT {
+                return Err(ConfigError(format!(
+                    "config key `{key}`: {v} is above the limit of {MAX_COUNT}"
+                )));
+            }
+        }
+        for (key, v) in [("sft_lr", cfg.sft_lr), ("rm_lr", cfg.rm_lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError(format!(
+                    "config key `{key}`: {v} must be finite and positive"
+                )));
+            }
+        }
+        // Every stage's own checks, with the demo's key names.
+        let stage = |what: &str, e: ConfigError| ConfigError(format!("{} (the {what} stage)", e.0));
+        cfg.sft_config().check().map_err(|e| stage("SFT", e))?;
+        cfg.reward_model_config(Path::new("sft"), Path::new("prefs"))
+            .check()
+            .map_err(|e| stage("reward-model", e))?;
+        let positions = crate::train::builtin::config_json()["max_position_embeddings"]
+            .as_i64()
+            .unwrap_or(0);
+        if cfg.max_new_tokens >= positions {
+            return Err(ConfigError(format!(
+                "config key `max_new_tokens`: {} does not fit the built-in model's {positions} positions with a prompt",
+                cfg.max_new_tokens
+            )));
         }
         if !cfg.reward_shift.is_empty() {
             cfg.reward_shift

@@ -227,6 +227,10 @@ impl ModelConfig {
                 .bos_token_id
                 .or_else(|| token_id(&generation, "bos_token_id"));
         }
+        cfg.check_token_ids().map_err(|e| match e {
+            TorchError::Input(m) => file_error(&gen_path, m),
+            other => other,
+        })?;
         Ok(cfg)
     }
 

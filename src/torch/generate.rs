@@ -33,23 +33,29 @@ pub struct GenerateOptions {
     pub logprobs: bool,
 }
 
+/// The most new tokens one call may ask for: far beyond any model's
+/// positions, and small enough that a prompt length plus it never
+/// overflows.
+pub const MAX_NEW_TOKENS: i64 = 1 << 20;
+
+/// Positive temperatures below this are refused: dividing float32 logits
+/// by them overflows to infinities (0 is greedy decoding).
+pub const MIN_TEMPERATURE: f64 = 1e-6;
+
 impl GenerateOptions {
     /// The sampling settings make sense: at least one new token, a finite
     /// temperature of at least 0, `top_k >= 1`, `top_p` in (0, 1]. The
     /// error names the setting as `name` spells it (`--top-p`, `top_p`).
     pub fn check(&self, name: impl Fn(&str) -> String) -> Result<()> {
         let bad = |key: &str, why: String| Err(TorchError::Input(format!("{}: {why}", name(key))));
-        if self.max_new_tokens < 1 {
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
             return bad(
                 "max_new_tokens",
-                format!("{} must be at least 1", self.max_new_tokens),
+                format!("{} must be in 1..={MAX_NEW_TOKENS}", self.max_new_tokens),
             );
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(
-                "temperature",
-                format!("{} must be finite and >= 0", self.temperature),
-            );
+        if let Some(why) = temperature_problem(self.temperature) {
+            return bad("temperature", why);
         }
         if let Some(k) = self.top_k.filter(|&k| k < 1) {
             return bad("top_k", format!("{k} must be at least 1"));
@@ -58,6 +64,20 @@ impl GenerateOptions {
             return bad("top_p", format!("{p} must be in (0, 1]"));
         }
         Ok(())
+    }
+}
+
+/// What is wrong with a sampling temperature, if anything: it must be
+/// finite, and 0 (greedy) or at least [`MIN_TEMPERATURE`].
+pub fn temperature_problem(t: f64) -> Option<String> {
+    if !(t.is_finite() && t >= 0.0) {
+        Some(format!("{t} must be finite and >= 0"))
+    } else if t > 0.0 && t < MIN_TEMPERATURE {
+        Some(format!(
+            "{t} is below {MIN_TEMPERATURE:e}, where float32 logits overflow; use 0 for greedy decoding"
+        ))
+    } else {
+        None
     }
 }
 
@@ -156,7 +176,7 @@ pub fn generate(
                 "prompt {i}: token id {bad} outside the vocabulary (0..{vocab})"
             )));
         }
-        let needed = p.len() as i64 + o.max_new_tokens;
+        let needed = (p.len() as i64).saturating_add(o.max_new_tokens);
         if needed > model.config.max_positions() {
             return Err(TorchError::Input(format!(
                 "prompt {i}: {} tokens + {} new exceed the model's {} positions",
@@ -166,11 +186,8 @@ pub fn generate(
             )));
         }
     }
-    if o.temperature < 0.0 || !o.temperature.is_finite() {
-        return Err(TorchError::Input(format!(
-            "temperature {} must be finite and >= 0",
-            o.temperature
-        )));
+    if let Some(why) = temperature_problem(o.temperature) {
+        return Err(TorchError::Input(format!("temperature {why}")));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let device = model.device();

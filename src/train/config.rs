@@ -11,6 +11,7 @@ use super::builtin::{BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
 use super::error::ConfigError;
 use crate::device::DeviceSpec;
 use crate::reference;
+use crate::torch::generate::{MAX_NEW_TOKENS, temperature_problem};
 
 /// The algorithms `p3o train` runs (config key `algorithm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -245,25 +246,70 @@ pub fn load_toml<T: serde::de::DeserializeOwned>(
 }
 
 /// The checks that SFT and reward-model configs share: counts of at least
-/// one, a finite non-negative learning rate, a held-out share in [0, 1) and
-/// a device this machine has.
-pub fn check_supervised(
-    counts: &[(&str, usize)],
-    lr: f64,
-    heldout_fraction: f64,
-    device: DeviceSpec,
-) -> Result<(), ConfigError> {
-    let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-    if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
-        return bad(key, "must be at least 1");
+/// one (and at most [`MAX_COUNT`]), a positive finite learning rate,
+/// finite non-negative weight decay and gradient-norm clip, a held-out share
+/// in [0, 1), a thread count within [`MAX_THREADS`] and a device this
+/// machine has.
+pub fn check_supervised(s: &Supervised) -> Result<(), ConfigError> {
+    let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
+    if let Some((key, _)) = s.counts.iter().find(|(_, v)| *v == 0) {
+        return bad(key, "must be at least 1".into());
     }
-    if !(lr.is_finite() && lr >= 0.0) {
-        return bad("lr", "must be finite and >= 0");
+    if let Some((key, v)) = s.counts.iter().find(|(_, v)| *v > MAX_COUNT) {
+        return bad(key, format!("{v} is above the limit of {MAX_COUNT}"));
     }
-    if !(0.0..1.0).contains(&heldout_fraction) {
-        return bad("heldout_fraction", "must be in [0, 1)");
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        return bad("lr", format!("{} must be finite and positive", s.lr));
     }
-    check_device(device)
+    for (key, v) in [
+        ("weight_decay", s.weight_decay),
+        ("max_grad_norm", s.max_grad_norm),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return bad(key, format!("{v} must be finite and >= 0"));
+        }
+    }
+    if !(0.0..1.0).contains(&s.heldout_fraction) {
+        return bad(
+            "heldout_fraction",
+            format!("{} must be in [0, 1)", s.heldout_fraction),
+        );
+    }
+    check_threads(s.threads)?;
+    check_device(s.device)
+}
+
+/// What [`check_supervised`] checks of an SFT or reward-model config.
+pub struct Supervised<'a> {
+    /// Counts by config key.
+    pub counts: &'a [(&'a str, usize)],
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub heldout_fraction: f64,
+    pub threads: usize,
+    pub device: DeviceSpec,
+}
+
+/// The largest per-step count a config may give (`batch_size`,
+/// `minibatch_size`, `epochs`, `eval_samples`, ...).
+pub const MAX_COUNT: usize = 1 << 20;
+
+/// The most steps a training run may ask for.
+pub const MAX_STEPS: usize = 1 << 32;
+
+/// The most libtorch CPU threads a config may ask for (0 keeps libtorch's
+/// own choice).
+pub const MAX_THREADS: usize = 1024;
+
+/// Config key `threads` is at most [`MAX_THREADS`].
+pub fn check_threads(threads: usize) -> Result<(), ConfigError> {
+    if threads > MAX_THREADS {
+        return Err(ConfigError(format!(
+            "config key `threads`: {threads} is above the limit of {MAX_THREADS}"
+        )));
+    }
+    Ok(())
 }
 
 /// A config's `device` exists on this machine.
@@ -402,27 +448,76 @@ impl TrainConfig {
             ("minibatch_size", self.minibatch_size),
             ("grad_accum", self.grad_accum),
             ("eval_samples", self.eval_samples),
+            ("max_nonfinite", self.max_nonfinite),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1".into());
             }
         }
+        // Sizes of one step's tensors and lists: far above any real run,
+        // and below what would overflow an allocation.
+        for (key, v) in [
+            ("batch_size", self.batch_size),
+            ("minibatch_size", self.minibatch_size),
+            ("grad_accum", self.grad_accum),
+            ("epochs", self.epochs),
+            ("eval_samples", self.eval_samples),
+        ] {
+            if v > MAX_COUNT {
+                return bad(key, format!("{v} is above the limit of {MAX_COUNT}"));
+            }
+        }
+        if self.steps > MAX_STEPS {
+            return bad(
+                "steps",
+                format!("{} is above the limit of {MAX_STEPS}", self.steps),
+            );
+        }
+        check_threads(self.threads)?;
         for (key, v) in [
             ("lr", self.lr),
             ("beta", self.beta),
             ("max_grad_norm", self.max_grad_norm),
             ("weight_decay", self.weight_decay),
-            ("temperature", self.temperature),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(key, format!("{v} must be finite and >= 0"));
             }
         }
+        if let Some(why) = temperature_problem(self.temperature) {
+            return bad("temperature", why);
+        }
+        // Two responses of a pair drawn greedily (or from one token) are the
+        // same response: their reward difference is zero and the pair
+        // algorithms would take no step at all.
+        if self.algorithm != Algorithm::Ppo {
+            if self.temperature == 0.0 {
+                return bad(
+                    "temperature",
+                    format!(
+                        "0 (greedy) draws the same two responses for every prompt, so `{}` learns nothing; use a positive temperature",
+                        self.algorithm.name()
+                    ),
+                );
+            }
+            if self.top_k == Some(1) {
+                return bad(
+                    "top_k",
+                    format!(
+                        "1 draws the same two responses for every prompt, so `{}` learns nothing; use 2 or more, or none",
+                        self.algorithm.name()
+                    ),
+                );
+            }
+        }
         if self.epsilon.is_nan() || self.epsilon <= 0.0 {
             return bad("epsilon", format!("{} must be positive", self.epsilon));
         }
-        if self.max_new_tokens < 1 {
-            return bad("max_new_tokens", "must be at least 1".into());
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
+            return bad(
+                "max_new_tokens",
+                format!("{} must be in 1..={MAX_NEW_TOKENS}", self.max_new_tokens),
+            );
         }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return bad("top_p", "must be in (0, 1]".into());

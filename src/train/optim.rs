@@ -178,22 +178,47 @@ impl AdamW {
 
     /// Takes the state written by [`AdamW::state`] (step count aside). A
     /// master copy missing from it is remade from the parameter, which must
-    /// already hold the checkpoint's weights. Errors name the missing entry.
+    /// already hold the checkpoint's weights. Every entry must have its
+    /// parameter's shape and finite values (`v` also non-negative); the
+    /// state is taken only when all of them do. Errors name the entry.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
-        for (i, (name, p)) in self.params.iter().enumerate() {
-            let get = |k: String| {
-                tensors
-                    .get(&k)
-                    .map(|t| t.to_device(p.device()))
-                    .ok_or_else(|| format!("optimizer state `{k}` missing"))
+        let mut loaded = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            let get = |k: String, required: bool| -> Result<Option<Tensor>, String> {
+                let Some(t) = tensors.get(&k) else {
+                    return if required {
+                        Err(format!("optimizer state `{k}` missing"))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                if t.size() != p.size() {
+                    return Err(format!(
+                        "optimizer state `{k}` has shape {:?}, its parameter {:?}",
+                        t.size(),
+                        p.size()
+                    ));
+                }
+                let t = t.to_device(p.device()).to_kind(Kind::Float);
+                let finite = t.isfinite().all().int64_value(&[]) == 1;
+                let signed_ok = !k.starts_with("v.") || t.min().double_value(&[]) >= 0.0;
+                if !(finite && signed_ok) {
+                    return Err(format!(
+                        "optimizer state `{k}` holds NaN, infinite or (for `v`) negative values"
+                    ));
+                }
+                Ok(Some(t))
             };
-            self.m[i] = get(format!("m.{name}"))?;
-            self.v[i] = get(format!("v.{name}"))?;
+            let m = get(format!("m.{name}"), true)?.expect("required");
+            let v = get(format!("v.{name}"), true)?.expect("required");
+            let master = get(format!("master.{name}"), false)?;
+            loaded.push((m, v, master));
+        }
+        for (i, (m, v, master)) in loaded.into_iter().enumerate() {
+            self.m[i] = m.to_kind(self.m[i].kind());
+            self.v[i] = v.to_kind(self.v[i].kind());
             if let Some(w) = &mut self.master[i] {
-                *w = tensors.get(&format!("master.{name}")).map_or_else(
-                    || p.detach().to_kind(Kind::Float),
-                    |t| t.to_device(p.device()).to_kind(Kind::Float),
-                );
+                *w = master.unwrap_or_else(|| self.params[i].1.detach().to_kind(Kind::Float));
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::config::{LrSchedule, check_supervised, load_toml};
+use super::config::{LrSchedule, Supervised, check_supervised, load_toml};
 use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
 use super::models::{device_of, progress_bar, tokenizer_json_of};
@@ -80,13 +80,21 @@ impl Default for RewardModelConfig {
 impl RewardModelConfig {
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<RewardModelConfig, ConfigError> {
         let cfg: RewardModelConfig = load_toml(file, sets)?;
-        check_supervised(
-            &[("epochs", cfg.epochs), ("batch_size", cfg.batch_size)],
-            cfg.lr,
-            cfg.heldout_fraction,
-            cfg.device,
-        )?;
+        cfg.check()?;
         Ok(cfg)
+    }
+
+    /// The keys' ranges and the device ([`check_supervised`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check_supervised(&Supervised {
+            counts: &[("epochs", self.epochs), ("batch_size", self.batch_size)],
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            heldout_fraction: self.heldout_fraction,
+            threads: self.threads,
+            device: self.device,
+        })
     }
 }
 
@@ -235,6 +243,7 @@ pub fn train_reward_model(
     cfg: &RewardModelConfig,
     out: &Path,
 ) -> Result<RewardModelSummary, TrainError> {
+    cfg.check()?;
     if cfg.base.is_empty() || cfg.data.is_empty() {
         return Err(TrainError::Input(
             "a reward model needs a base model (--base) and preference data (--data)".into(),

@@ -13,7 +13,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
-use super::config::{LrSchedule, check_supervised, load_toml};
+use super::config::{LrSchedule, Supervised, check_supervised, load_toml};
 use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
 use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
@@ -79,17 +79,25 @@ impl Default for SftConfig {
 impl SftConfig {
     pub fn load(file: Option<&Path>, sets: &[String]) -> Result<SftConfig, ConfigError> {
         let cfg: SftConfig = load_toml(file, sets)?;
-        check_supervised(
-            &[
-                ("steps", cfg.steps),
-                ("batch_size", cfg.batch_size),
-                ("corpus_size", cfg.corpus_size),
-            ],
-            cfg.lr,
-            cfg.heldout_fraction,
-            cfg.device,
-        )?;
+        cfg.check()?;
         Ok(cfg)
+    }
+
+    /// The keys' ranges and the device ([`check_supervised`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check_supervised(&Supervised {
+            counts: &[
+                ("steps", self.steps),
+                ("batch_size", self.batch_size),
+                ("corpus_size", self.corpus_size),
+            ],
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            heldout_fraction: self.heldout_fraction,
+            threads: self.threads,
+            device: self.device,
+        })
     }
 }
 
@@ -178,6 +186,7 @@ pub struct SftSummary {
 /// Trains, writing `out/metrics.jsonl` and the model in HF layout to
 /// `out/final` (config.json, model.safetensors, tokenizer.json).
 pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
+    cfg.check()?;
     let device = device_of(cfg.device, "config key `device`")?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);

@@ -88,6 +88,14 @@ impl Trainer {
                 let src = saved.get(&name).ok_or_else(|| {
                     TrainError::Input(format!("{}: value head `{name}` missing", dir.display()))
                 })?;
+                if src.size() != var.size() || src.isfinite().all().int64_value(&[]) == 0 {
+                    return Err(TrainError::Input(format!(
+                        "{}: value head `{name}` has shape {:?} (the head's is {:?}) or values that are not finite",
+                        dir.display(),
+                        src.size(),
+                        var.size()
+                    )));
+                }
                 tch::no_grad(|| var.copy_(src));
             }
         }

@@ -121,7 +121,9 @@ impl Trainer {
     /// Optimizer steps of the whole run (the schedule's length).
     fn total_optimizer_steps(&self) -> usize {
         let minibatches = self.cfg.batch_size.div_ceil(self.cfg.minibatch_size);
-        self.cfg.epochs * minibatches.div_ceil(self.cfg.grad_accum) * self.cfg.steps
+        // Accumulation runs on across epochs and is flushed at the end of
+        // each step (`finish_updates`).
+        (self.cfg.epochs * minibatches).div_ceil(self.cfg.grad_accum) * self.cfg.steps
     }
 
     /// One step: a rollout, then epochs of minibatch updates.

@@ -92,15 +92,39 @@ impl Trainer {
             }
         }
         let (prompts, eval_prompts) = resolve_prompts(&cfg)?;
-        let max = policy.config.max_positions();
+        // The models that read a prompt and its response must all hold the
+        // longest of them: the policy, the reference and a reward model.
+        let reference_spec = if cfg.reference.is_empty() {
+            &cfg.policy
+        } else {
+            &cfg.reference
+        };
+        let mut readers = vec![
+            ("policy", cfg.policy.as_str(), &policy),
+            ("reference", reference_spec.as_str(), &reference),
+        ];
+        for (key, spec, r) in [
+            ("reward", &cfg.reward, Some(&reward)),
+            ("gold_reward", &cfg.gold_reward, gold.as_ref()),
+        ] {
+            if let Some(Reward::Model(m)) = r {
+                readers.push((key, spec.as_str(), m));
+            }
+        }
+        let (key, spec, model) = readers
+            .iter()
+            .min_by_key(|(_, _, m)| m.config.max_positions())
+            .expect("the policy is a reader");
+        let max = model.config.max_positions();
+        let fits = |n: i64| n <= max - cfg.max_new_tokens;
         for p in prompts.iter().chain(&eval_prompts) {
             let n = tokenizer.encode(p)?.len() as i64;
-            if n == 0 || n + cfg.max_new_tokens > max {
+            if n == 0 || !fits(n) {
                 let why = if n == 0 {
                     "the prompt has no tokens".to_string()
                 } else {
                     format!(
-                        "{n} prompt tokens + max_new_tokens {} do not fit the model's {max} positions",
+                        "{n} prompt tokens + max_new_tokens {} do not fit the {max} positions of `{spec}` (config key `{key}`)",
                         cfg.max_new_tokens
                     )
                 };

@@ -38,10 +38,11 @@ impl CheckpointState {
         if self.step != step {
             return bad(format!("holds step {}, but sits in step-{step}", self.step));
         }
-        if self.optimizer_step < 0 {
+        if !(0..=i64::from(i32::MAX)).contains(&self.optimizer_step) {
             return bad(format!(
-                "optimizer_step {} is negative",
-                self.optimizer_step
+                "optimizer_step {} is outside 0..={}",
+                self.optimizer_step,
+                i32::MAX
             ));
         }
         if self.nonfinite_in_row > self.nonfinite_total {
