@@ -231,6 +231,7 @@ fn run_all(group: &str, cases: Vec<Case>, at_least: usize) -> Vec<(String, Strin
         .filter_map(|(_, r)| r.as_ref().err().cloned())
         .collect();
     bad.sort();
+    println!("{group}: {} cases, {} went wrong", cases.len(), bad.len());
     assert!(
         bad.is_empty(),
         "{group}: {} of {} cases went wrong:\n{}",
