@@ -124,33 +124,33 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     resume_case("p3o-v2", "bf16");
 }
 
-fn resume_case(alg: &str, dtype: &str) {
-    let sets: Vec<String> = [
+/// `p3o train` of a 6-step run checkpointed every 2 steps into `out`.
+fn small_run_args(alg: &str, dtype: &str, out: &Path, resume: bool) -> Vec<String> {
+    let mut v = vec![
+        "train".to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for s in [
         "steps=6",
         "batch_size=4",
         "minibatch_size=2",
         "max_new_tokens=8",
         "checkpoint_every=2",
         "eval_every=3",
-    ]
-    .iter()
-    .map(|s| format!("--set={s}"))
-    .chain([
-        format!("--set=algorithm={alg}"),
-        format!("--set=dtype={dtype}"),
-    ])
-    .collect();
-    let args = |out: &Path| -> Vec<String> {
-        [
-            vec![
-                "train".to_string(),
-                "--out".into(),
-                out.display().to_string(),
-            ],
-            sets.clone(),
-        ]
-        .concat()
-    };
+    ] {
+        v.push(format!("--set={s}"));
+    }
+    v.push(format!("--set=algorithm={alg}"));
+    v.push(format!("--set=dtype={dtype}"));
+    if resume {
+        v.push("--resume".into());
+    }
+    v
+}
+
+fn resume_case(alg: &str, dtype: &str) {
+    let args = |out: &Path| small_run_args(alg, dtype, out, false);
     let whole = tmp(&format!("{alg}-{dtype}-whole"));
     let st = p3o(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
@@ -602,33 +602,7 @@ fn random_sigkills_then_resume_match_an_uninterrupted_run() {
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     for (alg, dtype) in [("p3o-v1", "f32"), ("ppo", "bf16"), ("dpo", "f32")] {
-        let sets: Vec<String> = [
-            "steps=6",
-            "batch_size=4",
-            "minibatch_size=2",
-            "max_new_tokens=8",
-            "checkpoint_every=2",
-            "eval_every=3",
-        ]
-        .iter()
-        .map(|s| format!("--set={s}"))
-        .chain([
-            format!("--set=algorithm={alg}"),
-            format!("--set=dtype={dtype}"),
-        ])
-        .collect();
-        let args = |out: &Path, resume: bool| -> Vec<String> {
-            let mut v = vec![
-                "train".to_string(),
-                "--out".into(),
-                out.display().to_string(),
-            ];
-            v.extend(sets.clone());
-            if resume {
-                v.push("--resume".into());
-            }
-            v
-        };
+        let args = |out: &Path, resume: bool| small_run_args(alg, dtype, out, resume);
         let whole = tmp(&format!("kills-{alg}-whole"));
         let start = Instant::now();
         let st = Command::new(env!("CARGO_BIN_EXE_p3o"))
