@@ -36,8 +36,9 @@ pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
     use super::output::{claim_new_run, print_json};
 
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
-    // README, "Resuming": a new run needs an absent or empty --out; --resume
-    // needs a complete checkpoint there, or nothing at all.
+    // README, "Output directories and --resume": a new run needs an absent
+    // or empty --out; --resume needs a complete checkpoint there, or no more
+    // than a run killed before its first one.
     let fresh = match contents(&a.out).map_err(CliError::Input)? {
         Contents::Run(names) if a.resume => {
             if checkpoint_steps(&a.out).is_empty() && !only_early_run_files(&names) {

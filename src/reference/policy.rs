@@ -16,15 +16,9 @@ pub fn log_softmax(logits: ArrayView2<f64>) -> Array2<f64> {
     out
 }
 
-/// `log sum_k exp(v_k)` of one row, stable for large magnitudes.
-pub fn logsumexp(row: ArrayView1<f64>) -> f64 {
-    let (max, log_sum) = split_logsumexp(row);
-    max + log_sum
-}
-
-/// `(max, ln sum_k exp(v_k - max))` of a row, kept apart so that callers
-/// can subtract the two one at a time. A row whose maximum is not finite
-/// gives `(max, 0)`.
+/// `(max, ln sum_k exp(v_k - max))` of a row, kept apart so that
+/// [`log_softmax`] can subtract the two one at a time. A row whose maximum
+/// is not finite gives `(max, 0)`.
 fn split_logsumexp(row: ArrayView1<f64>) -> (f64, f64) {
     let max = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
     if !max.is_finite() {
