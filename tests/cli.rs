@@ -97,6 +97,44 @@ fn reference_errors() {
     insta::assert_snapshot!(report);
 }
 
+/// The limits of a case at their edges: the exact expectation takes
+/// `X K^2 = 2^26` cells and refuses one more row's worth (asking for
+/// `samples`), which sampled cases need not; a logits row may span up to
+/// float64's largest number, not beyond.
+// spec: C-CLI-REFERENCE C-SOFTMAX
+#[test]
+fn reference_case_limits() {
+    let line = |k: usize, extra: &str| {
+        format!(
+            r#"{{"algorithm": "vpg", "logits": [{:?}], "rewards": [{:?}]{extra}}}"#,
+            vec![0.0; k],
+            vec![0.0; k]
+        )
+    };
+    assert!(parse_case(&line(8192, "")).is_ok());
+    assert_eq!(parse_case(&line(8193, "")).unwrap_err().field, "samples");
+    assert!(parse_case(&line(8193, r#", "samples": [{"x": 0, "y1": 0, "y2": 1}]"#)).is_ok());
+    let spread = |logits: &str, old: &str| {
+        parse_case(&format!(
+            r#"{{"algorithm": "ppg", "logits": {logits}, "logits_old": {old}, "rewards": [[0, 1]]}}"#
+        ))
+    };
+    let max = f64::MAX;
+    assert!(spread(&format!("[[{max:e}, 0]]"), "[[0, 0]]").is_ok());
+    assert_eq!(
+        spread(&format!("[[{max:e}, -1e300]]"), "[[0, 0]]")
+            .unwrap_err()
+            .field,
+        "logits[0]"
+    );
+    assert_eq!(
+        spread("[[0, 0]]", &format!("[[{max:e}, -{max:e}]]"))
+            .unwrap_err()
+            .field,
+        "logits_old[0]"
+    );
+}
+
 /// Bad flags of `p3o bandit` are usage errors with exit status 2.
 // spec: C-ERRORS
 #[test]
