@@ -149,6 +149,15 @@ pub fn io_at(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
     move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Makes `out` and a new, empty `out/metrics.jsonl`; returns its path and
+/// the open file. Errors name the path.
+pub fn create_metrics(out: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    std::fs::create_dir_all(out).map_err(io_at(out))?;
+    let path = out.join("metrics.jsonl");
+    let file = std::fs::File::create(&path).map_err(io_at(&path))?;
+    Ok((path, file))
+}
+
 /// Writes the directory `dest` whole: `fill` writes into a fresh temporary
 /// sibling, which then takes `dest`'s place (an old `dest` is moved aside
 /// first and removed last, so a kill at any moment leaves either the old

@@ -149,6 +149,26 @@ fn small_run_args(alg: &str, dtype: &str, out: &Path, resume: bool) -> Vec<Strin
     v
 }
 
+/// Runs `p3o` with `resume_args` (a `--resume` into `cut`) and checks that
+/// it ends with exactly the final weights of the uninterrupted run `whole`.
+fn resume_to_the_same_weights(resume_args: &[String], whole: &Path, cut: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_p3o"))
+        .args(resume_args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{resume_args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        relative_difference(whole, cut),
+        0.0,
+        "{resume_args:?}: resumed weights differ"
+    );
+}
+
 fn resume_case(alg: &str, dtype: &str) {
     let args = |out: &Path| small_run_args(alg, dtype, out, false);
     let whole = tmp(&format!("{alg}-{dtype}-whole"));
@@ -175,21 +195,7 @@ fn resume_case(alg: &str, dtype: &str) {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let mut resumed = args(&cut);
-    resumed.push("--resume".into());
-    let out = p3o(&resumed.iter().map(String::as_str).collect::<Vec<_>>())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        relative_difference(&whole, &cut),
-        0.0,
-        "{alg} {dtype}: resumed weights differ"
-    );
+    resume_to_the_same_weights(&small_run_args(alg, dtype, &cut, true), &whole, &cut);
     // The metrics hold each step once.
     let text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = text
@@ -629,21 +635,7 @@ fn random_sigkills_then_resume_match_an_uninterrupted_run() {
             child.wait().unwrap();
             assert_nothing_half_written(&cut, &format!("{alg} after kill {kill}"));
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_p3o"))
-            .args(args(&cut, true))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{alg}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            relative_difference(&whole, &cut),
-            0.0,
-            "{alg}: resumed weights differ"
-        );
+        resume_to_the_same_weights(&args(&cut, true), &whole, &cut);
         assert_eq!(
             metrics_without_timings(&whole),
             metrics_without_timings(&cut),

@@ -22,7 +22,7 @@ use super::models::{device_of, progress_bar, tokenizer_json_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
-use crate::run_dir::io_at;
+use crate::run_dir::{create_metrics, io_at};
 use crate::torch::checkpoint::load_into_except;
 use crate::torch::config::{Architecture, ModelConfig};
 use crate::torch::generate::left_pad;
@@ -270,9 +270,7 @@ pub fn train_reward_model(
     let train = encode(&prefs, &tokenizer, max, &place)?;
     let heldout = encode(&heldout_prefs, &tokenizer, max, &place)?;
 
-    std::fs::create_dir_all(out).map_err(io_at(out))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io_at(&metrics_path))?;
+    let (metrics_path, mut metrics) = create_metrics(out)?;
     let eval = |step: usize, metrics: &mut std::fs::File| -> Result<(f64, f64), TrainError> {
         if heldout.chosen.is_empty() {
             return Ok((f64::NAN, f64::NAN));
@@ -282,7 +280,8 @@ pub fn train_reward_model(
             metrics,
             "{}",
             json!({"step": step, "split": "heldout", "loss": loss, "accuracy": acc})
-        )?;
+        )
+        .map_err(io_at(&metrics_path))?;
         Ok((loss, acc))
     };
     let (_, initial_acc) = eval(0, &mut metrics)?;
@@ -310,7 +309,8 @@ pub fn train_reward_model(
                 metrics,
                 "{}",
                 json!({"step": step, "split": "train", "loss": loss_v, "grad_norm": norm, "lr": lr})
-            )?;
+            )
+            .map_err(io_at(&metrics_path))?;
             bar.set_message(format!("loss {loss_v:.3}"));
             bar.inc(1);
         }

@@ -21,7 +21,7 @@ use super::optim::{AdamW, descend, learning_rate};
 use super::scoring::token_window;
 use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
-use crate::run_dir::io_at;
+use crate::run_dir::{create_metrics, io_at};
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
 
@@ -211,9 +211,7 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let train = encode(&pairs, &tokenizer, max, &place)?;
     let heldout = encode(&heldout_pairs, &tokenizer, max, &place)?;
 
-    std::fs::create_dir_all(out).map_err(io_at(out))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io_at(&metrics_path))?;
+    let (metrics_path, mut metrics) = create_metrics(out)?;
     let mut opt = AdamW::new(&[&model.vs], cfg.weight_decay);
     let eval = || -> Result<Option<f64>, TrainError> {
         if heldout.prompts.is_empty() {
