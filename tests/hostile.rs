@@ -284,6 +284,188 @@ fn rope(key: &'static str, v: Value) -> Setup {
     config_patch(move |c| c["rope_parameters"][key] = v.clone())
 }
 
+/// A copy of fixture `name` at `dir/m`, its config patched.
+fn family_patch(name: &'static str, patch: impl Fn(&mut Value) + Send + Sync + 'static) -> Setup {
+    Box::new(move |d: &Path| {
+        let m = d.join("m");
+        copy_dir(&fixture(name), &m);
+        let path = m.join("config.json");
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        patch(&mut cfg);
+        std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    })
+}
+
+/// Broken configs of the Llama-shaped families and GPT-J: (name, setup,
+/// needles of its message).
+fn broken_family_models() -> Vec<(&'static str, Setup, Vec<&'static str>)> {
+    let set_in = |fixture: &'static str, key: &'static str, v: Value| {
+        family_patch(fixture, move |c| c[key] = v.clone())
+    };
+    vec![
+        (
+            "llama-kv-heads-not-dividing",
+            set_in("llama", "num_key_value_heads", json!(3)),
+            vec!["num_key_value_heads", "num_attention_heads"],
+        ),
+        (
+            "llama-kv-heads-zero",
+            set_in("llama", "num_key_value_heads", json!(0)),
+            vec!["num_key_value_heads"],
+        ),
+        (
+            "llama-head-dim-odd",
+            set_in("llama", "head_dim", json!(11)),
+            vec!["head_dim", "even"],
+        ),
+        (
+            "llama-head-dim-mismatch",
+            set_in("llama", "head_dim", json!(16)),
+            vec!["tensor `model.layers.0.self_attn", "model.safetensors"],
+        ),
+        (
+            "llama-head-dim-absent-not-dividing",
+            family_patch("llama", |c| {
+                c.as_object_mut().unwrap().remove("head_dim");
+                c["num_attention_heads"] = json!(5);
+                c["num_key_value_heads"] = json!(5);
+            }),
+            vec!["hidden_size", "num_attention_heads"],
+        ),
+        (
+            "llama-rope-scaling-yarn-old-spelling",
+            family_patch("llama", |c| {
+                c.as_object_mut().unwrap().remove("rope_parameters");
+                c["rope_theta"] = json!(500.0);
+                c["rope_scaling"] = json!({"type": "yarn", "factor": 2.0});
+            }),
+            vec!["rope_type", "yarn", "llama3"],
+        ),
+        (
+            "llama-rope-scaling-not-object",
+            family_patch("llama", |c| {
+                c.as_object_mut().unwrap().remove("rope_parameters");
+                c["rope_scaling"] = json!("llama3");
+            }),
+            vec!["rope_scaling", "object"],
+        ),
+        (
+            "llama3-rope-without-factor",
+            family_patch("llama-tied-llama3", |c| {
+                c["rope_parameters"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("factor");
+            }),
+            vec!["rope_parameters.factor", "llama3"],
+        ),
+        (
+            "llama3-rope-high-below-low",
+            family_patch("llama-tied-llama3", |c| {
+                c["rope_parameters"]["high_freq_factor"] = json!(0.5);
+            }),
+            vec!["high_freq_factor"],
+        ),
+        (
+            "llama-rope-theta-negative",
+            family_patch("llama", |c| {
+                c["rope_parameters"]["rope_theta"] = json!(-1.0)
+            }),
+            vec!["rope_theta"],
+        ),
+        (
+            "llama-partial-rotary",
+            family_patch("llama", |c| {
+                c["rope_parameters"]["partial_rotary_factor"] = json!(0.5)
+            }),
+            vec!["partial_rotary_factor"],
+        ),
+        (
+            "llama-hidden-act",
+            set_in("llama", "hidden_act", json!("relu")),
+            vec!["hidden_act", "relu", "silu"],
+        ),
+        (
+            "llama-rms-eps-zero",
+            set_in("llama", "rms_norm_eps", json!(0)),
+            vec!["rms_norm_eps"],
+        ),
+        (
+            "llama-untied-without-head",
+            set_in("llama-tied-llama3", "tie_word_embeddings", json!(false)),
+            vec!["lm_head.weight", "missing"],
+        ),
+        (
+            "llama-weights-named-qwen2",
+            set_in("llama", "model_type", json!("qwen2")),
+            vec!["self_attn.k_proj.bias", "missing"],
+        ),
+        (
+            "llama-eos-list-out-of-range",
+            set_in("llama", "eos_token_id", json!([0, 9999])),
+            vec!["eos_token_id", "9999"],
+        ),
+        (
+            "llama-eos-string",
+            set_in("llama", "eos_token_id", json!("</s>")),
+            vec!["eos_token_id", "token id"],
+        ),
+        (
+            "architecture-unknown",
+            family_patch("llama", |c| {
+                c.as_object_mut().unwrap().remove("model_type");
+                c["architectures"] = json!(["FooForCausalLM"]);
+            }),
+            vec!["FooForCausalLM", "llama"],
+        ),
+        (
+            "mistral-window-zero",
+            set_in("mistral", "sliding_window", json!(0)),
+            vec!["sliding_window"],
+        ),
+        (
+            "qwen2-sliding-window",
+            set_in("qwen2", "use_sliding_window", json!(true)),
+            vec!["use_sliding_window", "qwen2"],
+        ),
+        (
+            "qwen3-sliding-layer",
+            set_in(
+                "qwen3",
+                "layer_types",
+                json!(["full_attention", "sliding_attention"]),
+            ),
+            vec!["sliding_attention", "qwen3"],
+        ),
+        (
+            "qwen3-head-dim-zero",
+            set_in("qwen3", "head_dim", json!(0)),
+            vec!["head_dim"],
+        ),
+        (
+            "gptj-rotary-odd",
+            set_in("gptj", "rotary_dim", json!(3)),
+            vec!["rotary_dim", "even"],
+        ),
+        (
+            "gptj-rotary-beyond-head",
+            set_in("gptj", "rotary_dim", json!(64)),
+            vec!["rotary_dim"],
+        ),
+        (
+            "gptj-heads-not-dividing",
+            set_in("gptj", "n_head", json!(5)),
+            vec!["n_embd", "n_head"],
+        ),
+        (
+            "gptj-activation",
+            set_in("gptj", "activation_function", json!("mish")),
+            vec!["activation_function", "mish"],
+        ),
+    ]
+}
+
 /// Every broken model: (name, setup, needles of its message).
 fn broken_models() -> Vec<(&'static str, Setup, Vec<&'static str>)> {
     let raw_config = |text: &'static str| -> Setup {
@@ -436,13 +618,14 @@ fn broken_models() -> Vec<(&'static str, Setup, Vec<&'static str>)> {
         ),
         (
             "model-type-unknown",
-            set("model_type", json!("llama")),
-            vec!["llama", "gpt_neox"],
+            set("model_type", json!("mamba")),
+            vec!["mamba", "gpt_neox", "qwen3"],
         ),
         (
             "model-type-missing",
             config_patch(|c| {
                 c.as_object_mut().unwrap().remove("model_type");
+                c.as_object_mut().unwrap().remove("architectures");
             }),
             vec!["model_type"],
         ),
@@ -707,6 +890,16 @@ fn models() {
                 cfg[key] = v.clone();
                 std::fs::write(&path, cfg.to_string()).unwrap();
             },
+        ));
+    }
+    // The other families' own fields, through `logprobs`.
+    for (name, setup, needles) in broken_family_models() {
+        cases.push(case(
+            format!("{name}-logprobs"),
+            &["logprobs", "--model", "m"],
+            r#"{"prompt": "the policy", "response": " samples"}"#,
+            refused(&needles),
+            setup,
         ));
     }
     // A rotary dimension HF makes odd runs, as HF runs it.

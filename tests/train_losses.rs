@@ -225,7 +225,7 @@ mod ppo {
 // spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
 #[test]
 fn outside_logprobs_chain_into_autograd() {
-    use p3o::torch::layers::Linear;
+    use p3o::torch::nn::Linear;
     use p3o::train::builtin::tiny_model;
     use p3o::train::kernels::{Kernels, backward};
     use p3o::train::scoring::{ValueHead, token_window_with};

@@ -217,7 +217,7 @@ pub fn generate(
                 let positions = positions_from_mask(&mask);
                 positions.narrow(1, positions.size()[1] - t, t)
             };
-            let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut());
+            let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut())?;
             let last = model
                 .row_logits(&hidden.narrow(1, t - 1, 1).squeeze_dim(1))?
                 .to_kind(Kind::Float);

@@ -40,7 +40,7 @@ pub fn next_token_logprobs(
 ) -> Result<Tensor> {
     let t = ids.size()[1];
     let positions = positions_from_mask(attention_mask);
-    let hidden = model.hidden(ids, &positions, attention_mask, None);
+    let hidden = model.hidden(ids, &positions, attention_mask, None)?;
     let logits = model.logits(&hidden.narrow(1, 0, t - 1))?;
     Ok(token_logprobs(&logits, &ids.narrow(1, 1, t - 1)))
 }

@@ -1,19 +1,18 @@
-//! Feature `torch`: the language-model stack on tch (libtorch): HF-compatible
-//! GPT-NeoX and GPT-2, checkpoints in HF layout, the tokenizer, KV-cache
-//! generation, sequence log-probs and the reward model.
+//! Feature `torch`: the language-model stack on tch (libtorch): the shared
+//! blocks ([`nn`]), the HF model families ([`models`]: GPT-NeoX, GPT-2,
+//! GPT-J, Llama, Mistral, Qwen2, Qwen3), checkpoints in HF layout, the
+//! tokenizer, KV-cache generation, sequence log-probs and the reward model.
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
-pub mod gpt2;
-pub mod gpt_neox;
 pub mod jsonl;
-pub mod kv_cache;
-pub mod layers;
 pub mod logprobs;
 pub mod memory;
 pub mod model;
+pub mod models;
+pub mod nn;
 pub mod reward;
 pub mod tokenizer;
 

@@ -1,32 +1,33 @@
-//! A loaded model: the transformer body of either architecture with an LM
-//! head (policy, reference) or a scalar `score` head (reward model).
+//! A loaded model: the transformer body of any family with an LM head
+//! (policy, reference) or a scalar `score` head (reward model).
 
 use std::path::Path as FsPath;
 
-use tch::nn::VarStore;
+use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use super::config::{Architecture, ModelConfig};
-use super::gpt_neox::GptNeoxModel;
-use super::gpt2::Gpt2Model;
-use super::kv_cache::KvCache;
-use super::layers::Linear;
+use super::config::ModelConfig;
+use super::models::Body;
+use super::nn::{KvCache, Linear};
 use super::{Result, TorchError};
 use super::{checkpoint, memory};
 
 /// Which head sits on the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
-    /// Next-token logits (`GPTNeoXForCausalLM`, `GPT2LMHeadModel`).
+    /// Next-token logits (`*ForCausalLM`, `GPT2LMHeadModel`).
     Lm,
     /// One scalar per sequence (`*ForSequenceClassification` with one label,
     /// weight `score.weight`).
     Score,
 }
 
-enum Body {
-    GptNeox(GptNeoxModel),
-    Gpt2(Gpt2Model),
+/// The LM head: its own `[V, H]` weight, or the token embedding's when
+/// tied (the same tensor, so gradients reach the embedding), and a bias
+/// where the family has one.
+struct LmHead {
+    weight: Tensor,
+    bias: Option<Tensor>,
 }
 
 pub struct LanguageModel {
@@ -34,28 +35,36 @@ pub struct LanguageModel {
     pub config: ModelConfig,
     pub head: Head,
     body: Body,
-    /// GPT-NeoX's untied `embed_out`; GPT-2's head is its tied `wte`.
-    embed_out: Option<Linear>,
+    lm_head: Option<LmHead>,
     score: Option<Linear>,
 }
 
 impl LanguageModel {
-    /// A model with every weight zero (layer norms one), to be loaded. The
+    /// A model with every weight zero (norm scales one), to be loaded. The
     /// parameters must fit in the memory `device` has free ([`memory`]), and
     /// an allocation that fails anyway is an error, not a panic.
     pub fn new(config: ModelConfig, head: Head, device: Device) -> Result<LanguageModel> {
         memory::check_fits(&config, device)?;
         let vs = VarStore::new(device);
         let root = vs.root();
-        let hidden = config.hidden_size();
-        let (body, embed_out) = match &config.arch {
-            Architecture::GptNeox(c) => (
-                Body::GptNeox(GptNeoxModel::new(&root / "gpt_neox", c)?),
-                (head == Head::Lm)
-                    .then(|| Linear::new(&root / "embed_out", hidden, c.vocab_size, false))
-                    .transpose()?,
-            ),
-            Architecture::Gpt2(c) => (Body::Gpt2(Gpt2Model::new(&root / "transformer", c)?), None),
+        let (vocab, hidden) = (config.vocab_size(), config.hidden_size());
+        let body = Body::new(vs.root(), &config.arch)?;
+        let lm_head = match head {
+            Head::Score => None,
+            Head::Lm => {
+                let spec = config.arch.lm_head();
+                let p = &root / spec.name;
+                let weight = if spec.tied {
+                    body.token_embedding().shallow_clone()
+                } else {
+                    p.f_var("weight", &[vocab, hidden], Init::Const(0.0))?
+                };
+                let bias = spec
+                    .bias
+                    .then(|| p.f_var("bias", &[vocab], Init::Const(0.0)))
+                    .transpose()?;
+                Some(LmHead { weight, bias })
+            }
         };
         let score = (head == Head::Score)
             .then(|| Linear::new(&root / "score", hidden, 1, false))
@@ -65,7 +74,7 @@ impl LanguageModel {
             config,
             head,
             body,
-            embed_out,
+            lm_head,
             score,
         })
     }
@@ -89,10 +98,7 @@ impl LanguageModel {
     }
 
     pub fn num_layers(&self) -> usize {
-        match &self.body {
-            Body::GptNeox(m) => m.layers.len(),
-            Body::Gpt2(m) => m.h.len(),
-        }
+        self.body.num_layers()
     }
 
     pub fn device(&self) -> Device {
@@ -113,22 +119,26 @@ impl LanguageModel {
         positions: &Tensor,
         key_valid: &Tensor,
         cache: Option<&mut KvCache>,
-    ) -> Tensor {
-        match &self.body {
-            Body::GptNeox(m) => m.forward(ids, positions, key_valid, cache),
-            Body::Gpt2(m) => m.forward(ids, positions, key_valid, cache),
-        }
+    ) -> Result<Tensor> {
+        self.body.forward(ids, positions, key_valid, cache)
+    }
+
+    fn head(&self) -> Result<&LmHead> {
+        self.lm_head
+            .as_ref()
+            .ok_or_else(|| TorchError::Input("this model has a reward head, not an LM head".into()))
+    }
+
+    /// The LM head's weight `[V, H]` and bias `[V]` (if any).
+    pub fn lm_head_parameters(&self) -> Result<(&Tensor, Option<&Tensor>)> {
+        let head = self.head()?;
+        Ok((&head.weight, head.bias.as_ref()))
     }
 
     /// Next-token logits `[b, t, V]` from hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match (&self.body, &self.embed_out) {
-            (_, Some(head)) => Ok(head.forward(hidden)),
-            (Body::Gpt2(m), None) if self.head == Head::Lm => Ok(hidden.matmul(&m.wte.weight.tr())),
-            _ => Err(TorchError::Input(
-                "this model has a reward head, not an LM head".into(),
-            )),
-        }
+        let head = self.head()?;
+        Ok(hidden.f_linear(&head.weight, head.bias.as_ref())?)
     }
 
     /// Logits `[b, V]` of one position per row, `hidden: [b, H]` (decoding
@@ -136,18 +146,10 @@ impl LanguageModel {
     /// `(W h^T)^T` with the `[V, H]` head as the left operand: with a few
     /// rows MKL streams it about 1.5x faster that way round (BENCHMARKS.md).
     pub fn row_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = match (&self.body, &self.embed_out) {
-            (_, Some(head)) => (&head.weight, head.bias.as_ref()),
-            (Body::Gpt2(m), None) if self.head == Head::Lm => (&m.wte.weight, None),
-            _ => {
-                return Err(TorchError::Input(
-                    "this model has a reward head, not an LM head".into(),
-                ));
-            }
-        };
-        let logits = weight.mm(&hidden.tr()).tr().contiguous();
-        Ok(match bias {
-            Some(b) => logits + b,
+        let head = self.head()?;
+        let logits = head.weight.f_mm(&hidden.f_tr()?)?.f_tr()?.f_contiguous()?;
+        Ok(match &head.bias {
+            Some(b) => logits.f_add(b)?,
             None => logits,
         })
     }
@@ -158,7 +160,7 @@ impl LanguageModel {
             .score
             .as_ref()
             .ok_or_else(|| TorchError::Input("this model has no reward head".into()))?;
-        Ok(score.forward(hidden).squeeze_dim(-1))
+        Ok(score.forward(hidden)?.f_squeeze_dim(-1)?)
     }
 }
 

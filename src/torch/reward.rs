@@ -9,7 +9,7 @@ use super::model::{LanguageModel, positions_from_mask};
 /// One reward per row of `ids: [b, T]` with `attention_mask: [b, T]`.
 pub fn rewards(model: &LanguageModel, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
     let positions = positions_from_mask(attention_mask);
-    let hidden = model.hidden(ids, &positions, attention_mask, None);
+    let hidden = model.hidden(ids, &positions, attention_mask, None)?;
     let scores = model.scores(&hidden)?;
     let t = ids.size()[1];
     let index = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0)

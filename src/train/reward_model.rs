@@ -24,7 +24,7 @@ use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
 use crate::run_dir::{create_metrics, io_at};
 use crate::torch::checkpoint::load_into_except;
-use crate::torch::config::{Architecture, ModelConfig};
+use crate::torch::config::ModelConfig;
 use crate::torch::generate::left_pad;
 use crate::torch::reward::rewards;
 use crate::torch::tokenizer::Tokenizer;
@@ -130,10 +130,7 @@ pub fn reward_model_from(dir: &Path, device: tch::Device) -> Result<LanguageMode
         )));
     }
     let mut config = ModelConfig::load(dir)?;
-    let arch = match &config.arch {
-        Architecture::GptNeox(_) => "GPTNeoXForSequenceClassification",
-        Architecture::Gpt2(_) => "GPT2ForSequenceClassification",
-    };
+    let arch = config.family().sequence_classification();
     config.raw["architectures"] = json!([arch]);
     config.raw["id2label"] = json!({"0": "LABEL_0"});
     config.raw["label2id"] = json!({"LABEL_0": 0});

@@ -12,8 +12,8 @@ use super::builtin::{self, BUILTIN_REWARD, TOY_GOLD_REWARD};
 use super::error::TrainError;
 use super::kernels::{Detached, Kernels};
 use crate::torch::generate::left_pad;
-use crate::torch::layers::Linear;
 use crate::torch::model::positions_from_mask;
+use crate::torch::nn::Linear;
 use crate::torch::reward::rewards as model_rewards;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel, TorchError};
@@ -26,10 +26,11 @@ pub struct ValueHead {
 
 impl ValueHead {
     /// The scalar value of every hidden state `[.., H]` -> `[..]`.
-    pub fn values(&self, hidden: &Tensor) -> Tensor {
-        self.linear
-            .forward(&hidden.to_kind(self.linear.weight.kind()))
-            .squeeze_dim(-1)
+    pub fn values(&self, hidden: &Tensor) -> Result<Tensor, TorchError> {
+        Ok(self
+            .linear
+            .forward(&hidden.to_kind(self.linear.weight.kind()))?
+            .squeeze_dim(-1))
     }
 }
 
@@ -160,12 +161,15 @@ pub fn token_window_with(
     responses: &[Vec<i64>],
     kernels: &Kernels,
 ) -> Result<(TokenWindow, Option<Detached>), TrainError> {
-    let w = response_window(model, prompts, responses);
+    let w = response_window(model, prompts, responses)?;
     let (lp, detached) = kernels.token_logprobs(&model.logits(&w.hidden)?, &w.targets)?;
     Ok((
         TokenWindow {
             lp: lp * &w.mask,
-            values: head.map(|h| h.values(&w.hidden) * &w.mask),
+            values: head
+                .map(|h| h.values(&w.hidden))
+                .transpose()?
+                .map(|v| v * &w.mask),
             mask: w.mask,
         },
         detached,
@@ -180,9 +184,9 @@ pub fn value_window(
     head: &ValueHead,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
-) -> Tensor {
-    let w = response_window(model, prompts, responses);
-    head.values(&w.hidden) * &w.mask
+) -> Result<Tensor, TrainError> {
+    let w = response_window(model, prompts, responses)?;
+    Ok(head.values(&w.hidden)? * &w.mask)
 }
 
 /// Prompt + response rows, left-padded, through the body: the hidden states
@@ -199,7 +203,7 @@ fn response_window(
     model: &LanguageModel,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
-) -> ResponseWindow {
+) -> Result<ResponseWindow, TrainError> {
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .zip(responses)
@@ -208,10 +212,10 @@ fn response_window(
     let (ids, attn) = left_pad(&rows, 0, model.device());
     let t = ids.size()[1];
     let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None);
+    let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None)?;
     let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
     let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + l;
-    ResponseWindow {
+    Ok(ResponseWindow {
         // Position j's logits predict token j + 1: the window predicting the
         // last l tokens starts at t - 1 - l (a prompt has at least one token).
         hidden: hidden.narrow(1, t - 1 - l, l),
@@ -220,7 +224,7 @@ fn response_window(
             .unsqueeze(0)
             .ge_tensor(&start.unsqueeze(1))
             .to_kind(Kind::Float),
-    }
+    })
 }
 
 /// Sequence log-probs `[n]` without gradient: the masked sums of

@@ -141,7 +141,7 @@ impl Trainer {
         // Behaviour token log-probs from the sampling pass (as for the pair
         // algorithms); the policy's body runs once more for the values only.
         let head = self.value_head()?;
-        let v_old = tch::no_grad(|| value_window(&self.policy, head, prompt_ids, responses));
+        let v_old = tch::no_grad(|| value_window(&self.policy, head, prompt_ids, responses))?;
         let (reference, _) = tch::no_grad(|| {
             token_window_with(&self.reference, None, prompt_ids, responses, &self.kernels)
         })?;

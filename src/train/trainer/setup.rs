@@ -9,7 +9,7 @@ use tch::Kind;
 
 use super::Trainer;
 use crate::reference::shift::RewardShift;
-use crate::torch::layers::Linear;
+use crate::torch::nn::Linear;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, TorchError};
 use crate::toy::{self, Split};
