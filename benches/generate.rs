@@ -69,7 +69,7 @@ fn main() {
             top_k: None,
             top_p: None,
             seed: 0,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
             pad_token_id: 0,
             use_cache,
             logprobs,

@@ -79,7 +79,7 @@ fn greedy(eos: i64, max_new: i64) -> GenerateOptions {
         top_k: None,
         top_p: None,
         seed: 0,
-        eos_token_id: Some(eos),
+        eos_token_ids: vec![eos],
         pad_token_id: eos,
         use_cache: true,
         logprobs: true,
@@ -214,7 +214,7 @@ fn cached_generation_equals_recomputation() {
             top_k: Some(50),
             top_p: Some(0.95),
             seed: 7,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
             ..greedy(eos, 10)
         };
         let cached = generate(&model, &prompts, &sampled).unwrap();

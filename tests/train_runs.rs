@@ -355,7 +355,7 @@ fn prompt_formats() {
         "{\"prompt\": \"plain\"}\n\n{\"prompt\": \"SUBREDDIT: r/x\\nTL;DR:\", \"label\": \" a summary\"}\n{\"chosen\": \"\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: and?\\n\\nAssistant: more\", \"rejected\": \"x\"}\n",
     )
     .unwrap();
-    let got = p3o::train::data::load_prompts(&f).unwrap();
+    let got = p3o::train::data::load_prompts(&f, None).unwrap();
     assert_eq!(
         got,
         vec![
@@ -369,7 +369,7 @@ fn prompt_formats() {
         "{\"prompt\": \"ok\"}\n{\"chosen\": \"no assistant turn\"}\n",
     )
     .unwrap();
-    let e = p3o::train::data::load_prompts(&f).unwrap_err();
+    let e = p3o::train::data::load_prompts(&f, None).unwrap_err();
     assert!(e.contains("line 2") && e.contains("Assistant"), "{e}");
 }
 

@@ -46,6 +46,7 @@ pub use imp::{compare, eval};
 mod imp {
     use std::path::Path;
 
+    use p3o::torch::chat::{ChatTemplate, TemplateChoice};
     use p3o::torch::generate::{MAX_NEW_TOKENS, temperature_problem};
     use p3o::torch::tokenizer::Tokenizer;
     use p3o::train::evaluate::{
@@ -90,7 +91,10 @@ mod imp {
             },
             tokenizer,
         };
-        let prompts = eval_prompts(&a.prompts)?;
+        // Conversations take the reference tokenizer's own chat template.
+        let chat = ChatTemplate::choose(&TemplateChoice::Auto, &judges.tokenizer.tokenizer_config)
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        let prompts = eval_prompts(&a.prompts, chat.as_ref())?;
         // Every model that reads a prompt and its response must hold the
         // longest of them.
         let mut longest = 0i64;

@@ -186,7 +186,7 @@ mod imp {
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
             pad_token_id: 0,
             use_cache: true,
             logprobs: false,
@@ -205,16 +205,15 @@ mod imp {
                 )));
             }
         }
-        let eos = l
-            .tokenizer
-            .as_ref()
-            .and_then(|t| t.eos_token_id)
-            .or(l.model.config.eos_token_id);
+        let eos = l.tokenizer.as_ref().map_or_else(
+            || l.model.config.eos_token_ids.clone(),
+            |t| t.eos_token_ids.clone(),
+        );
         let pad = l
             .tokenizer
             .as_ref()
             .and_then(|t| t.pad_token_id)
-            .or(eos)
+            .or(eos.first().copied())
             .unwrap_or(0);
         let opts = GenerateOptions {
             max_new_tokens: a.max_new_tokens,
@@ -222,7 +221,7 @@ mod imp {
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,
-            eos_token_id: eos,
+            eos_token_ids: eos,
             pad_token_id: pad,
             use_cache: true,
             logprobs: false,

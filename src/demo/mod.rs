@@ -108,7 +108,7 @@ fn write_preferences(policy: &Path, cfg: &DemoConfig, out: &Path) -> Result<f64,
     let responses = sample_responses(&model, &tokenizer, &ids, &spec)?;
     let body = |r: &[i64]| -> Result<String, TrainError> {
         let r = match r.split_last() {
-            Some((&last, b)) if Some(last) == tokenizer.eos_token_id => b,
+            Some((&last, b)) if tokenizer.is_eos(last) => b,
             _ => r,
         };
         Ok(tokenizer.decode(r)?)
@@ -266,7 +266,7 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
         gold: Some(Reward::ToyGold),
         tokenizer,
     };
-    let prompts = eval_prompts(TOY_PROMPTS)?;
+    let prompts = eval_prompts(TOY_PROMPTS, None)?;
     let spec = SampleSpec {
         max_new_tokens: cfg.max_new_tokens,
         temperature: 1.0,

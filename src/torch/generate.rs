@@ -21,7 +21,8 @@ pub struct GenerateOptions {
     /// so results do not depend on libtorch's global generator or on other
     /// threads.
     pub seed: u64,
-    pub eos_token_id: Option<i64>,
+    /// Every token that ends a row (Llama 3 has several); empty: none.
+    pub eos_token_ids: Vec<i64>,
     pub pad_token_id: i64,
     /// Recompute the whole sequence each step instead of using the cache
     /// (the slow twin the cached path is tested against).
@@ -244,7 +245,7 @@ pub fn generate(
                     if let Some(&lp) = lp_v.get(r) {
                         out_lp[r].push(lp);
                     }
-                    if Some(next_v[r]) == o.eos_token_id {
+                    if o.eos_token_ids.contains(&next_v[r]) {
                         alive[r] = false;
                     }
                     fed.push(next_v[r]);

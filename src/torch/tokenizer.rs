@@ -1,24 +1,77 @@
-//! `tokenizer.json` through the `tokenizers` crate, with EOS and padding ids
-//! from the model config.
+//! `tokenizer.json` through the `tokenizers` crate, with the special
+//! tokens of `tokenizer_config.json` and the model config: BOS, the EOS
+//! ids that end a response, and the pad id.
 
 use std::path::Path;
 
+use super::chat::TokenizerConfig;
 use super::config::ModelConfig;
 use super::{Result, TorchError, file_error};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The EOS a response ends with (SFT appends it): `tokenizer_config.json`'s
+    /// `eos_token` (a chat model's end of turn), else the config's first.
     pub eos_token_id: Option<i64>,
-    /// The pad id: the config's, else EOS (the usual choice for GPT-style
-    /// models without one).
+    /// Every id that ends a response: the configs' EOS lists and
+    /// `tokenizer_config.json`'s `eos_token`.
+    pub eos_token_ids: Vec<i64>,
+    pub bos_token_id: Option<i64>,
+    /// The pad id: the config's, else `tokenizer_config.json`'s `pad_token`,
+    /// else EOS (the usual choice for GPT-style models without one).
     pub pad_token_id: Option<i64>,
+    /// Special-token texts and the chat template.
+    pub tokenizer_config: TokenizerConfig,
+    pad_from_config: Option<i64>,
 }
 
 impl Tokenizer {
+    /// `dir/tokenizer.json`, with `dir/tokenizer_config.json` where it is.
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
-        Tokenizer::checked(inner, config).map_err(|m| file_error(&path, m))
+        let mut tok = Tokenizer::checked(inner, config).map_err(|m| file_error(&path, m))?;
+        let tc = TokenizerConfig::load(dir)?;
+        tok.take_special_tokens(tc)
+            .map_err(|m| file_error(&dir.join("tokenizer_config.json"), m))?;
+        Ok(tok)
+    }
+
+    /// Resolves `tc`'s special-token texts to ids; a token the vocabulary
+    /// lacks is an error naming it.
+    fn take_special_tokens(&mut self, tc: TokenizerConfig) -> std::result::Result<(), String> {
+        let id = |field: &str, text: &Option<String>| -> std::result::Result<Option<i64>, String> {
+            match text {
+                None => Ok(None),
+                Some(t) => self
+                    .inner
+                    .token_to_id(t)
+                    .map(|i| Some(i64::from(i)))
+                    .ok_or_else(|| {
+                        format!("field `{field}`: `{t}` is not a token of tokenizer.json")
+                    }),
+            }
+        };
+        let eos = id("eos_token", &tc.special.eos)?;
+        let bos = id("bos_token", &tc.special.bos)?;
+        let pad = id("pad_token", &tc.special.pad)?;
+        if let Some(e) = eos {
+            self.eos_token_id = Some(e);
+            if !self.eos_token_ids.contains(&e) {
+                self.eos_token_ids.push(e);
+            }
+        }
+        self.bos_token_id = self.bos_token_id.or(bos);
+        if self.pad_from_config.is_none() {
+            self.pad_token_id = pad.or(self.pad_token_id);
+        }
+        self.tokenizer_config = tc;
+        Ok(())
+    }
+
+    /// Whether `id` ends a response.
+    pub fn is_eos(&self, id: i64) -> bool {
+        self.eos_token_ids.contains(&id)
     }
 
     /// The tokenizer, if every id it can give lies in the model's
@@ -42,7 +95,11 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             eos_token_id: config.eos_token_id,
+            eos_token_ids: config.eos_token_ids.clone(),
+            bos_token_id: config.bos_token_id,
             pad_token_id: config.pad_token_id.or(config.eos_token_id),
+            pad_from_config: config.pad_token_id,
+            tokenizer_config: TokenizerConfig::default(),
         })
     }
 

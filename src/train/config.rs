@@ -159,6 +159,10 @@ pub struct TrainConfig {
     /// Held-out prompts in the same formats; empty means the built-in eval
     /// prompts with the built-in task, else the last tenth of `prompts`.
     pub eval_prompts: String,
+    /// How `{"messages": [...]}` prompt lines become text: `auto` (the
+    /// policy tokenizer's `chat_template`), `none` (refused), or a Jinja
+    /// file.
+    pub chat_template: String,
     /// Evaluate every this many steps (0 disables).
     pub eval_every: usize,
     /// Responses sampled per held-out prompt at each evaluation.
@@ -217,6 +221,7 @@ impl Default for TrainConfig {
             gold_reward: String::new(),
             prompts: BUILTIN_PROMPTS.into(),
             eval_prompts: String::new(),
+            chat_template: "auto".into(),
             eval_every: 10,
             eval_samples: 1,
             checkpoint_every: 10,

@@ -1,9 +1,12 @@
 //! Prompt datasets: JSON Lines of plain prompts (`{"prompt"}`, also the
 //! TL;DR format with its `label`), or Anthropic HH pairs
 //! (`{"chosen", "rejected"}`, the prompt being the dialogue up to the last
-//! "Assistant:" turn).
+//! "Assistant:" turn), or conversations (`{"messages"}`) rendered with a
+//! chat template.
 
 use std::path::Path;
+
+use crate::torch::chat::{ChatMessage, ChatTemplate};
 
 /// The JSON objects of a JSON Lines file with their line numbers (blank
 /// lines skipped); malformed JSON is an error naming the line, and so is a
@@ -65,11 +68,30 @@ pub fn string_field(v: &serde_json::Value, key: &str) -> Result<String, String> 
 }
 
 /// One prompt per line of `path`; a malformed line is an error naming it.
-pub fn load_prompts(path: &Path) -> Result<Vec<String>, String> {
-    read_jsonl(path, prompt_of)
+/// `chat` renders the lines that hold a conversation.
+pub fn load_prompts(path: &Path, chat: Option<&ChatTemplate>) -> Result<Vec<String>, String> {
+    read_jsonl(path, |v| prompt_of(v, chat))
 }
 
-pub fn prompt_of(v: &serde_json::Value) -> Result<String, String> {
+/// The prompt text of one line: `{"prompt"}`, a conversation
+/// `{"messages": [{"role", "content"}, ...]}` rendered by `chat` with the
+/// opening of the assistant's turn, or the Anthropic HH `{"chosen"}` up to
+/// its last assistant turn.
+pub fn prompt_of(v: &serde_json::Value, chat: Option<&ChatTemplate>) -> Result<String, String> {
+    if let Some(m) = v.get("messages") {
+        let messages: Vec<ChatMessage> = serde_json::from_value(m.clone()).map_err(|e| {
+            format!("field `messages`: expected a list of {{\"role\", \"content\"}} strings ({e})")
+        })?;
+        if messages.is_empty() {
+            return Err("field `messages`: the conversation is empty".into());
+        }
+        let template = chat.ok_or(
+            "field `messages`: a conversation needs a chat template, and there is none (config key `chat_template`: `auto` takes the policy's tokenizer_config.json, or name a Jinja file)",
+        )?;
+        return template
+            .render(&messages, true)
+            .map_err(|e| format!("field `messages`: {e}"));
+    }
     if let Some(p) = v.get("prompt") {
         return p
             .as_str()

@@ -11,6 +11,7 @@ use super::data::load_prompts;
 use super::error::TrainError;
 use super::scoring::{Reward, sequence_logprobs};
 use crate::stats::{MeanSe, mean_se, win_rates};
+use crate::torch::chat::ChatTemplate;
 use crate::torch::generate::{GenerateOptions, generate};
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
@@ -29,7 +30,8 @@ pub struct SampleSpec {
 
 /// Held-out prompts: `builtin:toy` (the toy task's eval split), `builtin`
 /// (the vowel task's) or a JSON Lines file.
-pub fn eval_prompts(spec: &str) -> Result<Vec<String>, TrainError> {
+/// Conversations (`{"messages"}`) are rendered with `chat`.
+pub fn eval_prompts(spec: &str, chat: Option<&ChatTemplate>) -> Result<Vec<String>, TrainError> {
     match spec {
         TOY_PROMPTS => Ok(crate::toy::prompts(
             crate::toy::Split::Eval,
@@ -39,7 +41,7 @@ pub fn eval_prompts(spec: &str) -> Result<Vec<String>, TrainError> {
             .iter()
             .map(|s| s.to_string())
             .collect()),
-        path => load_prompts(Path::new(path)).map_err(TrainError::Input),
+        path => load_prompts(Path::new(path), chat).map_err(TrainError::Input),
     }
 }
 
@@ -64,7 +66,7 @@ pub fn sample_responses(
             top_k: None,
             top_p: None,
             seed: spec.seed.wrapping_add(c as u64),
-            eos_token_id: tokenizer.eos_token_id,
+            eos_token_ids: tokenizer.eos_token_ids.clone(),
             pad_token_id: tokenizer.pad_token_id.unwrap_or(0),
             use_cache: true,
             logprobs: false,

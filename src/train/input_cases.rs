@@ -50,11 +50,21 @@ pub fn check_train_config(data: &[u8]) -> bool {
 /// `data` as a JSON Lines file of prompts, of SFT pairs and of preference
 /// pairs: each reader gives a non-empty list or one line naming the file
 /// (and, for a bad line, its number). Returns whether any reader read it.
+/// The template [`check_data_readers`] renders conversations with.
+const FUZZ_CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
 pub fn check_data_readers(data: &[u8]) -> bool {
     let path = scratch("data.jsonl", data);
     let name = path.display().to_string();
     let mut read = false;
-    match load_prompts(&path) {
+    // Conversations through a ChatML-style template.
+    let chat = crate::torch::chat::ChatTemplate::new(
+        FUZZ_CHAT_TEMPLATE.to_string(),
+        Default::default(),
+        "the fuzz chat template".into(),
+    )
+    .expect("the fuzz template compiles");
+    match load_prompts(&path, Some(&chat)) {
         Ok(p) => read |= !p.is_empty(),
         Err(e) => assert_one_line(&e, &[&name]),
     }

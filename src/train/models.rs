@@ -10,6 +10,8 @@ use tch::{Device, Kind};
 use super::builtin::{self, BUILTIN_MODEL};
 use super::error::TrainError;
 use crate::device::DeviceSpec;
+use crate::run_dir::io_at;
+use crate::torch::config::ModelConfig;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel};
 
@@ -41,6 +43,55 @@ pub fn load_model(
 }
 
 /// The text of the `tokenizer.json` that goes with the model `spec`.
+/// The tokenizer of model `spec` (a directory: its `tokenizer.json` and
+/// `tokenizer_config.json`; or the built-in model's).
+pub fn tokenizer_of(spec: &str, config: &ModelConfig) -> Result<Tokenizer, TrainError> {
+    if spec == BUILTIN_MODEL {
+        return Ok(Tokenizer::from_json(&builtin::tokenizer_json(), config)?);
+    }
+    Ok(Tokenizer::load(Path::new(spec), config)?)
+}
+
+/// The files a saved model carries beside its weights so that it tokenizes,
+/// chats and stops as its source did: `tokenizer.json`, and where the
+/// source has them `tokenizer_config.json`, `chat_template.jinja`,
+/// `special_tokens_map.json` and `generation_config.json`; read once, when
+/// a run starts.
+pub struct TokenizerFiles(Vec<(&'static str, Vec<u8>)>);
+
+/// The files besides `tokenizer.json` that [`TokenizerFiles`] copies.
+const TOKENIZER_COMPANIONS: [&str; 4] = [
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+impl TokenizerFiles {
+    /// Those of model `spec` (the built-in model has `tokenizer.json` only).
+    pub fn of(spec: &str) -> Result<TokenizerFiles, TrainError> {
+        let mut files = vec![("tokenizer.json", tokenizer_json_of(spec)?.into_bytes())];
+        if spec != BUILTIN_MODEL {
+            for name in TOKENIZER_COMPANIONS {
+                let path = Path::new(spec).join(name);
+                if path.is_file() {
+                    files.push((name, std::fs::read(&path).map_err(io_at(&path))?));
+                }
+            }
+        }
+        Ok(TokenizerFiles(files))
+    }
+
+    /// Writes them into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
+        for (name, bytes) in &self.0 {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(io_at(&path))?;
+        }
+        Ok(())
+    }
+}
+
 pub fn tokenizer_json_of(spec: &str) -> Result<String, TrainError> {
     if spec == BUILTIN_MODEL {
         return Ok(builtin::tokenizer_json());

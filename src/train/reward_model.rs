@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 use super::config::{LrSchedule, Supervised, check_supervised, load_toml};
 use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
-use super::models::{device_of, progress_bar, tokenizer_json_of};
+use super::models::{TokenizerFiles, device_of, progress_bar, tokenizer_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::seed::SeedPurpose;
 use crate::device::DeviceSpec;
@@ -253,8 +253,8 @@ pub fn train_reward_model(
     let base = Path::new(&cfg.base);
     let prefs = load_preferences(Path::new(&cfg.data))?;
     let model = reward_model_from(base, device)?;
-    let tokenizer_json = tokenizer_json_of(&cfg.base)?;
-    let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
+    let tokenizer = tokenizer_of(&cfg.base, &model.config)?;
+    let tokenizer_files = TokenizerFiles::of(&cfg.base)?;
     // Each pair keeps its place in the file, for messages; the shuffle of
     // the split is the same with it as without.
     let (prefs, heldout_prefs) = split_heldout(
@@ -317,9 +317,7 @@ pub fn train_reward_model(
     let final_dir = out.join("final");
     crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
         model.save(d)?;
-        let path = d.join("tokenizer.json");
-        std::fs::write(&path, &tokenizer_json).map_err(io_at(&path))?;
-        Ok(())
+        tokenizer_files.write(d)
     })?;
     Ok(RewardModelSummary {
         train_pairs: train.chosen.len(),

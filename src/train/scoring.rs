@@ -98,7 +98,7 @@ impl Reward {
         let bodies: Vec<&[i64]> = responses
             .iter()
             .map(|r| match r.split_last() {
-                Some((&last, body)) if Some(last) == tokenizer.eos_token_id => body,
+                Some((&last, body)) if tokenizer.is_eos(last) => body,
                 _ => r.as_slice(),
             })
             .collect();

@@ -16,7 +16,7 @@ use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
 use super::config::{LrSchedule, Supervised, check_supervised, load_toml};
 use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
-use super::models::{device_of, load_model, progress_bar, tokenizer_json_of};
+use super::models::{TokenizerFiles, device_of, load_model, progress_bar, tokenizer_of};
 use super::optim::{AdamW, descend, learning_rate};
 use super::scoring::token_window;
 use super::seed::SeedPurpose;
@@ -192,8 +192,8 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
         tch::set_num_threads(cfg.threads as i32);
     }
     let model = load_model(&cfg.base, Head::Lm, cfg.seed, device)?;
-    let tokenizer_json = tokenizer_json_of(&cfg.base)?;
-    let tokenizer = Tokenizer::from_json(&tokenizer_json, &model.config)?;
+    let tokenizer = tokenizer_of(&cfg.base, &model.config)?;
+    let tokenizer_files = TokenizerFiles::of(&cfg.base)?;
     // Each pair keeps its place in the file, for messages; the shuffle of
     // the split is the same with it as without.
     let numbered: Vec<(usize, (String, String))> =
@@ -264,9 +264,7 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let final_dir = out.join("final");
     crate::run_dir::replace_dir(&final_dir, |d| -> Result<(), TrainError> {
         model.save(d)?;
-        let path = d.join("tokenizer.json");
-        std::fs::write(&path, &tokenizer_json).map_err(io_at(&path))?;
-        Ok(())
+        tokenizer_files.write(d)
     })?;
     Ok(SftSummary {
         examples: train.prompts.len(),

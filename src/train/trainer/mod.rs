@@ -49,7 +49,7 @@ pub struct Trainer {
     /// A second reward reported in eval lines (`gold_reward_mean`).
     gold: Option<Reward>,
     tokenizer: Tokenizer,
-    tokenizer_json: String,
+    tokenizer_files: crate::train::models::TokenizerFiles,
     prompts: Vec<String>,
     eval_prompts: Vec<String>,
     shift: Option<RewardShift>,
@@ -144,7 +144,7 @@ impl Trainer {
             top_k: self.cfg.top_k,
             top_p: self.cfg.top_p,
             seed,
-            eos_token_id: self.tokenizer.eos_token_id,
+            eos_token_ids: self.tokenizer.eos_token_ids.clone(),
             pad_token_id: self.tokenizer.pad_token_id.unwrap_or(0),
             use_cache: true,
             logprobs: true,
@@ -185,9 +185,7 @@ impl Trainer {
 
     fn save_model(&self, dir: &std::path::Path) -> Result<(), TrainError> {
         self.policy.save(dir)?;
-        let path = dir.join("tokenizer.json");
-        std::fs::write(&path, &self.tokenizer_json).map_err(io_at(&path))?;
-        Ok(())
+        self.tokenizer_files.write(dir)
     }
 }
 

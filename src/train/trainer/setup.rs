@@ -9,8 +9,8 @@ use tch::Kind;
 
 use super::Trainer;
 use crate::reference::shift::RewardShift;
+use crate::torch::chat::{ChatTemplate, TemplateChoice};
 use crate::torch::nn::Linear;
-use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, TorchError};
 use crate::toy::{self, Split};
 use crate::train::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
@@ -19,7 +19,9 @@ use crate::train::config::{Algorithm, Dtype, TrainConfig};
 use crate::train::data::load_prompts;
 use crate::train::error::TrainError;
 use crate::train::kernels::Kernels;
-use crate::train::models::{check_shared_vocabulary, device_of, load_model, tokenizer_json_of};
+use crate::train::models::{
+    TokenizerFiles, check_shared_vocabulary, device_of, load_model, tokenizer_of,
+};
 use crate::train::optim::AdamW;
 use crate::train::scoring::{Reward, ValueHead};
 
@@ -51,8 +53,7 @@ impl Trainer {
         for (_, mut t) in reference.vs.variables() {
             let _ = t.requires_grad_(false);
         }
-        let tokenizer_json = tokenizer_json_of(&cfg.policy)?;
-        let tokenizer = Tokenizer::from_json(&tokenizer_json, &policy.config)?;
+        let tokenizer = tokenizer_of(&cfg.policy, &policy.config)?;
         if !cfg.reference.is_empty() {
             let owner = format!("the policy `{}`", cfg.policy);
             check_shared_vocabulary(
@@ -91,7 +92,13 @@ impl Trainer {
                 )?;
             }
         }
-        let (prompts, eval_prompts) = resolve_prompts(&cfg)?;
+        let tokenizer_files = TokenizerFiles::of(&cfg.policy)?;
+        let chat = ChatTemplate::choose(
+            &TemplateChoice::parse(&cfg.chat_template),
+            &tokenizer.tokenizer_config,
+        )
+        .map_err(|e| TrainError::Input(format!("config key `chat_template`: {e}")))?;
+        let (prompts, eval_prompts) = resolve_prompts(&cfg, chat.as_ref())?;
         // The models that read a prompt and its response must all hold the
         // longest of them: the policy, the reference and a reward model.
         let reference_spec = if cfg.reference.is_empty() {
@@ -130,7 +137,7 @@ impl Trainer {
                 };
                 return Err(TrainError::Input(format!(
                     "{}: {why}",
-                    prompt_place(&cfg, p)
+                    prompt_place(&cfg, p, chat.as_ref())
                 )));
             }
         }
@@ -161,7 +168,7 @@ impl Trainer {
             reward,
             gold,
             tokenizer,
-            tokenizer_json,
+            tokenizer_files,
             prompts,
             eval_prompts,
             shift,
@@ -179,7 +186,7 @@ impl Trainer {
 
 /// Where prompt `p` comes from, for a message: the file and line of config
 /// key `prompts` or `eval_prompts` that holds it, or the built-in set.
-fn prompt_place(cfg: &TrainConfig, p: &str) -> String {
+fn prompt_place(cfg: &TrainConfig, p: &str, chat: Option<&ChatTemplate>) -> String {
     for (key, source) in [
         ("prompts", &cfg.prompts),
         ("eval_prompts", &cfg.eval_prompts),
@@ -192,7 +199,7 @@ fn prompt_place(cfg: &TrainConfig, p: &str) -> String {
         let found = lines.iter().find(|(_, line)| {
             crate::json::from_str_strict::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| crate::train::data::prompt_of(&v).ok())
+                .and_then(|v| crate::train::data::prompt_of(&v, chat).ok())
                 .is_some_and(|q| q == p)
         });
         if let Some((number, _)) = found {
@@ -207,13 +214,16 @@ fn prompt_place(cfg: &TrainConfig, p: &str) -> String {
 /// The training and held-out prompts of config keys `prompts` and
 /// `eval_prompts`: a built-in set, or JSON Lines (held out: `eval_prompts`,
 /// else the last tenth of `prompts`).
-fn resolve_prompts(cfg: &TrainConfig) -> Result<(Vec<String>, Vec<String>), TrainError> {
+fn resolve_prompts(
+    cfg: &TrainConfig,
+    chat: Option<&ChatTemplate>,
+) -> Result<(Vec<String>, Vec<String>), TrainError> {
     let explicit_eval = || -> Result<Option<Vec<String>>, TrainError> {
         if cfg.eval_prompts.is_empty() {
             Ok(None)
         } else {
             Ok(Some(
-                load_prompts(Path::new(&cfg.eval_prompts)).map_err(TrainError::Input)?,
+                load_prompts(Path::new(&cfg.eval_prompts), chat).map_err(TrainError::Input)?,
             ))
         }
     };
@@ -232,7 +242,7 @@ fn resolve_prompts(cfg: &TrainConfig) -> Result<(Vec<String>, Vec<String>), Trai
         };
         return Ok((strings(&builtin::TRAIN_PROMPTS), eval));
     }
-    let all = load_prompts(Path::new(&cfg.prompts)).map_err(TrainError::Input)?;
+    let all = load_prompts(Path::new(&cfg.prompts), chat).map_err(TrainError::Input)?;
     if let Some(eval) = explicit_eval()? {
         return Ok((all, eval));
     }
