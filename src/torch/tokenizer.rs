@@ -16,6 +16,8 @@ pub struct Tokenizer {
     /// Every id that ends a response: the configs' EOS lists and
     /// `tokenizer_config.json`'s `eos_token`.
     pub eos_token_ids: Vec<i64>,
+    /// `tokenizer_config.json`'s `bos_token` (the text a template writes),
+    /// else the config's.
     pub bos_token_id: Option<i64>,
     /// The pad id: the config's, else `tokenizer_config.json`'s `pad_token`,
     /// else EOS (the usual choice for GPT-style models without one).
@@ -61,7 +63,7 @@ impl Tokenizer {
                 self.eos_token_ids.push(e);
             }
         }
-        self.bos_token_id = self.bos_token_id.or(bos);
+        self.bos_token_id = bos.or(self.bos_token_id);
         if self.pad_from_config.is_none() {
             self.pad_token_id = pad.or(self.pad_token_id);
         }
