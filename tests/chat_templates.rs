@@ -49,7 +49,8 @@ fn expected(name: &str) -> Expected {
 /// A model config whose vocabulary holds the fixture tokenizer's added
 /// tokens (the tokenizer-only fixtures have no model).
 fn config() -> ModelConfig {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama/config.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama/config.json");
     let mut raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     raw["vocab_size"] = 384.into();
@@ -67,7 +68,10 @@ fn renders_as_transformers(name: &str) {
     let template = template(name);
     let tokenizer = Tokenizer::load(&fixture(name), &config()).unwrap();
     let want = expected(name);
-    assert!(want.cases.len() >= 10, "{name}: too few cases in expected.json");
+    assert!(
+        want.cases.len() >= 10,
+        "{name}: too few cases in expected.json"
+    );
     for (i, case) in want.cases.iter().enumerate() {
         let text = template
             .render(&case.messages, case.add_generation_prompt)
@@ -86,7 +90,11 @@ fn renders_as_transformers(name: &str) {
             "{name} error case {i}: {err:?} lacks transformers' message {:?}",
             case.error
         );
-        assert_eq!(err.lines().count(), 1, "{name} error case {i}: one line, got {err:?}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{name} error case {i}: one line, got {err:?}"
+        );
     }
 }
 
@@ -98,7 +106,10 @@ fn chatml_template_renders_as_transformers() {
 #[test]
 fn llama3_template_renders_as_transformers() {
     let want = expected("llama3");
-    assert!(!want.error_cases.is_empty(), "the llama3 fixture has a raise_exception case");
+    assert!(
+        !want.error_cases.is_empty(),
+        "the llama3 fixture has a raise_exception case"
+    );
     renders_as_transformers("llama3");
 }
 
@@ -108,7 +119,9 @@ fn llama3_template_renders_as_transformers() {
 #[test]
 fn rendered_prompts_hold_one_bos() {
     let tokenizer = Tokenizer::load(&fixture("llama3"), &config()).unwrap();
-    let bos = tokenizer.bos_token_id.expect("the llama3 fixture names a BOS");
+    let bos = tokenizer
+        .bos_token_id
+        .expect("the llama3 fixture names a BOS");
     for case in expected("llama3").cases {
         assert_eq!(case.ids.iter().filter(|&&i| i == bos).count(), 1);
         assert_eq!(case.ids[0], bos);
@@ -131,10 +144,18 @@ fn messages_prompt_lines_render_with_the_generation_prompt() {
             .unwrap();
         let auto = template(name);
         let mut seen = 0;
-        for case in expected(name).cases.iter().filter(|c| c.add_generation_prompt) {
+        for case in expected(name)
+            .cases
+            .iter()
+            .filter(|c| c.add_generation_prompt)
+        {
             let line = serde_json::json!({ "messages": case.messages });
             assert_eq!(prompt_of(&line, Some(&auto)).unwrap(), case.text, "{name}");
-            assert_eq!(prompt_of(&line, Some(&from_file)).unwrap(), case.text, "{name}");
+            assert_eq!(
+                prompt_of(&line, Some(&from_file)).unwrap(),
+                case.text,
+                "{name}"
+            );
             seen += 1;
         }
         assert!(seen >= 5, "{name}: {seen} generation-prompt cases");
@@ -150,7 +171,11 @@ fn messages_prompt_lines_render_with_the_generation_prompt() {
 #[test]
 fn template_choices_and_broken_templates() {
     let tc = TokenizerConfig::load(&fixture("chatml")).unwrap();
-    assert!(ChatTemplate::choose(&TemplateChoice::None, &tc).unwrap().is_none());
+    assert!(
+        ChatTemplate::choose(&TemplateChoice::None, &tc)
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(TemplateChoice::parse("auto"), TemplateChoice::Auto);
     assert_eq!(TemplateChoice::parse("none"), TemplateChoice::None);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat-broken");
@@ -161,7 +186,10 @@ fn template_choices_and_broken_templates() {
         .err()
         .expect("an unclosed for block does not compile")
         .to_string();
-    assert!(err.contains("broken.jinja") && err.contains("does not compile"), "{err}");
+    assert!(
+        err.contains("broken.jinja") && err.contains("does not compile"),
+        "{err}"
+    );
     let missing = dir.join("absent.jinja");
     let err = ChatTemplate::choose(&TemplateChoice::File(missing), &tc)
         .err()
