@@ -36,8 +36,9 @@ host_*)
         echo "no clang++ here: the kernels' own branches are not instrumented" >&2
     fi
     ;;
-train_config | data_readers)
-    # The training inputs' readers live behind feature `torch`.
+train_config | data_readers | model_files)
+    # The training inputs' readers and the model loader live behind feature
+    # `torch`.
     # shellcheck source=scripts/torch-env.sh
     source ../scripts/torch-env.sh
     build=(--features torch)
@@ -48,4 +49,18 @@ train_config | data_readers)
     ;;
 esac
 mkdir -p "corpus/$target"
+if [ "$target" = model_files ]; then
+    # The model fixtures as inputs (src/train/input_cases.rs,
+    # model_files_input): each file's text, then a line `--`, then
+    # model.safetensors' bytes.
+    for m in ../tests/fixtures/models/*/; do
+        seed="corpus/$target/fixture-$(basename "$m")"
+        [ -f "$seed" ] && continue
+        for f in config.json tokenizer.json tokenizer_config.json generation_config.json; do
+            [ -f "$m$f" ] && cat "$m$f"
+            printf '\n--\n'
+        done >"$seed"
+        cat "$m"model.safetensors* >>"$seed" 2>/dev/null || true
+    done
+fi
 cargo fuzz run "${build[@]}" "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds"

@@ -6,7 +6,9 @@
 //! kernel targets' inputs are replayed by `tests/cuda_kernels.rs`; a crash
 //! file anywhere else under `fuzz/regressions/` would be replayed by no
 //! test, and fails here. With feature `torch`, the training inputs'
-//! targets (`train_config`, `data_readers`) replay theirs here too.
+//! targets (`train_config`, `data_readers`) and the model loader's
+//! (`model_files`, whose seeds include every model fixture) replay theirs
+//! here too.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,12 +17,13 @@ use std::path::{Path, PathBuf};
 const REFERENCE_SEEDS: usize = 4;
 
 /// The fuzz targets, each with the folder of its crash files.
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "reference_case",
     "host_token_kernels",
     "host_sequence_kernels",
     "train_config",
     "data_readers",
+    "model_files",
 ];
 
 /// The files of `dir` under the crate, README.md files aside, sorted; none
@@ -96,6 +99,48 @@ fn training_input_seeds_and_crash_files() {
             outcomes.contains(&true) && outcomes.contains(&false),
             "{target}: the seeds are all read or all refused"
         );
+    }
+}
+
+/// Target `model_files`: every model fixture, as the target reads a model
+/// directory, loads and runs; the committed seeds (configs and tensors
+/// that disagree, truncated files, unsupported models) are refused in one
+/// line; its crash files are answered without a panic.
+// spec: C-ERRORS
+#[cfg(feature = "torch")]
+#[test]
+fn model_files_seeds_fixtures_and_crash_files() {
+    use p3o::train::input_cases::{check_model_files, model_files_input};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 15,
+        "{} single-file model fixtures",
+        dirs.len()
+    );
+    for dir in &dirs {
+        assert!(
+            check_model_files(&model_files_input(dir)),
+            "{}: the fixture does not load as a fuzz input",
+            dir.display()
+        );
+    }
+    let seeds = inputs("fuzz/seeds/model_files");
+    assert!(seeds.len() >= 6, "{} seeds, 6 committed", seeds.len());
+    for path in &seeds {
+        assert!(
+            !check_model_files(&fs::read(path).unwrap()),
+            "{}: the seed of a broken model loads",
+            path.display()
+        );
+    }
+    for path in inputs("fuzz/regressions/model_files") {
+        let _ = check_model_files(&fs::read(path).unwrap());
     }
 }
 

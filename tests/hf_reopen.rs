@@ -17,6 +17,7 @@ use std::process::Command;
 use p3o::torch::model::positions_from_mask;
 use p3o::torch::reward::rewards;
 use p3o::torch::{Head, LanguageModel};
+use p3o::train::reward_model::reward_model_from;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -129,8 +130,9 @@ const REWARD_MODELS: [&str; 5] = [
 
 /// p3o saves each family (weights moved from the fixture's), p3o and
 /// transformers reopen the checkpoint, and their logits agree within
-/// 1e-5 (f32); a reward model's rewards likewise. One model is saved from
-/// bf16, so the checkpoint holds bf16 tensors.
+/// 1e-5 (f32); a reward model's rewards likewise, for the HF-made reward
+/// fixtures and for the reward twin of every family. One model is saved
+/// from bf16, so the checkpoint holds bf16 tensors.
 #[test]
 fn saved_checkpoints_reopen_in_transformers() {
     let dir = tmp("saved");
@@ -165,44 +167,62 @@ fn saved_checkpoints_reopen_in_transformers() {
         let model =
             LanguageModel::load(&fixture(name), Head::Score, Device::Cpu, Kind::Float).unwrap();
         perturb(&model, 100 + i as i64);
-        let saved = dir.join(name);
-        model.save(&saved).unwrap();
-        let again = LanguageModel::load(&saved, Head::Score, Device::Cpu, Kind::Float).unwrap();
-        let pad = again.config.pad_token_id.unwrap();
-        // Right-padded rows whose real tokens never end in the pad id.
-        let rows: Vec<Vec<i64>> = PROMPTS
-            .iter()
-            .map(|p| p.iter().copied().filter(|&t| t != pad).collect())
-            .collect();
-        let width = rows.iter().map(Vec::len).max().unwrap();
-        let mut ids = Vec::new();
-        let mut mask = Vec::new();
-        for r in &rows {
-            ids.extend(
-                r.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(pad, width - r.len())),
-            );
-            mask.extend(
-                std::iter::repeat_n(1i64, r.len()).chain(std::iter::repeat_n(0, width - r.len())),
-            );
-        }
-        let shape = [rows.len() as i64, width as i64];
-        let got = rewards(
-            &again,
-            &Tensor::from_slice(&ids).view(shape),
-            &Tensor::from_slice(&mask).view(shape),
-        )
-        .unwrap();
-        let got = Vec::<f32>::try_from(got).unwrap();
-        let expected = saved.join("p3o-rewards.json");
-        write_json(
-            &expected,
-            &json!({ "ids": rows, "rewards": got, "pad_id": pad }),
-        );
-        checks.push(json!({ "dir": saved, "expected": expected, "reward": true, "tol": 1e-5 }));
+        checks.push(reward_check(&model, &dir.join(name)));
+    }
+    // The `*ForSequenceClassification` twin of every family, Mistral's and
+    // Qwen3's among them (no HF-made fixture), as `p3o reward-model train`
+    // makes it from a causal LM: a `score` head on the body.
+    for (i, name) in CAUSAL_LMS.iter().enumerate() {
+        let model = reward_model_from(&fixture(name), Device::Cpu).unwrap();
+        perturb(&model, 200 + i as i64);
+        checks.push(reward_check(&model, &dir.join(format!("{name}-as-reward"))));
     }
     transformers_agrees(&checks, &dir);
+}
+
+/// Saves reward model `model` to `saved`, reopens it in p3o, and writes
+/// p3o's rewards of right-padded rows for transformers to recompute.
+fn reward_check(model: &LanguageModel, saved: &Path) -> Value {
+    model.save(saved).unwrap();
+    let again = LanguageModel::load(saved, Head::Score, Device::Cpu, Kind::Float).unwrap();
+    let pad = again.config.pad_token_id.unwrap();
+    // Right-padded rows whose real tokens never end in the pad id.
+    let rows: Vec<Vec<i64>> = PROMPTS
+        .iter()
+        .map(|p| p.iter().copied().filter(|&t| t != pad).collect())
+        .collect();
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in &rows {
+        ids.extend(
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, width - r.len())),
+        );
+        mask.extend(
+            std::iter::repeat_n(1i64, r.len()).chain(std::iter::repeat_n(0, width - r.len())),
+        );
+    }
+    let shape = [rows.len() as i64, width as i64];
+    let got = rewards(
+        &again,
+        &Tensor::from_slice(&ids).view(shape),
+        &Tensor::from_slice(&mask).view(shape),
+    )
+    .unwrap();
+    let got = Vec::<f32>::try_from(got).unwrap();
+    assert!(
+        got.iter().all(|r| r.abs() > 1e-3),
+        "{}: rewards near zero {got:?}",
+        saved.display()
+    );
+    let expected = saved.join("p3o-rewards.json");
+    write_json(
+        &expected,
+        &json!({ "ids": rows, "rewards": got, "pad_id": pad }),
+    );
+    json!({ "dir": saved, "expected": expected, "reward": true, "tol": 1e-5 })
 }
 
 /// A copy of fixture `name` whose config.json is `edit`ed.
