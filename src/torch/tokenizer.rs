@@ -27,11 +27,43 @@ pub struct Tokenizer {
     pad_from_config: Option<i64>,
 }
 
+/// `path` through the `tokenizers` crate, after two checks that keep its
+/// deserializer from panicking: the text must be JSON (a syntax error inside
+/// `decoder` reaches an `expect`), and no normalizer may be `Precompiled`
+/// (its charsmap is indexed unchecked when text is normalized; none of the
+/// families p3o loads uses one).
+fn parse_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
+    if let Some(normalizer) = value.get("normalizer") {
+        if has_type(normalizer, "Precompiled") {
+            return Err(file_error(
+                path,
+                "normalizer type `Precompiled` (a SentencePiece charsmap) is not supported",
+            ));
+        }
+    }
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| file_error(path, e))
+}
+
+/// Whether `value` or anything nested in it is an object with `"type": name`.
+fn has_type(value: &serde_json::Value, name: &str) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.get("type").and_then(|t| t.as_str()) == Some(name)
+                || map.values().any(|v| has_type(v, name))
+        }
+        serde_json::Value::Array(items) => items.iter().any(|v| has_type(v, name)),
+        _ => false,
+    }
+}
+
 impl Tokenizer {
     /// `dir/tokenizer.json`, with `dir/tokenizer_config.json` where it is.
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
+        let inner = parse_tokenizer_json(&path)?;
         let mut tok = Tokenizer::checked(inner, config).map_err(|m| file_error(&path, m))?;
         let tc = TokenizerConfig::load(dir)?;
         tok.take_special_tokens(tc)

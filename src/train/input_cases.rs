@@ -190,9 +190,10 @@ pub fn check_model_files(data: &[u8]) -> bool {
                 .unwrap_or_else(|e| panic!("a loaded model's forward pass fails: {e}"));
             match head {
                 Head::Lm => {
-                    model
+                    let logits = model
                         .logits(&hidden)
                         .unwrap_or_else(|e| panic!("a loaded model's logits fail: {e}"));
+                    assert_eq!(logits.size(), [1, t, vocab], "logits of a loaded model");
                     let steps = (model.config.max_positions() - t).min(2);
                     if steps > 0 {
                         let o = GenerateOptions {
@@ -211,8 +212,9 @@ pub fn check_model_files(data: &[u8]) -> bool {
                     }
                 }
                 Head::Score => {
-                    rewards(&model, &x, &mask)
+                    let r = rewards(&model, &x, &mask)
                         .unwrap_or_else(|e| panic!("a loaded reward model fails: {e}"));
+                    assert_eq!(r.size(), [1], "rewards of a loaded reward model");
                 }
             }
         }
