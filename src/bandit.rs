@@ -148,6 +148,7 @@ pub fn train(
         },
         epsilon: cfg.epsilon,
         vf_coef: cfg.vf_coef,
+        ..Hyper::default()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut problem = Problem {

@@ -5,7 +5,9 @@ use ndarray::{Array1, Array2};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::reference::{Algorithm, Batch, Evaluation, Hyper, Pair, Problem, evaluate};
+use crate::reference::{
+    Algorithm, Batch, Evaluation, Group, Hyper, Pair, Problem, ScaleRewards, evaluate,
+};
 
 /// A bad case: the field it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,7 +42,7 @@ pub struct CaseResult {
     pub grad_value: Option<Vec<f64>>,
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 15] = [
     "algorithm",
     "logits",
     "logits_old",
@@ -49,8 +51,13 @@ const FIELDS: [&str; 10] = [
     "beta",
     "epsilon",
     "samples",
+    "groups",
+    "group_size",
     "value",
     "vf_coef",
+    "cliprange_ratio",
+    "scale_rewards",
+    "std_eps",
 ];
 
 /// Parses one JSON line into a checked [`Case`].
@@ -100,6 +107,9 @@ pub fn parse_case(line: &str) -> Result<Case, CaseError> {
         beta: optional_number(obj, "beta")?.unwrap_or(0.0),
         epsilon: epsilon(obj)?,
         vf_coef: optional_number(obj, "vf_coef")?.unwrap_or(1.0),
+        cliprange_ratio: cliprange_ratio(obj)?,
+        scale_rewards: scale_rewards(obj)?,
+        std_eps: std_eps(obj)?,
     };
 
     let value = match (obj.get("value"), algorithm.uses_value()) {
@@ -119,19 +129,7 @@ pub fn parse_case(line: &str) -> Result<Case, CaseError> {
         (None, false) => None,
     };
 
-    let batch = match obj.get("samples") {
-        None if exact_work(x_count, k) > MAX_EXACT_PAIRS => {
-            return Err(err(
-                "samples",
-                format!(
-                    "the exact expectation over X K^2 = {} (context, y1, y2) cells is above the limit of {MAX_EXACT_PAIRS}: give `samples` instead",
-                    exact_work(x_count, k)
-                ),
-            ));
-        }
-        None => Batch::Exact,
-        Some(v) => Batch::Sampled(samples(v, x_count, k)?),
-    };
+    let batch = batch(obj, x_count, k)?;
 
     Ok(Case {
         algorithm,
@@ -238,6 +236,115 @@ fn epsilon(obj: &Map<String, Value>) -> Result<f64, CaseError> {
     }
 }
 
+/// `cliprange_ratio`: a number above 1 or `"inf"`, default 10 ([C-P3O-TRLX]).
+fn cliprange_ratio(obj: &Map<String, Value>) -> Result<f64, CaseError> {
+    let c = match obj.get("cliprange_ratio") {
+        None => return Ok(10.0),
+        Some(Value::String(s)) if s == "inf" => return Ok(f64::INFINITY),
+        Some(Value::String(s)) => {
+            return Err(err(
+                "cliprange_ratio",
+                format!("expected a number or \"inf\", got \"{s}\""),
+            ));
+        }
+        Some(v) => number(v, "cliprange_ratio")?,
+    };
+    if c > 1.0 {
+        Ok(c)
+    } else {
+        Err(err("cliprange_ratio", format!("must be above 1, got {c}")))
+    }
+}
+
+/// `scale_rewards`: `"group"` (the default) or `"none"` ([C-GRPO]).
+fn scale_rewards(obj: &Map<String, Value>) -> Result<ScaleRewards, CaseError> {
+    let names = || {
+        ScaleRewards::ALL
+            .iter()
+            .map(|s| format!("\"{}\"", s.name()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    match obj.get("scale_rewards") {
+        None => Ok(ScaleRewards::Group),
+        Some(Value::String(s)) => ScaleRewards::from_name(s).ok_or_else(|| {
+            err(
+                "scale_rewards",
+                format!("unknown value \"{s}\" (expected {})", names()),
+            )
+        }),
+        Some(v) => Err(err(
+            "scale_rewards",
+            format!("expected {}, got {}", names(), kind(v)),
+        )),
+    }
+}
+
+/// `std_eps`: a number >= 0, default 0 ([C-GRPO]).
+fn std_eps(obj: &Map<String, Value>) -> Result<f64, CaseError> {
+    let e = optional_number(obj, "std_eps")?.unwrap_or(0.0);
+    if e >= 0.0 {
+        Ok(e)
+    } else {
+        Err(err("std_eps", format!("must be >= 0, got {e}")))
+    }
+}
+
+/// The estimator: `samples` (pairs), `groups`, or the exact expectation over
+/// groups of `group_size` (default 2) ([C-CLI-REFERENCE]).
+fn batch(obj: &Map<String, Value>, x_count: usize, k: usize) -> Result<Batch, CaseError> {
+    let given: Vec<&str> = ["samples", "groups", "group_size"]
+        .into_iter()
+        .filter(|f| obj.contains_key(*f))
+        .collect();
+    if given.len() > 1 {
+        return Err(err(
+            given[1],
+            format!(
+                "give one of `samples`, `groups` and `group_size`, not `{}` and `{}`",
+                given[0], given[1]
+            ),
+        ));
+    }
+    if let Some(v) = obj.get("samples") {
+        return Ok(Batch::Sampled(samples(v, x_count, k)?));
+    }
+    if let Some(v) = obj.get("groups") {
+        return Ok(Batch::Groups(groups(v, x_count, k)?));
+    }
+    let g = match obj.get("group_size") {
+        None => 2,
+        Some(v) => {
+            let g = v
+                .as_u64()
+                .ok_or_else(|| err("group_size", format!("expected an integer >= 2, got {v}")))?;
+            if g < 2 {
+                return Err(err("group_size", format!("must be at least 2, got {g}")));
+            }
+            g
+        }
+    };
+    let work = exact_work(x_count, k, g);
+    if work > MAX_EXACT_PAIRS {
+        let field = if obj.contains_key("group_size") {
+            "group_size"
+        } else {
+            "samples"
+        };
+        return Err(err(
+            field,
+            format!(
+                "the exact expectation visits X K^G G(G-1)/2 = {work} (context, group, pair) cells, above the limit of {MAX_EXACT_PAIRS}: give `samples` or `groups` instead"
+            ),
+        ));
+    }
+    Ok(if g == 2 {
+        Batch::Exact
+    } else {
+        Batch::ExactGroups(g as usize)
+    })
+}
+
 fn vector(v: &Value, field: &str, len: usize) -> Result<Array1<f64>, CaseError> {
     let items = v.as_array().ok_or_else(|| {
         err(
@@ -306,12 +413,21 @@ fn table(v: &Value, field: &str) -> Result<Array2<f64>, CaseError> {
     Ok(Array2::from_shape_vec((rows.len(), k), cells).expect("cells match the checked shape"))
 }
 
-/// The most `(x, y1, y2)` cells the exact expectation visits
-/// ([C-CLI-REFERENCE]): about a second of work. Larger cases give `samples`.
+/// The most `(context, group, pair)` cells the exact expectation visits
+/// ([C-CLI-REFERENCE]): about a second of work. Larger cases give `samples`
+/// or `groups`.
 pub const MAX_EXACT_PAIRS: u128 = 1 << 26;
 
-fn exact_work(x_count: usize, k: usize) -> u128 {
-    x_count as u128 * k as u128 * k as u128
+/// `X K^G G(G-1)/2`, saturating (`X K^2` for pairs).
+fn exact_work(x_count: usize, k: usize, g: u64) -> u128 {
+    let pairs = (g as u128).saturating_mul(g as u128 - 1) / 2;
+    let groups = u32::try_from(g)
+        .ok()
+        .and_then(|g| (k as u128).checked_pow(g))
+        .unwrap_or(u128::MAX);
+    (x_count as u128)
+        .saturating_mul(groups)
+        .saturating_mul(pairs)
 }
 
 /// Refuses a logits row whose spread `max - min` overflows float64
@@ -390,25 +506,79 @@ fn samples(v: &Value, x_count: usize, k: usize) -> Result<Vec<Pair>, CaseError> 
                     "unknown field (known: x, y1, y2)",
                 ));
             }
-            let index = |key: &str, bound: usize| -> Result<usize, CaseError> {
-                let field = format!("{name}.{key}");
-                let v = obj
-                    .get(key)
-                    .ok_or_else(|| err(&field, "required field is missing"))?;
-                let i = v.as_u64().ok_or_else(|| {
-                    err(&field, format!("expected a non-negative integer, got {v}"))
-                })?;
-                if (i as u128) < bound as u128 {
-                    Ok(i as usize)
-                } else {
-                    Err(err(&field, format!("index {i} out of range 0..{bound}")))
-                }
-            };
+            let at = |key: &str, bound: usize| index(obj.get(key), &format!("{name}.{key}"), bound);
             Ok(Pair {
-                x: index("x", x_count)?,
-                y1: index("y1", k)?,
-                y2: index("y2", k)?,
+                x: at("x", x_count)?,
+                y1: at("y1", k)?,
+                y2: at("y2", k)?,
             })
         })
         .collect()
+}
+
+fn groups(v: &Value, x_count: usize, k: usize) -> Result<Vec<Group>, CaseError> {
+    let items = v.as_array().ok_or_else(|| {
+        err(
+            "groups",
+            format!("expected an array of {{\"x\",\"ys\"}}, got {}", kind(v)),
+        )
+    })?;
+    if items.is_empty() {
+        return Err(err(
+            "groups",
+            "empty: give at least one group, or omit the field for the exact expectation",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let name = format!("groups[{n}]");
+            let obj = item
+                .as_object()
+                .ok_or_else(|| err(&name, format!("expected an object, got {}", kind(item))))?;
+            if let Some(unknown) = obj.keys().find(|key| !["x", "ys"].contains(&key.as_str())) {
+                return Err(err(
+                    format!("{name}.{unknown}"),
+                    "unknown field (known: x, ys)",
+                ));
+            }
+            let x = index(obj.get("x"), &format!("{name}.x"), x_count)?;
+            let field = format!("{name}.ys");
+            let ys = obj
+                .get("ys")
+                .ok_or_else(|| err(&field, "required field is missing"))?;
+            let ys = ys.as_array().ok_or_else(|| {
+                err(
+                    &field,
+                    format!("expected an array of indices, got {}", kind(ys)),
+                )
+            })?;
+            if ys.len() < 2 {
+                return Err(err(
+                    &field,
+                    format!("a group needs at least 2 responses, got {}", ys.len()),
+                ));
+            }
+            let ys = ys
+                .iter()
+                .enumerate()
+                .map(|(i, y)| index(Some(y), &format!("{field}[{i}]"), k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Group { x, ys })
+        })
+        .collect()
+}
+
+/// A required index in `0..bound`.
+fn index(v: Option<&Value>, field: &str, bound: usize) -> Result<usize, CaseError> {
+    let v = v.ok_or_else(|| err(field, "required field is missing"))?;
+    let i = v
+        .as_u64()
+        .ok_or_else(|| err(field, format!("expected a non-negative integer, got {v}")))?;
+    if (i as u128) < bound as u128 {
+        Ok(i as usize)
+    } else {
+        Err(err(field, format!("index {i} out of range 0..{bound}")))
+    }
 }

@@ -80,6 +80,18 @@ fn reference_errors() {
         r#"{"logits":[[0,1]],"rewards":[[1,2]]}"#,
         r#"[1,2,3]"#,
         r#"{"algorithm":"p3o-v1","logits":[[0,800]],"logits_old":[[0,-800]],"rewards":[[1,2]]}"#,
+        r#"{"algorithm":"rloo","logits":[[0,1]],"rewards":[[1,2]],"group_size":1}"#,
+        r#"{"algorithm":"rloo","logits":[[0,1]],"rewards":[[1,2]],"group_size":2.5}"#,
+        r#"{"algorithm":"rloo","logits":[[0,1]],"rewards":[[1,2]],"group_size":64}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"groups":[{"x":0,"ys":[1]}]}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"groups":[{"x":0,"ys":[0,2]}]}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"groups":[]}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"groups":[{"x":0,"ys":[0,1],"w":1}]}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"groups":[{"x":0,"ys":[0,1]}],"group_size":2}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"scale_rewards":"batch"}"#,
+        r#"{"algorithm":"grpo","logits":[[0,1]],"rewards":[[1,2]],"std_eps":-1}"#,
+        r#"{"algorithm":"p3o-trlx","logits":[[0,1]],"rewards":[[1,2]],"cliprange_ratio":1}"#,
+        r#"{"algorithm":"p3o-trlx","logits":[[0,1]],"rewards":[[1,2]],"cliprange_ratio":"none"}"#,
     ];
     let mut report = String::new();
     for b in bad {
@@ -114,6 +126,22 @@ fn reference_case_limits() {
     assert!(parse_case(&line(8192, "")).is_ok());
     assert_eq!(parse_case(&line(8193, "")).unwrap_err().field, "samples");
     assert!(parse_case(&line(8193, r#", "samples": [{"x": 0, "y1": 0, "y2": 1}]"#)).is_ok());
+    // Groups: X K^G G(G-1)/2 cells, so K = 32 takes G = 4 (2^20 groups of 6
+    // pairs) and refuses G = 5 (2^25 groups of 10); `groups` need no limit.
+    assert!(parse_case(&line(32, r#", "group_size": 4"#)).is_ok());
+    assert_eq!(
+        parse_case(&line(32, r#", "group_size": 5"#))
+            .unwrap_err()
+            .field,
+        "group_size"
+    );
+    assert!(
+        parse_case(&line(
+            32,
+            r#", "groups": [{"x": 0, "ys": [0, 1, 2, 3, 4, 5]}]"#
+        ))
+        .is_ok()
+    );
     let spread = |logits: &str, old: &str| {
         parse_case(&format!(
             r#"{{"algorithm": "ppg", "logits": {logits}, "logits_old": {old}, "rewards": [[0, 1]]}}"#

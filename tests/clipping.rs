@@ -95,6 +95,7 @@ fn clipping_cases_by_hand() {
         beta: 0.0,
         epsilon: 0.2,
         vf_coef: 1.0,
+        ..Hyper::default()
     };
     let c = PairConsts {
         reward: [1.0, 0.0],

@@ -506,6 +506,7 @@ fn float64_checks_have_teeth() {
         beta: 0.1,
         epsilon: 0.25,
         vf_coef: 1.0,
+        ..Hyper::default()
     };
     let reference = |h: &Hyper, i: usize| {
         let at = |p: &[Vec<f32>; 2]| [f64::from(p[0][i]), f64::from(p[1][i])];
@@ -1106,11 +1107,13 @@ fn check_pairs<B: Backend>(backend: &B, n: usize) {
                 beta: 0.05,
                 epsilon: 0.2,
                 vf_coef: 1.0,
+                ..Hyper::default()
             },
             Hyper {
                 beta: 0.5,
                 epsilon: f64::INFINITY,
                 vf_coef: 1.0,
+                ..Hyper::default()
             },
         ] {
             let out = backend.pairs(alg, &x, h.beta, h.epsilon).unwrap();

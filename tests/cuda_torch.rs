@@ -202,6 +202,7 @@ fn check_pair_losses(name: &str, dev: Device) {
                 beta: 0.05,
                 epsilon,
                 vf_coef: 1.0,
+                ..Hyper::default()
             };
             let run = |k: &Kernels| {
                 let lp = [0, 1].map(|i| (&old[i] + &steps[i]).set_requires_grad(true));

@@ -25,9 +25,16 @@ fn pairs_near_kink(alg: Algorithm, h: &Hyper, p: &Problem, batch: &Batch) -> boo
             [lp_old[[x, y1]], lp_old[[x, y2]]],
         )
     };
+    let in_group = |x: usize, ys: &[usize]| {
+        (0..ys.len()).any(|i| (i + 1..ys.len()).any(|j| check(x, ys[i], ys[j])))
+    };
     match batch {
         Batch::Sampled(pairs) => pairs.iter().any(|q| check(q.x, q.y1, q.y2)),
-        Batch::Exact => (0..x_count).any(|x| (0..k).any(|y1| (0..k).any(|y2| check(x, y1, y2)))),
+        Batch::Groups(groups) => groups.iter().any(|g| in_group(g.x, &g.ys)),
+        // Every pair of actions appears in some group of any size >= 2.
+        Batch::Exact | Batch::ExactGroups(_) => {
+            (0..x_count).any(|x| (0..k).any(|y1| (0..k).any(|y2| check(x, y1, y2))))
+        }
     }
 }
 
@@ -115,7 +122,8 @@ proptest! {
     // spec: C-SHAPED-REWARD
     #[test]
     fn shaped_reward_is_a_constant_table(s in scenario(), alg in algorithm()) {
-        prop_assume!(alg != Algorithm::Dpo);
+        // DPO, GRPO and p3o-trlx read the raw rewards ([C-DPO], [C-GRPO], [C-P3O-TRLX]).
+        prop_assume!(!matches!(alg, Algorithm::Dpo | Algorithm::Grpo | Algorithm::P3oTrlx));
         let p = s.problem_for(alg);
         let shaped = &p.rewards
             - &((&log_softmax(p.logits_old.view()) - &log_softmax(p.logits_ref.view())) * s.hyper.beta);
@@ -140,6 +148,7 @@ fn gradient_on_the_band_edge_passes() {
         beta: 0.0,
         epsilon: 0.25,
         vf_coef: 1.0,
+        ..Hyper::default()
     };
     let c = PairConsts {
         reward: [1.0, 0.0],

@@ -79,7 +79,7 @@ proptest! {
         let h = Hyper { epsilon: 0.2, ..s.hyper };
         let p = s.problem_for(alg);
         let q = shifted(&p, &s.delta);
-        let pairs = match s.sampled() { Batch::Sampled(p) => p, Batch::Exact => unreachable!() };
+        let pairs = s.pairs.clone();
         let a = evaluate(alg, &h, &p, &s.sampled());
         let b = evaluate(alg, &h, &q, &s.sampled());
 

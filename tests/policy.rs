@@ -149,7 +149,7 @@ proptest! {
             rewards: rewards.clone(),
             value: None,
         };
-        let hyper = Hyper { beta, epsilon: 0.2, vf_coef: 1.0 };
+        let hyper = Hyper { beta, epsilon: 0.2, vf_coef: 1.0, ..Hyper::default() };
         for alg in [Algorithm::Vpg, Algorithm::Ppg, Algorithm::P3oV1, Algorithm::P3oV2, Algorithm::Dpo] {
             let a = evaluate(alg, &hyper, &problem(&far), &Batch::Exact);
             let b = evaluate(alg, &hyper, &problem(&near), &Batch::Exact);

@@ -95,6 +95,7 @@ impl SequenceCase {
                     beta: *beta,
                     epsilon: *epsilon,
                     vf_coef: 1.0,
+                    ..Hyper::default()
                 };
                 check_pairs(*alg, &h, x, &out).map_err(|(i, e)| at(format!("{alg} pair {i}"))(e))
             }

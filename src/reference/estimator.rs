@@ -4,7 +4,9 @@
 use ndarray::{Array1, Array2, ArrayView2};
 use rand::Rng;
 
-use super::losses::{Algorithm, Hyper, PairConsts, PairVars, pair_surrogate};
+use super::group::{GroupVars, group_surrogate};
+use super::group_losses::GroupConsts;
+use super::losses::{Algorithm, Hyper};
 use super::policy::log_softmax;
 
 /// One sampled pair: a context and two response indices.
@@ -15,13 +17,34 @@ pub struct Pair {
     pub y2: usize,
 }
 
-/// Which estimator of [C-EXPECTATION] to evaluate.
+/// One sampled group ([C-GROUP]): a context and `G >= 2` response indices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub x: usize,
+    pub ys: Vec<usize>,
+}
+
+impl From<Pair> for Group {
+    fn from(p: Pair) -> Group {
+        Group {
+            x: p.x,
+            ys: vec![p.y1, p.y2],
+        }
+    }
+}
+
+/// Which estimator of [C-EXPECTATION] / [C-GROUP] to evaluate.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Batch {
     /// The exact expectation over `y1, y2 ~ pi_old`, contexts uniform.
     Exact,
-    /// The average over these pairs.
+    /// The average over these pairs (groups of two).
     Sampled(Vec<Pair>),
+    /// The exact expectation over groups `y_1..y_G ~ pi_old`, contexts
+    /// uniform; `ExactGroups(2)` is [`Batch::Exact`].
+    ExactGroups(usize),
+    /// The uniform average over these groups.
+    Groups(Vec<Group>),
 }
 
 /// Everything an algorithm's loss depends on besides its differentiable
@@ -90,51 +113,63 @@ pub fn surrogate(
     let (x_count, k) = (problem.contexts(), problem.actions());
 
     let mut loss = 0.0;
-    // d loss / d lp(x, y), accumulated over every pair that uses (x, y).
+    // d loss / d lp(x, y), accumulated over every group that uses (x, y).
     let mut grad_lp = Array2::<f64>::zeros((x_count, k));
     let mut grad_value = value.map(|v| Array1::<f64>::zeros(v.len()));
 
-    let mut add = |pair: Pair, weight: f64| {
-        let Pair { x, y1, y2 } = pair;
-        let consts = PairConsts {
-            reward: [problem.rewards[[x, y1]], problem.rewards[[x, y2]]],
-            lp_old: [lp_old[[x, y1]], lp_old[[x, y2]]],
-            lp_ref: [lp_ref[[x, y1]], lp_ref[[x, y2]]],
+    let mut add = |x: usize, ys: &[usize], weight: f64| {
+        let pick = |t: &Array2<f64>| -> Vec<f64> { ys.iter().map(|&y| t[[x, y]]).collect() };
+        let consts = GroupConsts {
+            reward: pick(&problem.rewards),
+            lp_old: pick(&lp_old),
+            lp_ref: pick(&lp_ref),
         };
-        let vars = |lp: &Array2<f64>, v: Option<&Array1<f64>>| PairVars {
-            lp: [lp[[x, y1]], lp[[x, y2]]],
-            value: v.map_or(0.0, |v| v[x]),
-        };
-        let out = pair_surrogate(
+        let (cur, frozen) = (pick(&lp_cur), pick(&lp_frozen));
+        let out = group_surrogate(
             alg,
             h,
             &consts,
-            vars(&lp_cur, value),
-            vars(&lp_frozen, problem.value.as_ref()),
+            GroupVars {
+                lp: &cur,
+                value: value.map_or(0.0, |v| v[x]),
+            },
+            GroupVars {
+                lp: &frozen,
+                value: problem.value.as_ref().map_or(0.0, |v| v[x]),
+            },
         );
         loss += weight * out.loss;
-        grad_lp[[x, y1]] += weight * out.grad.lp[0];
-        grad_lp[[x, y2]] += weight * out.grad.lp[1];
-        if let Some(g) = grad_value.as_mut() {
-            g[x] += weight * out.grad.value;
+        for (&y, &g) in ys.iter().zip(&out.grad_lp) {
+            grad_lp[[x, y]] += weight * g;
+        }
+        if let Some(gv) = grad_value.as_mut() {
+            gv[x] += weight * out.grad_value;
         }
     };
 
     match batch {
         Batch::Sampled(pairs) => {
             let w = 1.0 / pairs.len() as f64;
-            for &p in pairs {
-                add(p, w);
+            for p in pairs {
+                add(p.x, &[p.y1, p.y2], w);
             }
         }
-        Batch::Exact => {
+        Batch::Groups(groups) => {
+            let w = 1.0 / groups.len() as f64;
+            for group in groups {
+                add(group.x, &group.ys, w);
+            }
+        }
+        Batch::Exact | Batch::ExactGroups(_) => {
+            let g = match batch {
+                Batch::ExactGroups(g) => *g,
+                _ => 2,
+            };
             let p_old = lp_old.mapv(f64::exp);
             for x in 0..x_count {
-                for y1 in 0..k {
-                    for y2 in 0..k {
-                        let w = p_old[[x, y1]] * p_old[[x, y2]] / x_count as f64;
-                        add(Pair { x, y1, y2 }, w);
-                    }
+                for ys in all_groups(k, g) {
+                    let w = ys.iter().map(|&y| p_old[[x, y]]).product::<f64>() / x_count as f64;
+                    add(x, &ys, w);
                 }
             }
         }
@@ -145,6 +180,19 @@ pub fn surrogate(
         grad: chain_to_logits(&grad_lp, &lp_cur),
         grad_value,
     }
+}
+
+/// Every `ys` in `0..k` to the power `g`, in lexicographic order.
+fn all_groups(k: usize, g: usize) -> impl Iterator<Item = Vec<usize>> {
+    let total = (k as u64).pow(g as u32);
+    (0..total).map(move |mut n| {
+        let mut ys = vec![0; g];
+        for slot in ys.iter_mut().rev() {
+            *slot = (n % k as u64) as usize;
+            n /= k as u64;
+        }
+        ys
+    })
 }
 
 /// [C-SOFTMAX]: `d/d theta[x,k] = g[x,k] - pi(k|x) sum_y g[x,y]`.
@@ -184,6 +232,26 @@ pub fn sample_pairs<R: Rng + ?Sized>(
             let y1 = sample_action(probs_old.row(x), rng);
             let y2 = sample_action(probs_old.row(x), rng);
             Pair { x, y1, y2 }
+        })
+        .collect()
+}
+
+/// Draws `n` groups of `g` responses: context `x_of(i)`, every response
+/// independently from the behaviour policy `probs_old`.
+pub fn sample_groups<R: Rng + ?Sized>(
+    probs_old: &Array2<f64>,
+    n: usize,
+    g: usize,
+    x_of: impl Fn(usize, &mut R) -> usize,
+    rng: &mut R,
+) -> Vec<Group> {
+    (0..n)
+        .map(|i| {
+            let x = x_of(i, rng);
+            let ys = (0..g)
+                .map(|_| sample_action(probs_old.row(x), rng))
+                .collect();
+            Group { x, ys }
         })
         .collect()
 }

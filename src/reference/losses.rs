@@ -8,7 +8,12 @@
 
 use std::fmt;
 
-/// The algorithms of the reference ([C-VPG] .. [C-PPO]).
+pub use super::clip::clipped_objective;
+use super::clip::ratio_band;
+use super::group_losses::{self, GroupConsts, GrpoSettings, ScaleRewards};
+
+/// The algorithms of the reference ([C-VPG] .. [C-PPO], [C-RLOO],
+/// [C-GRPO], [C-P3O-TRLX]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     Vpg,
@@ -17,16 +22,22 @@ pub enum Algorithm {
     P3oV2,
     Dpo,
     Ppo,
+    Rloo,
+    Grpo,
+    P3oTrlx,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [
+    pub const ALL: [Algorithm; 9] = [
         Algorithm::Vpg,
         Algorithm::Ppg,
         Algorithm::P3oV1,
         Algorithm::P3oV2,
         Algorithm::Dpo,
         Algorithm::Ppo,
+        Algorithm::Rloo,
+        Algorithm::Grpo,
+        Algorithm::P3oTrlx,
     ];
 
     /// The name used on the command line and in JSON cases.
@@ -38,6 +49,9 @@ impl Algorithm {
             Algorithm::P3oV2 => "p3o-v2",
             Algorithm::Dpo => "dpo",
             Algorithm::Ppo => "ppo",
+            Algorithm::Rloo => "rloo",
+            Algorithm::Grpo => "grpo",
+            Algorithm::P3oTrlx => "p3o-trlx",
         }
     }
 
@@ -48,6 +62,12 @@ impl Algorithm {
     /// Whether the algorithm learns a value table (only PPO, [C-PPO]).
     pub fn uses_value(self) -> bool {
         self == Algorithm::Ppo
+    }
+
+    /// Whether a group's loss is the mean of a pair loss over its pairs
+    /// ([C-GROUP]); RLOO and GRPO have group losses of their own.
+    pub fn is_pairwise(self) -> bool {
+        !matches!(self, Algorithm::Rloo | Algorithm::Grpo)
     }
 }
 
@@ -61,12 +81,19 @@ impl fmt::Display for Algorithm {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hyper {
     /// KL coefficient of the shaped reward ([C-SHAPED-REWARD]); DPO's
-    /// inverse temperature ([C-DPO]).
+    /// inverse temperature ([C-DPO]); GRPO's k3 weight ([C-GRPO]).
     pub beta: f64,
     /// Clip half-width ([C-CLIP]); `f64::INFINITY` disables clipping.
     pub epsilon: f64,
     /// Weight of PPO's value loss ([C-PPO]).
     pub vf_coef: f64,
+    /// p3o-trlx's bound `c > 1` on its importance weight ([C-P3O-TRLX]);
+    /// `f64::INFINITY` leaves it unbounded.
+    pub cliprange_ratio: f64,
+    /// GRPO's reward scaling ([C-GRPO]).
+    pub scale_rewards: ScaleRewards,
+    /// Added to GRPO's standard deviation ([C-GRPO]).
+    pub std_eps: f64,
 }
 
 impl Default for Hyper {
@@ -75,6 +102,20 @@ impl Default for Hyper {
             beta: 0.0,
             epsilon: 0.2,
             vf_coef: 1.0,
+            cliprange_ratio: 10.0,
+            scale_rewards: ScaleRewards::Group,
+            std_eps: 0.0,
+        }
+    }
+}
+
+impl Hyper {
+    /// GRPO's settings besides `epsilon`.
+    pub fn grpo(&self) -> GrpoSettings {
+        GrpoSettings {
+            beta: self.beta,
+            scale: self.scale_rewards,
+            std_eps: self.std_eps,
         }
     }
 }
@@ -130,6 +171,28 @@ pub fn pair_surrogate(
         Algorithm::P3oV2 => p3o_v2(h, c, cur, frozen),
         Algorithm::Dpo => dpo(h, c, cur),
         Algorithm::Ppo => ppo(h, c, cur, frozen),
+        Algorithm::Rloo | Algorithm::Grpo => group_of_two(alg, h, c, cur),
+        Algorithm::P3oTrlx => p3o_trlx(h, c, cur, frozen),
+    }
+}
+
+/// RLOO and GRPO on a pair: their group losses with `G = 2` ([C-GROUP]).
+fn group_of_two(alg: Algorithm, h: &Hyper, c: &PairConsts, cur: PairVars) -> PairOutput {
+    let consts = GroupConsts {
+        reward: c.reward.to_vec(),
+        lp_old: c.lp_old.to_vec(),
+        lp_ref: c.lp_ref.to_vec(),
+    };
+    let out = match alg {
+        Algorithm::Rloo => group_losses::rloo(&consts, h.beta, h.epsilon, &cur.lp),
+        _ => group_losses::grpo(&consts, &h.grpo(), h.epsilon, &cur.lp),
+    };
+    PairOutput {
+        loss: out.loss,
+        grad: PairVars {
+            lp: [out.grad_lp[0], out.grad_lp[1]],
+            value: 0.0,
+        },
     }
 }
 
@@ -169,21 +232,6 @@ fn ppg(h: &Hyper, c: &PairConsts, cur: PairVars, frozen: PairVars) -> PairOutput
             value: 0.0,
         },
     }
-}
-
-/// The clipped objective `min(A q, A clip(q, lo, hi))` of [C-CLIP]: its value
-/// and whether the gradient `A dq` passes (false exactly where clipping
-/// zeroes it).
-pub fn clipped_objective(a: f64, q: f64, lo: f64, hi: f64) -> (f64, bool) {
-    let clipped = q.max(lo).min(hi);
-    let value = (a * q).min(a * clipped);
-    let zeroed = (a > 0.0 && q > hi) || (a < 0.0 && q < lo);
-    (value, !zeroed)
-}
-
-/// `[1 - eps, 1 + eps]`, unbounded when `eps` is infinite.
-fn ratio_band(eps: f64) -> (f64, f64) {
-    (1.0 - eps, 1.0 + eps)
 }
 
 /// [C-P3O-V1]: each ratio clipped separately, weights `sg(D rho2)` and
@@ -291,4 +339,29 @@ fn ppo(h: &Hyper, c: &PairConsts, cur: PairVars, frozen: PairVars) -> PairOutput
         grad.value += 0.5 * h.vf_coef * err;
     }
     PairOutput { loss, grad }
+}
+
+/// [C-P3O-TRLX]: the authors' sequence-mode loss. With `lr_i = lp_i - lp_ref_i`,
+/// `q = sg[(r1 - r2) - beta (lr1 - lr2)]` on the raw rewards,
+/// `w = clamp(sg[rho1 rho2], 1/c, c)` and `D = lr1 - lr2` clipped around its
+/// behaviour-policy value: `-(1/2) min(q w D, q w clip(D, D_old - eps, D_old + eps))`.
+fn p3o_trlx(h: &Hyper, c: &PairConsts, cur: PairVars, frozen: PairVars) -> PairOutput {
+    let lr = |v: PairVars, i: usize| v.lp[i] - c.lp_ref[i];
+    let q = (c.reward[0] - c.reward[1]) - h.beta * (lr(frozen, 0) - lr(frozen, 1));
+    let rho = ratios(c, frozen);
+    let w = (rho[0] * rho[1])
+        .max(1.0 / h.cliprange_ratio)
+        .min(h.cliprange_ratio);
+    let a = q * w;
+    let d = lr(cur, 0) - lr(cur, 1);
+    let d_old = (c.lp_old[0] - c.lp_ref[0]) - (c.lp_old[1] - c.lp_ref[1]);
+    let (value, passes) = clipped_objective(a, d, d_old - h.epsilon, d_old + h.epsilon);
+    let g = if passes { a / 2.0 } else { 0.0 };
+    PairOutput {
+        loss: -value / 2.0,
+        grad: PairVars {
+            lp: [-g, g],
+            value: 0.0,
+        },
+    }
 }

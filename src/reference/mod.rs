@@ -3,13 +3,19 @@
 //! Every fast path of the crate is differential-tested against this module.
 
 pub mod bradley_terry;
+pub mod clip;
 pub mod estimator;
 pub mod gae;
+pub mod group;
+pub mod group_losses;
 pub mod losses;
 pub mod policy;
 pub mod ppo_tokens;
 pub mod shift;
 pub mod tokens;
 
-pub use estimator::{Batch, Evaluation, Pair, Problem, evaluate, sample_pairs, surrogate};
+pub use estimator::{
+    Batch, Evaluation, Group, Pair, Problem, evaluate, sample_groups, sample_pairs, surrogate,
+};
+pub use group_losses::ScaleRewards;
 pub use losses::{Algorithm, Hyper, PairConsts, PairOutput, PairVars, pair_loss, pair_surrogate};

@@ -89,6 +89,11 @@ pub fn pair_loss(alg: Algorithm, h: &Hyper, b: &PairBatch) -> Result<Tensor, Tor
                 "PPO is token-level, not a pair loss".into(),
             ));
         }
+        Algorithm::Rloo | Algorithm::Grpo | Algorithm::P3oTrlx => {
+            return Err(TorchError::Input(format!(
+                "{alg} has no tch pair loss yet (the float64 reference has it)"
+            )));
+        }
     };
     Ok(per_pair.mean(per_pair.kind()))
 }

@@ -96,6 +96,7 @@ pub fn hyper() -> impl Strategy<Value = Hyper> {
         beta,
         epsilon,
         vf_coef,
+        ..Hyper::default()
     })
 }
 
@@ -170,10 +171,11 @@ pub fn near_kink(alg: Algorithm, h: &Hyper, lp: [f64; 2], lp_old: [f64; 2]) -> b
     let rho = [0, 1].map(|i| (lp[i] - lp_old[i]).exp());
     let near = |q: f64, edge: f64| (q - edge).abs() < KINK_MARGIN * (1.0 + edge.abs());
     match alg {
-        Algorithm::P3oV1 | Algorithm::Ppo => rho
+        Algorithm::P3oV1 | Algorithm::Ppo | Algorithm::Rloo | Algorithm::Grpo => rho
             .iter()
             .any(|&r| near(r, 1.0 - h.epsilon) || near(r, 1.0 + h.epsilon)),
-        Algorithm::P3oV2 => {
+        // p3o-trlx clips `D = lr1 - lr2`, which moves with `lp1 - lp2`.
+        Algorithm::P3oV2 | Algorithm::P3oTrlx => {
             let (l, l_old) = (lp[0] - lp[1], lp_old[0] - lp_old[1]);
             near(l, l_old - h.epsilon) || near(l, l_old + h.epsilon)
         }

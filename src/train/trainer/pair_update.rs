@@ -38,6 +38,7 @@ impl Trainer {
             beta: self.cfg.beta,
             epsilon: self.cfg.epsilon,
             vf_coef: 1.0,
+            ..Hyper::default()
         };
         let rollout = self.rollout(self.cfg.batch_size, 2)?;
         if rollout.has_nonfinite_reward() {
