@@ -535,20 +535,6 @@ fn all_pairs_reduce_the_variance_on_a_fixed_bandit() {
     );
 }
 
-/// A seeded bandit with `x` contexts and `k` actions, theta != theta_old.
-fn fixed_problem(seed: u64, x: usize, k: usize) -> Problem {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut table =
-        |scale: f64| Array2::from_shape_fn((x, k), |_| scale * (2.0 * rng.random::<f64>() - 1.0));
-    Problem {
-        logits: table(1.5),
-        logits_old: table(1.0),
-        logits_ref: table(1.0),
-        rewards: table(2.0),
-        value: None,
-    }
-}
-
 /// Per-coordinate mean and standard error of the one-group gradients of
 /// `n` groups of `g` (contexts uniform, responses from `pi_old`).
 fn sampled_groups(

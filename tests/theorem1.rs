@@ -73,19 +73,6 @@ fn sampled_ppg(p: &Problem, h: &Hyper, n: usize, seed: u64) -> (Array2<f64>, Arr
     (mean, se)
 }
 
-fn fixed_problem(seed: u64) -> Problem {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut table =
-        |scale: f64| Array2::from_shape_fn((3, 4), |_| scale * (2.0 * rng.random::<f64>() - 1.0));
-    Problem {
-        logits: table(1.5),
-        logits_old: table(1.0),
-        logits_ref: table(1.0),
-        rewards: table(2.0),
-        value: None,
-    }
-}
-
 /// The sampled PPG gradient (x uniform, y1, y2 ~ pi_old, theta != theta_old)
 /// lies within `MC_STANDARD_ERRORS` standard errors of the exact VPG gradient
 /// in every coordinate, and the same estimate is far from a wrong target.
@@ -96,7 +83,7 @@ fn sampled_ppg_converges_to_vpg() {
         beta: 0.3,
         ..Hyper::default()
     };
-    let p = fixed_problem(7);
+    let p = fixed_problem(7, 3, 4);
     let (mean, se) = sampled_ppg(&p, &h, 40_000, 11);
     let exact = evaluate(Algorithm::Vpg, &h, &p, &Batch::Exact).grad;
     for ((idx, &m), (&s, &e)) in mean.indexed_iter().zip(se.iter().zip(exact.iter())) {

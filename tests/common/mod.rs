@@ -5,6 +5,8 @@
 use ndarray::{Array1, Array2};
 use p3o::reference::{Algorithm, Batch, Hyper, Pair, PairConsts, PairVars, Problem};
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::ops::RangeInclusive;
 
 /// Contexts in 1..=4, actions in 2..=6.
@@ -296,4 +298,18 @@ pub fn skip_without_gpu(why: &str) {
         panic!("P3O_REQUIRE_GPU=1, but {why}: this GPU test would check nothing");
     }
     skip(why);
+}
+
+/// A seeded bandit with `x` contexts and `k` actions, theta != theta_old.
+pub fn fixed_problem(seed: u64, x: usize, k: usize) -> Problem {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut table =
+        |scale: f64| Array2::from_shape_fn((x, k), |_| scale * (2.0 * rng.random::<f64>() - 1.0));
+    Problem {
+        logits: table(1.5),
+        logits_old: table(1.0),
+        logits_ref: table(1.0),
+        rewards: table(2.0),
+        value: None,
+    }
 }
