@@ -19,9 +19,34 @@ fn main() {
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
     let mut shares = Vec::new();
-    for alg in ["p3o-v1", "p3o-v2", "dpo", "ppo"] {
-        let cfg = TrainConfig::load(None, &[format!("algorithm={alg}"), "steps=100000".into()])
-            .expect("a valid config");
+    // Every algorithm with 32 responses per step: 16 prompts x 2, or for the
+    // groups of four 8 prompts x 4 (PPO: 32 prompts x 1).
+    for (name, sets) in [
+        ("p3o-v1", &["algorithm=p3o-v1"][..]),
+        ("p3o-v2", &["algorithm=p3o-v2"][..]),
+        ("dpo", &["algorithm=dpo"][..]),
+        ("ppo", &["algorithm=ppo"][..]),
+        ("p3o-trlx", &["algorithm=p3o-trlx"][..]),
+        (
+            "p3o-v2-g4",
+            &["algorithm=p3o-v2", "responses_per_prompt=4", "batch_size=8"][..],
+        ),
+        (
+            "rloo-g4",
+            &["algorithm=rloo", "responses_per_prompt=4", "batch_size=8"][..],
+        ),
+        (
+            "grpo-g4",
+            &["algorithm=grpo", "responses_per_prompt=4", "batch_size=8"][..],
+        ),
+    ] {
+        let alg = name;
+        let sets: Vec<String> = sets
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["steps=100000".to_string()])
+            .collect();
+        let cfg = TrainConfig::load(None, &sets).expect("a valid config");
         let out = std::env::temp_dir().join(format!("p3o-bench-{alg}-{}", std::process::id()));
         let mut trainer = Trainer::new(cfg, &out, None).expect("the default task loads");
         let mut lines: Vec<StepMetrics> = Vec::new();
@@ -40,7 +65,7 @@ fn main() {
         );
         let total = g + s + u;
         shares.push(format!(
-            "{alg:<7} {:>8.1} ms/step {:>7.2} ms/sample   generate {:>4.0}%  score {:>4.0}%  update {:>4.0}%",
+            "{alg:<9} {:>8.1} ms/step {:>7.2} ms/sample   generate {:>4.0}%  score {:>4.0}%  update {:>4.0}%",
             total * 1e3,
             total * 1e3 / 32.0,
             100.0 * g / total,

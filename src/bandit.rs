@@ -1,5 +1,6 @@
-//! `p3o bandit`: P3O-V1, P3O-V2, PPO and online DPO trained on a seeded
-//! random contextual bandit, with exact metrics ([C-BANDIT-TRAIN]).
+//! `p3o bandit`: P3O-V1, P3O-V2 (on pairs and on groups), PPO, online DPO,
+//! RLOO, GRPO and p3o-trlx trained on a seeded random contextual bandit,
+//! with exact metrics ([C-BANDIT-TRAIN]).
 
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
@@ -8,15 +9,57 @@ use serde::Serialize;
 
 use crate::reference::policy::{expected_reward, mean_kl, probabilities};
 use crate::reference::shift::RewardShift;
-use crate::reference::{Algorithm, Batch, Hyper, Problem, evaluate, sample_pairs};
+use crate::reference::{Algorithm, Batch, Hyper, Problem, evaluate, sample_groups, sample_pairs};
 
-/// The algorithms `p3o bandit` trains, in report order.
-pub const TRAINED: [Algorithm; 4] = [
-    Algorithm::P3oV1,
-    Algorithm::P3oV2,
-    Algorithm::Ppo,
-    Algorithm::Dpo,
+/// One trained arm: an algorithm on pairs, or on groups of `--group-size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arm {
+    pub algorithm: Algorithm,
+    /// Whether it samples groups of `group_size` instead of pairs.
+    pub grouped: bool,
+}
+
+/// The arms `p3o bandit` trains, in report order.
+pub const TRAINED: [Arm; 8] = [
+    Arm::pairs(Algorithm::P3oV1),
+    Arm::pairs(Algorithm::P3oV2),
+    Arm::groups(Algorithm::P3oV2),
+    Arm::pairs(Algorithm::Ppo),
+    Arm::pairs(Algorithm::Dpo),
+    Arm::groups(Algorithm::Rloo),
+    Arm::groups(Algorithm::Grpo),
+    Arm::pairs(Algorithm::P3oTrlx),
 ];
+
+impl Arm {
+    pub const fn pairs(algorithm: Algorithm) -> Arm {
+        Arm {
+            algorithm,
+            grouped: false,
+        }
+    }
+
+    pub const fn groups(algorithm: Algorithm) -> Arm {
+        Arm {
+            algorithm,
+            grouped: true,
+        }
+    }
+
+    /// The responses per context of its samples.
+    pub fn group_size(&self, cfg: &BanditConfig) -> usize {
+        if self.grouped { cfg.group_size } else { 2 }
+    }
+
+    /// Its name in reports: the algorithm's, with `-gG` for groups of a
+    /// size other than two (`p3o-v2-g4`).
+    pub fn label(&self, cfg: &BanditConfig) -> String {
+        match self.group_size(cfg) {
+            2 => self.algorithm.name().to_string(),
+            g => format!("{}-g{g}", self.algorithm.name()),
+        }
+    }
+}
 
 /// Sizes and hyper-parameters of a bandit run.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +68,9 @@ pub struct BanditConfig {
     pub actions: usize,
     pub steps: usize,
     pub pairs: usize,
+    /// `G` of the grouped arms, which sample `2 pairs / G` groups (as many
+    /// responses as the pair arms).
+    pub group_size: usize,
     pub epochs: usize,
     pub lr: f64,
     /// KL coefficient of the shaped reward (P3O, PPO).
@@ -43,6 +89,7 @@ impl Default for BanditConfig {
             actions: 8,
             steps: 40,
             pairs: 32,
+            group_size: 4,
             epochs: 4,
             lr: 0.5,
             beta: 0.1,
@@ -92,6 +139,13 @@ impl BanditConfig {
                 return Err(format!("{flag} {v} is above the limit of {limit}"));
             }
         }
+        if self.group_size < 2 || self.group_size > 2 * self.pairs {
+            return Err(format!(
+                "--group-size must be in 2..=2 x --pairs ({}), got {}",
+                2 * self.pairs,
+                self.group_size
+            ));
+        }
         for (flag, v) in [("--beta", self.beta), ("--vf-coef", self.vf_coef)] {
             if v.is_nan() || v < 0.0 {
                 return Err(format!("{flag} must be at least 0, got {v}"));
@@ -132,14 +186,15 @@ pub struct StepMetrics {
     pub reward: f64,
 }
 
-/// Trains one algorithm on `train_rewards` and reports metrics against the
+/// Trains one arm on `train_rewards` and reports metrics against the
 /// unshifted `task.rewards` after every iteration.
 pub fn train(
-    alg: Algorithm,
+    arm: Arm,
     cfg: &BanditConfig,
     task: &BanditTask,
     train_rewards: &Array2<f64>,
 ) -> Vec<StepMetrics> {
+    let alg = arm.algorithm;
     let hyper = Hyper {
         beta: if alg == Algorithm::Dpo {
             cfg.dpo_beta
@@ -162,13 +217,17 @@ pub fn train(
     for step in 1..=cfg.steps {
         problem.logits_old = problem.logits.clone();
         let probs_old = probabilities(problem.logits_old.view());
-        let pairs = sample_pairs(
-            &probs_old,
-            cfg.pairs,
-            |i, _: &mut ChaCha8Rng| i % cfg.contexts,
-            &mut rng,
-        );
-        let batch = Batch::Sampled(pairs);
+        let x_of = |i, _: &mut ChaCha8Rng| i % cfg.contexts;
+        let batch = match arm.group_size(cfg) {
+            2 => Batch::Sampled(sample_pairs(&probs_old, cfg.pairs, x_of, &mut rng)),
+            g => Batch::Groups(sample_groups(
+                &probs_old,
+                (2 * cfg.pairs / g).max(1),
+                g,
+                x_of,
+                &mut rng,
+            )),
+        };
         for _ in 0..cfg.epochs {
             let ev = evaluate(alg, &hyper, &problem, &batch);
             problem.logits.scaled_add(-cfg.lr, &ev.grad);
@@ -185,10 +244,14 @@ pub fn train(
     out
 }
 
-/// One algorithm's run, and its shifted twin when a shift was asked for.
+/// One arm's run, and its shifted twin when a shift was asked for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlgorithmRun {
     pub algorithm: Algorithm,
+    /// Responses per context of its samples.
+    pub group_size: usize,
+    /// Its name in reports ([`Arm::label`]).
+    pub label: String,
     pub plain: Vec<StepMetrics>,
     pub shifted: Option<Vec<StepMetrics>>,
 }
@@ -208,17 +271,19 @@ impl AlgorithmRun {
     }
 }
 
-/// Runs every algorithm of [`TRAINED`] (on `r`, and on `r + delta` when
-/// `shift` is given).
+/// Runs every arm of [`TRAINED`] (on `r`, and on `r + delta` when `shift`
+/// is given).
 pub fn run_all(cfg: &BanditConfig, shift: Option<RewardShift>) -> Vec<AlgorithmRun> {
     let task = BanditTask::random(cfg.contexts, cfg.actions, cfg.seed);
     let shifted_rewards = shift.map(|s| s.apply(&task.rewards));
     TRAINED
         .iter()
-        .map(|&alg| AlgorithmRun {
-            algorithm: alg,
-            plain: train(alg, cfg, &task, &task.rewards),
-            shifted: shifted_rewards.as_ref().map(|r| train(alg, cfg, &task, r)),
+        .map(|&arm| AlgorithmRun {
+            algorithm: arm.algorithm,
+            group_size: arm.group_size(cfg),
+            label: arm.label(cfg),
+            plain: train(arm, cfg, &task, &task.rewards),
+            shifted: shifted_rewards.as_ref().map(|r| train(arm, cfg, &task, r)),
         })
         .collect()
 }
@@ -232,7 +297,7 @@ pub fn summary_table(runs: &[AlgorithmRun]) -> String {
     let mut s = String::new();
     let with_shift = runs.iter().any(|r| r.shifted.is_some());
     s.push_str(&format!(
-        "{:<8} {:>12} {:>12}",
+        "{:<11} {:>12} {:>12}",
         "algo", "final KL", "final reward"
     ));
     if with_shift {
@@ -246,10 +311,8 @@ pub fn summary_table(runs: &[AlgorithmRun]) -> String {
             reward: 0.0,
         });
         s.push_str(&format!(
-            "{:<8} {:>12.6} {:>12.6}",
-            run.algorithm.name(),
-            last.kl,
-            last.reward
+            "{:<11} {:>12.6} {:>12.6}",
+            run.label, last.kl, last.reward
         ));
         if let Some(d) = run.max_shift_difference() {
             let verdict = if d < UNCHANGED_BELOW {
@@ -268,10 +331,7 @@ pub fn summary_table(runs: &[AlgorithmRun]) -> String {
 pub fn trajectory_table(runs: &[AlgorithmRun], every: usize) -> String {
     let mut s = format!("{:>5}", "step");
     for run in runs {
-        s.push_str(&format!(
-            " {:>21}",
-            format!("{} KL / reward", run.algorithm.name())
-        ));
+        s.push_str(&format!(" {:>24}", format!("{} KL / reward", run.label)));
     }
     s.push('\n');
     let steps = runs.first().map_or(0, |r| r.plain.len());
@@ -279,7 +339,7 @@ pub fn trajectory_table(runs: &[AlgorithmRun], every: usize) -> String {
         s.push_str(&format!("{:>5}", i + 1));
         for run in runs {
             let m = run.plain[i];
-            s.push_str(&format!(" {:>10.4} / {:>8.4}", m.kl, m.reward));
+            s.push_str(&format!(" {:>13.4} / {:>8.4}", m.kl, m.reward));
         }
         s.push('\n');
     }

@@ -172,6 +172,8 @@ fn bandit_flag_errors() {
         &["bandit", "--reward-shift", "random:-1"],
         &["bandit", "--epsilon", "0"],
         &["bandit", "--lr", "nan"],
+        &["bandit", "--group-size", "1"],
+        &["bandit", "--group-size", "65"],
     ] {
         let out = p3o(args, "");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -179,9 +181,9 @@ fn bandit_flag_errors() {
     }
 }
 
-/// The summary of a fixed-seed run with a random shift: P3O and DPO
-/// trajectories unchanged, PPO's changed.
-// spec: C-BANDIT-TRAIN C-THM2 C-PPO-SHIFT
+/// The summary of a fixed-seed run with a random shift: P3O, DPO, RLOO,
+/// GRPO and p3o-trlx trajectories unchanged, PPO's changed.
+// spec: C-BANDIT-TRAIN C-THM2 C-PPO-SHIFT C-GROUP-SHIFT
 #[test]
 fn bandit_summary_snapshot() {
     let out = p3o(
@@ -224,8 +226,27 @@ fn bandit_jsonl() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4 * 2 * 3 + 4);
+    let arms = p3o::bandit::TRAINED.len();
+    assert_eq!(arms, 8);
+    assert_eq!(lines.len(), arms * 2 * 3 + arms);
     let summaries: Vec<_> = lines.iter().filter(|l| l["summary"] == true).collect();
+    let names: Vec<&str> = summaries
+        .iter()
+        .map(|s| s["arm"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "p3o-v1",
+            "p3o-v2",
+            "p3o-v2-g4",
+            "ppo",
+            "dpo",
+            "rloo-g4",
+            "grpo-g4",
+            "p3o-trlx"
+        ]
+    );
     for s in summaries {
         let d = s["max_shift_difference"].as_f64().unwrap();
         if s["algorithm"] == "ppo" {

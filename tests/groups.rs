@@ -794,3 +794,140 @@ fn groups_of_two_are_pairs() {
         );
     }
 }
+
+/// p3o-trlx at the token level ([C-P3O-TRLX]) on the reference.
+mod trlx_tokens {
+    use super::*;
+    use p3o::reference::trlx_tokens::{
+        TokenGroup, TrlxOptions, p3o_trlx_token_surrogate, p3o_trlx_tokens,
+    };
+
+    type Tokens = Vec<Vec<Vec<f64>>>;
+
+    /// Groups of 2-4 ragged token sequences (1-4 tokens), token log-probs
+    /// in [-3, 0] and the current ones within 0.5.
+    fn token_groups() -> impl Strategy<Value = (Vec<TokenGroup>, Tokens)> {
+        (2..=4usize, 1..=3usize).prop_flat_map(|(g, p)| {
+            let response = prop::collection::vec((-3.0..=0.0f64, -0.5..=0.5f64), 1..=4);
+            let group = (
+                prop::collection::vec(-5.0..=5.0f64, g),
+                prop::collection::vec(-10.0..=0.0f64, g),
+                prop::collection::vec(response, g),
+            );
+            prop::collection::vec(group, p).prop_map(|groups| {
+                let mut lp = Vec::new();
+                let groups = groups
+                    .into_iter()
+                    .map(|(reward, lp_ref, tokens)| {
+                        lp.push(
+                            tokens
+                                .iter()
+                                .map(|r| r.iter().map(|t| t.0 + t.1).collect())
+                                .collect(),
+                        );
+                        TokenGroup {
+                            reward,
+                            lp_ref,
+                            lp_old: tokens
+                                .iter()
+                                .map(|r| r.iter().map(|t| t.0).collect())
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                (groups, lp)
+            })
+        })
+    }
+
+    fn options() -> impl Strategy<Value = TrlxOptions> {
+        (any::<bool>(), any::<bool>()).prop_map(|(clip_tokenwise, avg_tokenwise)| TrlxOptions {
+            clip_tokenwise,
+            avg_tokenwise,
+        })
+    }
+
+    fn trlx_hyper() -> impl Strategy<Value = Hyper> {
+        (hyper(), prop_oneof![Just(f64::INFINITY), 1.5..=10.0f64]).prop_map(
+            |(h, cliprange_ratio)| Hyper {
+                cliprange_ratio,
+                ..h
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config("tests/proptest-regressions/groups_trlx_tokens.txt"))]
+
+        /// The token gradients are the surrogate's (`q` and `w` held at
+        /// the point): central finite differences token by token (a kink inside a step shows as a mismatch, so the
+        /// step's two sides must agree on the clip).
+        // spec: C-P3O-TRLX C-CLIP
+        #[test]
+        fn token_gradients_match_finite_differences((groups, lp) in token_groups(), h in trlx_hyper(), o in options()) {
+            let out = p3o_trlx_tokens(&h, o, &groups, &lp);
+            for k in 0..lp.len() {
+                for m in 0..lp[k].len() {
+                    for t in 0..lp[k][m].len() {
+                        let at = |d: f64| {
+                            let mut moved = lp.clone();
+                            moved[k][m][t] += d;
+                            p3o_trlx_token_surrogate(&h, o, &groups, &moved, &lp)
+                        };
+                        let (up, down) = (at(FD_STEP), at(-FD_STEP));
+                        // The clip and the bound on w are piecewise: only
+                        // where both sides see the same pieces.
+                        prop_assume!(up.grad == down.grad || (up.grad[k][m][t] == down.grad[k][m][t] && up.grad[k][m][t] == out.grad[k][m][t]));
+                        let fd = (up.loss - down.loss) / (2.0 * FD_STEP);
+                        prop_assert!(close(fd, out.grad[k][m][t], FINITE_DIFFERENCE), "group {k} response {m} token {t}: {fd} vs {}", out.grad[k][m][t]);
+                    }
+                }
+            }
+        }
+
+        /// Without either option the token-level loss is the sequence
+        /// pair loss averaged over pairs and groups; with `avg_tokenwise`
+        /// alone, that average times responses over response tokens
+        /// (`P G / sum of lengths`).
+        // spec: C-P3O-TRLX C-GROUP
+        #[test]
+        fn token_normalisation_is_a_rescaled_sequence_mean((groups, lp) in token_groups(), h in trlx_hyper()) {
+            let seq = |v: &[f64]| v.iter().sum::<f64>();
+            let mut mean = 0.0;
+            for (g, l) in groups.iter().zip(&lp) {
+                let c = GroupConsts {
+                    reward: g.reward.clone(),
+                    lp_old: g.lp_old.iter().map(|r| seq(r)).collect(),
+                    lp_ref: g.lp_ref.clone(),
+                };
+                let cur: Vec<f64> = l.iter().map(|r| seq(r)).collect();
+                let at = GroupVars { lp: &cur, value: 0.0 };
+                mean += group_surrogate(Algorithm::P3oTrlx, &h, &c, at, at).loss / groups.len() as f64;
+            }
+            let plain = p3o_trlx_tokens(&h, TrlxOptions::default(), &groups, &lp);
+            prop_assert!(close(plain.loss, mean, F64_IDENTITY), "{} vs {mean}", plain.loss);
+            let responses: usize = groups.iter().map(|g| g.reward.len()).sum();
+            let tokens: usize = lp.iter().flatten().map(Vec::len).sum();
+            let avg = p3o_trlx_tokens(&h, TrlxOptions { avg_tokenwise: true, clip_tokenwise: false }, &groups, &lp);
+            let want = mean * responses as f64 / tokens as f64;
+            prop_assert!(close(avg.loss, want, F64_IDENTITY), "{} vs {want}", avg.loss);
+        }
+
+        /// Theorem 2 at the token level: a per-group shift leaves every
+        /// token gradient as it was.
+        // spec: C-GROUP-SHIFT C-P3O-TRLX
+        #[test]
+        fn token_level_is_shift_invariant((groups, lp) in token_groups(), h in trlx_hyper(), o in options(), delta in prop::collection::vec(-1e3..=1e3f64, 3)) {
+            let shifted: Vec<TokenGroup> = groups
+                .iter()
+                .zip(&delta)
+                .map(|(g, d)| TokenGroup { reward: g.reward.iter().map(|r| r + d).collect(), ..g.clone() })
+                .collect();
+            let (a, b) = (p3o_trlx_tokens(&h, o, &groups, &lp), p3o_trlx_tokens(&h, o, &shifted, &lp));
+            let flat = |x: &Tokens| x.iter().flatten().flatten().copied().collect::<Vec<f64>>();
+            for (x, y) in flat(&a.grad).iter().zip(flat(&b.grad)) {
+                prop_assert!(close(*x, y, F64_SHIFTED * 1e3), "{x} vs {y}");
+            }
+        }
+    }
+}

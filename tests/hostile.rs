@@ -1254,7 +1254,7 @@ fn flags() {
         ),
         (
             "algorithm-unknown",
-            r#"{"algorithm": "grpo", "logits": [[0, 1]], "rewards": [[0, 1]]}"#,
+            r#"{"algorithm": "trpo", "logits": [[0, 1]], "rewards": [[0, 1]]}"#,
             vec!["line 1", "algorithm"],
         ),
         (
@@ -1424,8 +1424,8 @@ fn files() {
         ("unknown-key", vec!["nope=1"], vec!["config key `nope`"]),
         (
             "algorithm-unknown",
-            vec!["algorithm=grpo"],
-            vec!["config key `algorithm`", "grpo"],
+            vec!["algorithm=trpo"],
+            vec!["config key `algorithm`", "trpo"],
         ),
         ("lr-negative", vec!["lr=-1"], vec!["config key `lr`"]),
         ("lr-nan", vec!["lr=nan"], vec!["config key `lr`"]),

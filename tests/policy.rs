@@ -346,3 +346,44 @@ fn text_shift_is_the_stated_draw() {
     let zero: RewardShift = "random:0".parse().unwrap();
     assert_eq!(zero.delta_for_text("cfad:"), 0.0);
 }
+
+/// `random:LO:HI[:SEED]` draws `c = 2^k`, `k` uniform over the integers of
+/// `[log2 LO, log2 HI]`, from the prompt text's stream of [C-REWARD-SHIFT];
+/// every exponent of the range occurs over many prompts and none outside it.
+// spec: C-REWARD-SCALE
+#[test]
+fn text_scale_is_a_power_of_two_in_range() {
+    use p3o::reference::shift::RewardScale;
+    use rand::{Rng, SeedableRng};
+    let scale: RewardScale = "random:0.3:40:5".parse().unwrap();
+    let fnv1a = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..400 {
+        let text = format!("prompt {i}");
+        let c = scale.factor_for_text(&text);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(fnv1a(&text) ^ 5u64.rotate_left(32));
+        let k: i32 = rng.random_range(-1..=5);
+        assert_eq!(c, f64::from(k).exp2(), "{text:?}");
+        seen.insert(k);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![-1, 0, 1, 2, 3, 4, 5]
+    );
+    for bad in [
+        "random:0:1",
+        "random:1",
+        "random:2:1",
+        "random:1:1e30",
+        "random:1:2:x",
+        "scale:1:2",
+    ] {
+        assert!(bad.parse::<RewardScale>().is_err(), "{bad} parsed");
+    }
+    let one: RewardScale = "random:1:1".parse().unwrap();
+    assert_eq!(one.factor_for_text("cfad:"), 1.0);
+}

@@ -300,3 +300,365 @@ fn outside_logprobs_chain_into_autograd() {
         "max gradient difference {diff} (scale {scale})"
     );
 }
+
+/// Group losses ([C-GROUP]) over `[P, G]` batches and p3o-trlx's token
+/// level against the float64 reference.
+mod groups {
+    use super::*;
+    use p3o::reference::ScaleRewards;
+    use p3o::reference::group::{GroupVars, group_surrogate};
+    use p3o::reference::group_losses::GroupConsts;
+    use p3o::reference::trlx_tokens::{TokenGroup, TrlxOptions, p3o_trlx_tokens};
+    use p3o::train::losses::{GroupBatch, TokenGroupBatch, group_loss, p3o_trlx_token_loss};
+
+    /// A group's constants and its current `lp`: rewards in [-5, 5] (all
+    /// equal when `tied`), log-probs in [-6, 0], `lp` within 1 of `lp_old`.
+    type Point = (GroupConsts, Vec<f64>);
+
+    fn batches() -> impl Strategy<Value = Vec<Point>> {
+        (2..=5usize, 1..=6usize).prop_flat_map(|(g, p)| {
+            let group = (
+                prop::collection::vec(-5.0..=5.0f64, g),
+                prop::collection::vec(-6.0..=0.0f64, g),
+                prop::collection::vec(-6.0..=0.0f64, g),
+                prop::collection::vec(-1.0..=1.0f64, g),
+                prop::bool::weighted(0.15),
+            )
+                .prop_map(|(mut reward, lp_old, lp_ref, step, tied)| {
+                    if tied {
+                        reward = vec![reward[0]; reward.len()];
+                    }
+                    let lp = lp_old.iter().zip(&step).map(|(a, s)| a + s).collect();
+                    (
+                        GroupConsts {
+                            reward,
+                            lp_old,
+                            lp_ref,
+                        },
+                        lp,
+                    )
+                });
+            prop::collection::vec(group, p)
+        })
+    }
+
+    /// GRPO's and p3o-trlx's settings on top of [`hyper`]: either scaling,
+    /// `std_eps` in [0, 1] or 0, `cliprange_ratio` in [1.5, 10] or `inf`.
+    fn group_hyper() -> impl Strategy<Value = Hyper> {
+        (
+            hyper(),
+            prop::sample::select(ScaleRewards::ALL.to_vec()),
+            prop_oneof![Just(0.0), 0.0..=1.0f64],
+            prop_oneof![Just(f64::INFINITY), 1.5..=10.0f64],
+        )
+            .prop_map(|(h, scale_rewards, std_eps, cliprange_ratio)| Hyper {
+                scale_rewards,
+                std_eps,
+                cliprange_ratio,
+                ..h
+            })
+    }
+
+    fn rounded(points: &[Point], kind: Kind) -> Vec<Point> {
+        let r = |v: &Vec<f64>| -> Vec<f64> {
+            v.iter()
+                .map(|&x| {
+                    if kind == Kind::Float {
+                        x as f32 as f64
+                    } else {
+                        x
+                    }
+                })
+                .collect()
+        };
+        points
+            .iter()
+            .map(|(c, lp)| {
+                (
+                    GroupConsts {
+                        reward: c.reward.clone(),
+                        lp_old: r(&c.lp_old),
+                        lp_ref: r(&c.lp_ref),
+                    },
+                    r(lp),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether any pair of the group sits within the kink margin of a clip,
+    /// or its joint ratio at p3o-trlx's bound.
+    fn group_near_kink(alg: Algorithm, h: &Hyper, (c, lp): &Point) -> bool {
+        let g = lp.len();
+        (0..g).any(|i| {
+            (i + 1..g).any(|j| {
+                let joint = (lp[i] - c.lp_old[i] + lp[j] - c.lp_old[j]).exp();
+                let at_bound = |b: f64| (joint - b).abs() < 1e-3 * b;
+                near_kink(alg, h, [lp[i], lp[j]], [c.lp_old[i], c.lp_old[j]])
+                    || (alg == Algorithm::P3oTrlx
+                        && (at_bound(h.cliprange_ratio) || at_bound(1.0 / h.cliprange_ratio)))
+            })
+        })
+    }
+
+    fn check_groups(
+        alg: Algorithm,
+        h: &Hyper,
+        points: &[Point],
+        kind: Kind,
+        tol: f64,
+    ) -> Result<(), TestCaseError> {
+        let points = rounded(points, kind);
+        prop_assume!(!points.iter().any(|p| group_near_kink(alg, h, p)));
+        let (p, g) = (points.len(), points[0].1.len());
+        let want: Vec<_> = points
+            .iter()
+            .map(|(c, lp)| {
+                let at = GroupVars { lp, value: 0.0 };
+                group_surrogate(alg, h, c, at, at)
+            })
+            .collect();
+        let want_loss = want.iter().map(|o| o.loss).sum::<f64>() / p as f64;
+        let table = |f: &dyn Fn(&Point) -> &Vec<f64>| {
+            let flat: Vec<f64> = points.iter().flat_map(|pt| f(pt).clone()).collect();
+            Tensor::from_slice(&flat).view([p as i64, g as i64])
+        };
+        let lp = table(&|pt| &pt.1).to_kind(kind).set_requires_grad(true);
+        let (lp_old, lp_ref) = (
+            table(&|pt| &pt.0.lp_old).to_kind(kind),
+            table(&|pt| &pt.0.lp_ref).to_kind(kind),
+        );
+        let reward = table(&|pt| &pt.0.reward);
+        let loss = group_loss(
+            alg,
+            h,
+            &GroupBatch {
+                lp: &lp,
+                lp_old: &lp_old,
+                lp_ref: &lp_ref,
+                reward: &reward,
+            },
+        )
+        .unwrap();
+        loss.backward();
+        let got = loss.double_value(&[]);
+        prop_assert!(
+            (got - want_loss).abs() <= tol * want_loss.abs().max(1.0),
+            "{alg} G={g}: loss {got} vs {want_loss}"
+        );
+        let grads = Vec::<f64>::try_from(&lp.grad().to_kind(Kind::Double).view([-1])).unwrap();
+        for (k, w) in want.iter().enumerate() {
+            for i in 0..g {
+                let (got, w) = (grads[k * g + i], w.grad_lp[i] / p as f64);
+                prop_assert!(
+                    (got - w).abs() <= tol * w.abs().max(1.0 / p as f64),
+                    "{alg} G={g} group {k} d/dlp{i}: {got} vs {w}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every group algorithm but PPO.
+    const ALGORITHMS: [Algorithm; 8] = [
+        Algorithm::Vpg,
+        Algorithm::Ppg,
+        Algorithm::P3oV1,
+        Algorithm::P3oV2,
+        Algorithm::Dpo,
+        Algorithm::Rloo,
+        Algorithm::Grpo,
+        Algorithm::P3oTrlx,
+    ];
+
+    /// A group of token sequences (1-5 tokens each, token log-probs in
+    /// [-3, 0], the current ones within 0.5) for p3o-trlx's token level.
+    type TokenPoint = (TokenGroup, Vec<Vec<f64>>);
+
+    fn token_batches() -> impl Strategy<Value = Vec<TokenPoint>> {
+        (2..=4usize, 1..=4usize).prop_flat_map(|(g, p)| {
+            let response = prop::collection::vec((-3.0..=0.0f64, -0.5..=0.5f64), 1..=5);
+            let group = (
+                prop::collection::vec(-5.0..=5.0f64, g),
+                prop::collection::vec(-12.0..=0.0f64, g),
+                prop::collection::vec(response, g),
+            )
+                .prop_map(|(reward, lp_ref, tokens)| {
+                    let lp_old = tokens
+                        .iter()
+                        .map(|r| r.iter().map(|t| t.0).collect())
+                        .collect();
+                    let lp = tokens
+                        .iter()
+                        .map(|r| r.iter().map(|t| t.0 + t.1).collect())
+                        .collect();
+                    (
+                        TokenGroup {
+                            reward,
+                            lp_ref,
+                            lp_old,
+                        },
+                        lp,
+                    )
+                });
+            prop::collection::vec(group, p)
+        })
+    }
+
+    /// Whether a token or a pair sits within the margin of a clip edge or
+    /// the joint ratio at its bound.
+    fn tokens_near_kink(h: &Hyper, o: TrlxOptions, (g, lp): &TokenPoint) -> bool {
+        let near = |x: f64, edge: f64| (x - edge).abs() < 1e-3 * (1.0 + edge.abs());
+        let sum = |v: &[f64]| v.iter().sum::<f64>();
+        let seq: Vec<f64> = lp.iter().map(|r| sum(r)).collect();
+        let old: Vec<f64> = g.lp_old.iter().map(|r| sum(r)).collect();
+        let n = seq.len();
+        let token_edge = lp.iter().zip(&g.lp_old).any(|(r, o_)| {
+            r.iter()
+                .zip(o_)
+                .any(|(&x, &c)| near(x, c - h.epsilon) || near(x, c + h.epsilon))
+        });
+        let pair_edge = (0..n).any(|i| {
+            (i + 1..n).any(|j| {
+                let (d, d_old) = (seq[i] - seq[j], old[i] - old[j]);
+                let joint = (seq[i] - old[i] + seq[j] - old[j]).exp();
+                let c = h.cliprange_ratio;
+                near(joint, c)
+                    || near(joint, 1.0 / c)
+                    || (!o.clip_tokenwise
+                        && (near(d, d_old - h.epsilon) || near(d, d_old + h.epsilon)))
+            })
+        });
+        pair_edge || (o.clip_tokenwise && token_edge)
+    }
+
+    fn check_tokens(
+        h: &Hyper,
+        o: TrlxOptions,
+        points: &[TokenPoint],
+        kind: Kind,
+        tol: f64,
+    ) -> Result<(), TestCaseError> {
+        let r = |x: f64| {
+            if kind == Kind::Float {
+                x as f32 as f64
+            } else {
+                x
+            }
+        };
+        let points: Vec<TokenPoint> = points
+            .iter()
+            .map(|(g, lp)| {
+                let rows = |v: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+                    v.iter()
+                        .map(|row| row.iter().map(|&x| r(x)).collect())
+                        .collect()
+                };
+                (
+                    TokenGroup {
+                        reward: g.reward.clone(),
+                        lp_ref: g.lp_ref.iter().map(|&x| r(x)).collect(),
+                        lp_old: rows(&g.lp_old),
+                    },
+                    rows(lp),
+                )
+            })
+            .collect();
+        prop_assume!(!points.iter().any(|p| tokens_near_kink(h, o, p)));
+        let groups: Vec<TokenGroup> = points.iter().map(|p| p.0.clone()).collect();
+        let lp: Vec<Vec<Vec<f64>>> = points.iter().map(|p| p.1.clone()).collect();
+        let want = p3o_trlx_tokens(h, o, &groups, &lp);
+        // [P, G, L], right-aligned as the trainer's response windows are.
+        let (p, g) = (groups.len(), groups[0].reward.len());
+        let l = lp.iter().flatten().map(Vec::len).max().unwrap();
+        let padded = |v: &[Vec<Vec<f64>>], fill_mask: bool| {
+            let flat: Vec<f64> = v
+                .iter()
+                .flatten()
+                .flat_map(|row| {
+                    let mut out = vec![0.0; l - row.len()];
+                    out.extend(row.iter().map(|&x| if fill_mask { 1.0 } else { x }));
+                    out
+                })
+                .collect();
+            Tensor::from_slice(&flat).view([p as i64, g as i64, l as i64])
+        };
+        let old_tokens: Vec<Vec<Vec<f64>>> = groups.iter().map(|g| g.lp_old.clone()).collect();
+        let lp_t = padded(&lp, false).to_kind(kind).set_requires_grad(true);
+        let (old_t, mask) = (
+            padded(&old_tokens, false).to_kind(kind),
+            padded(&lp, true).to_kind(kind),
+        );
+        let seq = |f: &dyn Fn(&TokenGroup) -> &Vec<f64>| {
+            let flat: Vec<f64> = groups.iter().flat_map(|gr| f(gr).clone()).collect();
+            Tensor::from_slice(&flat).view([p as i64, g as i64])
+        };
+        let (lp_ref, reward) = (seq(&|gr| &gr.lp_ref).to_kind(kind), seq(&|gr| &gr.reward));
+        let loss = p3o_trlx_token_loss(
+            h,
+            o.clip_tokenwise,
+            &TokenGroupBatch {
+                lp: &(&lp_t * &mask),
+                lp_old: &old_t,
+                mask: &mask,
+                lp_ref: &lp_ref,
+                reward: &reward,
+            },
+        );
+        loss.backward();
+        let got = loss.double_value(&[]);
+        prop_assert!(
+            (got - want.loss).abs() <= tol * want.loss.abs().max(1.0),
+            "{o:?}: loss {got} vs {}",
+            want.loss
+        );
+        let grad = Vec::<f64>::try_from(&lp_t.grad().to_kind(Kind::Double).view([-1])).unwrap();
+        let scale = 1.0 / lp.iter().flatten().flatten().count() as f64;
+        for (k, group) in want.grad.iter().enumerate() {
+            for (m, row) in group.iter().enumerate() {
+                for (t, &w) in row.iter().enumerate() {
+                    let at = (k * g + m) * l + (l - row.len()) + t;
+                    prop_assert!(
+                        (grad[at] - w).abs() <= tol * w.abs().max(scale),
+                        "{o:?} group {k} response {m} token {t}: {} vs {w}",
+                        grad[at]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config("tests/proptest-regressions/train_losses_groups.txt"))]
+
+        /// Loss and `d loss / d lp_i` over `[P, G]` batches, `G` in 2..=5,
+        /// with clipping active (and unclipped), in float64.
+        // spec: C-GROUP C-TRAIN-GROUPS C-RLOO C-GRPO C-P3O-TRLX C-CLIP
+        #[test]
+        fn tch_group_losses_match_reference_f64(b in batches(), h in group_hyper(), unclipped in any::<bool>()) {
+            let h = if unclipped { Hyper { epsilon: f64::INFINITY, ..h } } else { h };
+            for alg in ALGORITHMS {
+                check_groups(alg, &h, &b, Kind::Double, 1e-12)?;
+            }
+        }
+
+        // spec: C-GROUP C-RLOO C-GRPO C-P3O-TRLX
+        #[test]
+        fn tch_group_losses_match_reference_f32(b in batches(), h in group_hyper()) {
+            for alg in ALGORITHMS {
+                check_groups(alg, &h, &b, Kind::Float, F32_VS_F64)?;
+            }
+        }
+
+        /// p3o-trlx's `avg_tokenwise` and `clip_tokenwise` over ragged
+        /// token sequences, in float64 and float32.
+        // spec: C-P3O-TRLX C-CLIP
+        #[test]
+        fn tch_trlx_token_loss_matches_reference(b in token_batches(), h in group_hyper(), clip_tokenwise in any::<bool>()) {
+            let o = TrlxOptions { clip_tokenwise, avg_tokenwise: true };
+            check_tokens(&h, o, &b, Kind::Double, 1e-12)?;
+            check_tokens(&h, o, &b, Kind::Float, F32_VS_F64)?;
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use p3o::reference::shift::RewardShift;
+use p3o::reference::shift::{RewardScale, RewardShift};
 use p3o::torch::checkpoint::read_tensors;
 use p3o::train::config::TrainConfig;
 use p3o::train::trainer::Trainer;
@@ -58,13 +58,110 @@ fn relative_difference(a: &Path, b: &Path) -> f64 {
 }
 
 fn run(alg: &str, shift: Option<RewardShift>, out: &Path) {
-    let cfg = TrainConfig::load(None, &small(alg)).unwrap();
-    let mut t = Trainer::new(cfg, out, shift).unwrap();
+    run_with(&small(alg), shift, None, out);
+}
+
+fn run_with(sets: &[String], shift: Option<RewardShift>, scale: Option<RewardScale>, out: &Path) {
+    let cfg = TrainConfig::load(None, sets).unwrap();
+    let mut t = Trainer::new(cfg, out, shift)
+        .unwrap()
+        .with_reward_scale(scale);
     t.run().unwrap();
 }
 
+/// The settings of a group run: `small(alg)` with four responses per
+/// prompt and `extra`.
+fn group_run(alg: &str, extra: &[&str]) -> Vec<String> {
+    let mut sets = small(alg);
+    sets.push("responses_per_prompt=4".into());
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    sets
+}
+
+/// Whether training moved the weights away from a zero-step run's.
+fn assert_moved(sets: &[String], trained: &Path, name: &str) {
+    let init = tmp(&format!("{name}-zero-steps"));
+    let cfg = TrainConfig::load(
+        None,
+        &[sets.to_vec(), vec!["steps=1".into(), "lr=0".into()]].concat(),
+    )
+    .unwrap();
+    Trainer::new(cfg, &init, None).unwrap().run().unwrap();
+    assert!(
+        relative_difference(trained, &init) > 1e-4,
+        "{name}: the weights did not move"
+    );
+}
+
+/// Theorem 2 end to end over groups of four: RLOO, GRPO (both scalings),
+/// P3O-V2 and p3o-trlx (sequence and token level) end bit for bit where
+/// the unshifted run ends.
+// spec: C-GROUP-SHIFT C-TRAIN-GROUPS C-RLOO C-GRPO C-P3O-TRLX C-REWARD-SHIFT
+#[test]
+fn shifted_group_runs_end_with_identical_weights() {
+    let shift: RewardShift = "random:100:9".parse().unwrap();
+    for (name, alg, extra) in [
+        ("rloo", "rloo", &[][..]),
+        ("grpo", "grpo", &[][..]),
+        ("grpo-none", "grpo", &["scale_rewards=none"][..]),
+        ("p3o-v2-g4", "p3o-v2", &[][..]),
+        ("p3o-trlx", "p3o-trlx", &[][..]),
+        (
+            "p3o-trlx-tokens",
+            "p3o-trlx",
+            &["clip_tokenwise=true", "avg_tokenwise=true"][..],
+        ),
+    ] {
+        let sets = group_run(alg, extra);
+        let (a, b) = (
+            tmp(&format!("{name}-plain")),
+            tmp(&format!("{name}-shifted")),
+        );
+        run_with(&sets, None, None, &a);
+        run_with(&sets, Some(shift), None, &b);
+        let d = relative_difference(&a, &b);
+        assert!(
+            d == 0.0,
+            "{name}: relative weight difference {d} under a shift"
+        );
+        assert_moved(&sets, &a, name);
+    }
+}
+
+/// A per-prompt positive scale `c(x)` (powers of two, so exact) with a
+/// shift: GRPO with `std_eps = 0` ends bit for bit where the plain run
+/// ends; P3O-V2 and RLOO, whose updates grow with `c(x)`, do not.
+// spec: C-GROUP-SCALE C-TRAIN-GROUPS C-GRPO C-REWARD-SCALE
+#[test]
+fn scaled_rewards_leave_grpo_alone_and_move_p3o() {
+    let shift: RewardShift = "random:100:9".parse().unwrap();
+    let scale: RewardScale = "random:0.01:100:4".parse().unwrap();
+    for (alg, invariant) in [("grpo", true), ("p3o-v2", false), ("rloo", false)] {
+        let sets = group_run(alg, &[]);
+        let (a, b) = (
+            tmp(&format!("{alg}-unscaled")),
+            tmp(&format!("{alg}-scaled")),
+        );
+        run_with(&sets, None, None, &a);
+        run_with(&sets, Some(shift), Some(scale), &b);
+        let d = relative_difference(&a, &b);
+        println!("{alg}: relative weight difference {d} under {scale:?} and {shift:?}");
+        if invariant {
+            assert!(
+                d == 0.0,
+                "{alg}: relative weight difference {d} under a scale"
+            );
+        } else {
+            assert!(
+                d > 1e-4,
+                "{alg}: relative weight difference {d} under a scale"
+            );
+        }
+    }
+}
+
 /// Theorem 2 end to end: a run on r + delta(prompt) ends with the same
-/// weights as the run on r for P3O-V1, P3O-V2 and online DPO.
+/// weights, bit for bit, as the run on r for P3O-V1, P3O-V2 and online DPO.
 // spec: C-THM2 C-REWARD-SHIFT
 #[test]
 fn shifted_runs_end_with_the_same_weights() {
@@ -74,7 +171,7 @@ fn shifted_runs_end_with_the_same_weights() {
         run(alg, None, &a);
         run(alg, Some(shift), &b);
         let d = relative_difference(&a, &b);
-        assert!(d < 1e-5, "{alg}: relative weight difference {d}");
+        assert!(d == 0.0, "{alg}: relative weight difference {d}");
         // And training did move the weights.
         let init = tmp(&format!("{alg}-zero-steps"));
         let cfg = TrainConfig::load(
@@ -244,6 +341,18 @@ fn bad_configs_are_refused() {
         vec!["--set".into(), "device=gpu".into()],
         vec!["--set".into(), "dtype=f64".into()],
         vec!["--set".into(), "lr_schedule=step".into()],
+        vec!["--set".into(), "responses_per_prompt=1".into()],
+        vec![
+            "--set".into(),
+            "algorithm=ppo".into(),
+            "--set".into(),
+            "responses_per_prompt=4".into(),
+        ],
+        vec!["--set".into(), "cliprange_ratio=1".into()],
+        vec!["--set".into(), "scale_rewards=mean".into()],
+        vec!["--set".into(), "std_eps=-1".into()],
+        vec!["--reward-scale".into(), "random:3:3.5".into()],
+        vec!["--reward-scale".into(), "const:2".into()],
     ];
     let mut report = String::new();
     for extra in cases {

@@ -1,5 +1,5 @@
-//! `p3o bandit`: P3O-V1, P3O-V2, PPO and online DPO trained on a seeded
-//! random contextual bandit, with the exact KL and expected reward per step
+//! `p3o bandit`: P3O-V1, P3O-V2 (on pairs and groups), PPO, online DPO,
+//! RLOO, GRPO and p3o-trlx trained on a seeded random contextual bandit, with the exact KL and expected reward per step
 //! and the reward-shift comparison ([C-THM2], [C-PPO-SHIFT]).
 
 use std::io::{self, BufWriter, Write};
@@ -34,6 +34,10 @@ pub struct BanditArgs {
     /// Pairs sampled per iteration (contexts taken in turn).
     #[arg(long, default_value_t = BanditConfig::default().pairs as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
+    /// Responses per group of the grouped arms (P3O-V2 on groups, RLOO,
+    /// GRPO), which sample 2 x --pairs / G groups per iteration.
+    #[arg(long, default_value_t = BanditConfig::default().group_size as u32, value_parser = clap::value_parser!(u32).range(2..))]
+    group_size: u32,
     /// Gradient steps on each sampled batch.
     #[arg(long, default_value_t = BanditConfig::default().epochs)]
     epochs: usize,
@@ -87,6 +91,7 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
         actions: args.actions as usize,
         steps: args.steps,
         pairs: args.pairs as usize,
+        group_size: args.group_size as usize,
         epochs: args.epochs,
         lr: args.lr,
         beta: args.beta,
@@ -112,7 +117,8 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
                 for (label, traj) in [("r", Some(&run.plain)), ("r+delta", run.shifted.as_ref())] {
                     for m in traj.into_iter().flatten() {
                         let line = serde_json::json!({
-                            "algorithm": run.algorithm.name(), "rewards": label,
+                            "algorithm": run.algorithm.name(), "group_size": run.group_size,
+                            "arm": run.label, "rewards": label,
                             "step": m.step, "kl": m.kl, "reward": m.reward,
                         });
                         writeln!(out, "{line}")?;
@@ -123,6 +129,7 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
                 let last = run.plain.last();
                 let line = serde_json::json!({
                     "summary": true, "algorithm": run.algorithm.name(),
+                    "group_size": run.group_size, "arm": run.label,
                     "final_kl": last.map(|m| m.kl), "final_reward": last.map(|m| m.reward),
                     "max_shift_difference": run.max_shift_difference(),
                 });

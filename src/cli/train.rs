@@ -1,4 +1,5 @@
-//! `p3o train`: RLHF training (P3O-V1, P3O-V2, online DPO, PPO; feature
+//! `p3o train`: RLHF training (P3O-V1, P3O-V2, online DPO, PPO, RLOO, GRPO,
+//! p3o-trlx; feature
 //! `torch`).
 #![cfg_attr(not(feature = "torch"), allow(dead_code))]
 
@@ -18,6 +19,10 @@ pub struct TrainArgs {
     /// Add delta(prompt) to every reward: const:C or random:A[:SEED].
     #[arg(long)]
     reward_shift: Option<p3o::reference::shift::RewardShift>,
+    /// Multiply every reward by c(prompt), a power of two drawn in
+    /// [LO, HI], before any shift: random:LO:HI[:SEED].
+    #[arg(long)]
+    reward_scale: Option<p3o::reference::shift::RewardScale>,
     /// Continue from the last complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -58,7 +63,7 @@ pub fn run(a: TrainArgs) -> Result<(), super::error::CliError> {
             "pass --resume to continue the run there, or choose another --out",
         )?;
     }
-    let mut trainer = Trainer::new(cfg, &a.out, a.reward_shift)?;
+    let mut trainer = Trainer::new(cfg, &a.out, a.reward_shift)?.with_reward_scale(a.reward_scale);
     if a.resume {
         match trainer.resume()? {
             Resumed::From(n) => eprintln!("resuming from step {n}"),

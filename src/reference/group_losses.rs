@@ -9,7 +9,10 @@
 use super::clip::{clipped_objective, ratio_band};
 
 /// How GRPO scales its centred rewards ([C-GRPO]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ScaleRewards {
     /// Divide by the group's sample standard deviation (plus `std_eps`).
     #[default]

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod ppo_tokens;
 pub mod shift;
 pub mod tokens;
+pub mod trlx_tokens;
 
 pub use estimator::{
     Batch, Evaluation, Group, Pair, Problem, evaluate, sample_groups, sample_pairs, surrogate,

@@ -11,6 +11,7 @@ use super::builtin::{BUILTIN_MODEL, BUILTIN_PROMPTS, BUILTIN_REWARD};
 use super::error::ConfigError;
 use crate::device::DeviceSpec;
 use crate::reference;
+pub use crate::reference::group_losses::ScaleRewards;
 use crate::torch::generate::{MAX_NEW_TOKENS, temperature_problem};
 
 /// The algorithms `p3o train` runs (config key `algorithm`).
@@ -28,6 +29,15 @@ pub enum Algorithm {
     /// Token-level PPO with a value head ([C-PPO-TOKEN]).
     #[serde(rename = "ppo")]
     Ppo,
+    /// REINFORCE leave-one-out over each group ([C-RLOO]).
+    #[serde(rename = "rloo")]
+    Rloo,
+    /// Group-relative policy optimisation ([C-GRPO]).
+    #[serde(rename = "grpo")]
+    Grpo,
+    /// P3O as the authors' code trains it ([C-P3O-TRLX]).
+    #[serde(rename = "p3o-trlx")]
+    P3oTrlx,
 }
 
 impl Algorithm {
@@ -38,6 +48,9 @@ impl Algorithm {
             Algorithm::P3oV2 => reference::Algorithm::P3oV2,
             Algorithm::Dpo => reference::Algorithm::Dpo,
             Algorithm::Ppo => reference::Algorithm::Ppo,
+            Algorithm::Rloo => reference::Algorithm::Rloo,
+            Algorithm::Grpo => reference::Algorithm::Grpo,
+            Algorithm::P3oTrlx => reference::Algorithm::P3oTrlx,
         }
     }
 
@@ -126,11 +139,14 @@ pub struct TrainConfig {
     /// Clip half-width ([C-CLIP]); `inf` leaves the ratios unclipped.
     #[serde(with = "non_finite")]
     pub epsilon: f64,
-    /// Prompts per step (P3O and DPO sample two responses for each).
+    /// Prompts per step.
     pub batch_size: usize,
+    /// Responses sampled per prompt, a group ([C-GROUP]): at least 2 for
+    /// every algorithm but PPO, which samples one and refuses the key.
+    pub responses_per_prompt: usize,
     /// Passes over each rollout.
     pub epochs: usize,
-    /// Pairs per minibatch.
+    /// Prompts (each with its group of responses) per minibatch.
     pub minibatch_size: usize,
     /// Minibatches whose gradients are summed before one optimizer step.
     pub grad_accum: usize,
@@ -180,6 +196,19 @@ pub struct TrainConfig {
     /// Token log-probs of the training forward (with `cuda` also the pair
     /// losses, the reference's sequence log-probs and PPO's GAE).
     pub kernels: KernelBackend,
+    /// p3o-trlx: the bound `c > 1` on its joint importance weight
+    /// ([C-P3O-TRLX]); `inf` leaves it unbounded.
+    #[serde(with = "non_finite")]
+    pub cliprange_ratio: f64,
+    /// p3o-trlx: clip each token's log-prob around its behaviour log-prob.
+    pub clip_tokenwise: bool,
+    /// p3o-trlx: divide the summed pair losses by the minibatch's response
+    /// tokens instead of averaging over pairs.
+    pub avg_tokenwise: bool,
+    /// GRPO: `group` or `none` ([C-GRPO]).
+    pub scale_rewards: ScaleRewards,
+    /// GRPO: added to the group's standard deviation.
+    pub std_eps: f64,
     /// PPO: discount of GAE.
     pub gamma: f64,
     /// PPO: lambda of GAE.
@@ -204,6 +233,7 @@ impl Default for TrainConfig {
             beta: 0.02,
             epsilon: 0.2,
             batch_size: 16,
+            responses_per_prompt: 2,
             epochs: 2,
             minibatch_size: 8,
             grad_accum: 1,
@@ -230,6 +260,11 @@ impl Default for TrainConfig {
             dtype: Dtype::F32,
             threads: 2,
             kernels: KernelBackend::Torch,
+            cliprange_ratio: 10.0,
+            clip_tokenwise: false,
+            avg_tokenwise: false,
+            scale_rewards: ScaleRewards::Group,
+            std_eps: 0.0,
             gamma: 1.0,
             lam: 0.95,
             vf_coef: 0.5,
@@ -299,6 +334,9 @@ pub struct Supervised<'a> {
 /// The largest per-step count a config may give (`batch_size`,
 /// `minibatch_size`, `epochs`, `eval_samples`, ...).
 pub const MAX_COUNT: usize = 1 << 20;
+
+/// The most responses per prompt (`responses_per_prompt`).
+pub const MAX_GROUP: usize = 1024;
 
 /// The most steps a training run may ask for.
 pub const MAX_STEPS: usize = 1 << 32;
@@ -441,6 +479,7 @@ impl TrainConfig {
         for (key, v) in [
             ("vf_coef", self.vf_coef),
             ("cliprange_value", self.cliprange_value),
+            ("std_eps", self.std_eps),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(key, format!("{v} must be finite and >= 0"));
@@ -472,6 +511,37 @@ impl TrainConfig {
                 return bad(key, format!("{v} is above the limit of {MAX_COUNT}"));
             }
         }
+        if self.algorithm == Algorithm::Ppo {
+            if self.responses_per_prompt != 2 {
+                return bad(
+                    "responses_per_prompt",
+                    "`ppo` samples one response per prompt; leave the key out".into(),
+                );
+            }
+        } else if !(2..=MAX_GROUP).contains(&self.responses_per_prompt) {
+            return bad(
+                "responses_per_prompt",
+                format!(
+                    "{} must be in 2..={MAX_GROUP} (a group needs two responses to compare)",
+                    self.responses_per_prompt
+                ),
+            );
+        }
+        if self.batch_size.saturating_mul(self.responses_per_prompt) > MAX_COUNT {
+            return bad(
+                "responses_per_prompt",
+                format!(
+                    "{} responses for each of {} prompts is above the limit of {MAX_COUNT} per step",
+                    self.responses_per_prompt, self.batch_size
+                ),
+            );
+        }
+        if self.cliprange_ratio.is_nan() || self.cliprange_ratio <= 1.0 {
+            return bad(
+                "cliprange_ratio",
+                format!("{} must be above 1 (or `inf`)", self.cliprange_ratio),
+            );
+        }
         if self.steps > MAX_STEPS {
             return bad(
                 "steps",
@@ -500,7 +570,7 @@ impl TrainConfig {
                 return bad(
                     "temperature",
                     format!(
-                        "0 (greedy) draws the same two responses for every prompt, so `{}` learns nothing; use a positive temperature",
+                        "0 (greedy) draws identical responses to every prompt, so `{}` learns nothing; use a positive temperature",
                         self.algorithm.name()
                     ),
                 );
@@ -509,7 +579,7 @@ impl TrainConfig {
                 return bad(
                     "top_k",
                     format!(
-                        "1 draws the same two responses for every prompt, so `{}` learns nothing; use 2 or more, or none",
+                        "1 draws identical responses to every prompt, so `{}` learns nothing; use 2 or more, or none",
                         self.algorithm.name()
                     ),
                 );

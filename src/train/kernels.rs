@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::KernelBackend;
 use super::error::TrainError;
-use super::losses::{self, PairBatch};
+use super::losses::{self, GroupBatch, PairBatch};
 #[cfg(feature = "cuda")]
 use crate::cuda::{ops::PairInputs, torch_ops::TensorKernels};
 use crate::device::DeviceSpec;
@@ -137,6 +137,22 @@ impl Kernels {
             return Ok(&surrogate + (value - &surrogate).detach());
         }
         Ok(losses::pair_loss(alg, h, b)?)
+    }
+
+    /// The mean over groups of `alg`'s group loss
+    /// ([`losses::group_loss`]); a pairwise algorithm's pairs go through
+    /// [`Self::pair_loss`], so with `cuda` P3O and DPO over groups use the
+    /// pair kernels.
+    pub fn group_loss(
+        &self,
+        alg: Algorithm,
+        h: &Hyper,
+        b: &GroupBatch,
+    ) -> Result<Tensor, TrainError> {
+        if alg.is_pairwise() {
+            return losses::mean_over_pairs(b, |p| self.pair_loss(alg, h, p));
+        }
+        Ok(losses::group_loss(alg, h, b)?)
     }
 
     /// Sequence log-probs without gradient ([C-SEQ-LOGPROB]): the sums of

@@ -1,17 +1,18 @@
-//! The training loop of `p3o train`: rollouts (two responses per prompt for
-//! the pair algorithms, one for PPO), KL-shaped float64 rewards, epochs of
+//! The training loop of `p3o train`: rollouts (a group of
+//! `responses_per_prompt` responses per prompt for the group and pair
+//! algorithms, one for PPO), KL-shaped float64 rewards, epochs of
 //! minibatch updates with AdamW, metrics, evaluations and checkpoints.
 //!
 //! One file per job: `setup` (models, prompts, optimizer), `rollout`
-//! (sampling and scoring a step's responses), `pair_update` (P3O-V1, P3O-V2,
-//! DPO), `ppo_update` ([C-PPO-TOKEN]), `update` (backward, gradient
+//! (sampling and scoring a step's responses), `group_update` (P3O-V1,
+//! P3O-V2, DPO, RLOO, GRPO, p3o-trlx), `ppo_update` ([C-PPO-TOKEN]), `update` (backward, gradient
 //! accumulation, the optimizer step and the non-finite guard),
 //! `checkpoint` (writing and resuming), and the typed records `metrics`
 //! and `state`.
 
 mod checkpoint;
+mod group_update;
 pub mod metrics;
-mod pair_update;
 mod ppo_update;
 mod rollout;
 mod setup;
@@ -27,12 +28,12 @@ use tch::{Device, Kind, Tensor};
 use super::collective::Collective;
 use super::config::TrainConfig;
 use super::error::TrainError;
-use super::kernels::Kernels;
+use super::kernels::{Kernels, TokenRows};
 use super::models::progress_bar;
 use super::optim::AdamW;
 use super::scoring::{Reward, ValueHead, sequence_logprobs_with};
 use super::seed::SeedPurpose;
-use crate::reference::shift::RewardShift;
+use crate::reference::shift::{RewardScale, RewardShift};
 use crate::run_dir::io_at;
 use crate::torch::LanguageModel;
 use crate::torch::generate::{GenerateOptions, Generation, generate};
@@ -53,6 +54,8 @@ pub struct Trainer {
     prompts: Vec<String>,
     eval_prompts: Vec<String>,
     shift: Option<RewardShift>,
+    /// `c(prompt)` under `--reward-scale`, applied before the shift.
+    scale: Option<RewardScale>,
     opt: AdamW,
     /// Where the training forward's token log-probs come from.
     kernels: Kernels,
@@ -74,7 +77,39 @@ fn sequence_sums(token_logprobs: &[Vec<f32>]) -> Vec<f32> {
     token_logprobs.iter().map(|t| t.iter().sum()).collect()
 }
 
+/// Token log-probs laid out as a response window `[n][l]`: each response's
+/// tokens in its last columns, zeros before.
+pub(super) fn right_aligned(token_logprobs: &[Vec<f32>], l: usize) -> TokenRows {
+    token_logprobs
+        .iter()
+        .map(|t| {
+            let mut row = vec![0.0; l - t.len()];
+            row.extend(t.iter().map(|&x| f64::from(x)));
+            row
+        })
+        .collect()
+}
+
+/// A `[n, l]` tensor on `device` of rows `pick` of `rows`, in float32.
+pub(super) fn rows_tensor(rows: &TokenRows, pick: &[usize], device: Device) -> Tensor {
+    let l = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = pick
+        .iter()
+        .flat_map(|&i| rows[i].iter().map(|&x| x as f32))
+        .collect();
+    Tensor::from_slice(&flat)
+        .view([pick.len() as i64, l as i64])
+        .to_device(device)
+}
+
 impl Trainer {
+    /// Trains on `c(prompt) r` (before any shift) with `c` drawn by
+    /// `scale` ([C-REWARD-SCALE]).
+    pub fn with_reward_scale(mut self, scale: Option<RewardScale>) -> Trainer {
+        self.scale = scale;
+        self
+    }
+
     /// Runs to `cfg.steps`, appending metrics to `DIR/metrics.jsonl`,
     /// writing checkpoints and finally `DIR/final`. Returns the last step's
     /// line (none when a resumed run had no step left).
@@ -131,7 +166,7 @@ impl Trainer {
         if self.value_head.is_some() {
             self.ppo_step(total_opt_steps)
         } else {
-            self.pair_step(total_opt_steps)
+            self.group_step(total_opt_steps)
         }
     }
 

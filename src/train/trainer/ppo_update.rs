@@ -10,9 +10,9 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::Trainer;
 use super::metrics::MetricsLine;
 use super::update::{StepStats, Updates};
+use super::{Trainer, right_aligned, rows_tensor};
 use crate::reference::ppo_tokens::PpoHyper;
 use crate::torch::TorchError;
 use crate::train::config::RewardScaling;
@@ -21,19 +21,6 @@ use crate::train::kernels::TokenRows;
 use crate::train::losses::{PpoBatch, ppo_loss};
 use crate::train::scoring::{ValueHead, token_window_with, value_window};
 use crate::train::seed::SeedPurpose;
-
-/// Token log-probs laid out as a response window `[n][l]`: each response's
-/// tokens in its last columns, zeros before.
-fn right_aligned(token_logprobs: &[Vec<f32>], l: usize) -> TokenRows {
-    token_logprobs
-        .iter()
-        .map(|t| {
-            let mut row = vec![0.0; l - t.len()];
-            row.extend(t.iter().map(|&x| f64::from(x)));
-            row
-        })
-        .collect()
-}
 
 /// Per-token rewards `-beta (lp_old - lp_ref)` with the score added on the
 /// last token, and each row's sequence KL.
@@ -104,18 +91,6 @@ fn scale_by_running_std(stats: &mut [f64; 3], scores: &mut [f64]) {
     if std > 0.0 {
         scores.iter_mut().for_each(|x| *x /= std);
     }
-}
-
-/// A `[n, l]` tensor on `device` of rows `pick` of `rows`, in float32.
-fn rows_tensor(rows: &TokenRows, pick: &[usize], device: Device) -> Tensor {
-    let l = rows.first().map_or(0, Vec::len);
-    let flat: Vec<f32> = pick
-        .iter()
-        .flat_map(|&i| rows[i].iter().map(|&x| x as f32))
-        .collect();
-    Tensor::from_slice(&flat)
-        .view([pick.len() as i64, l as i64])
-        .to_device(device)
 }
 
 /// A tensor's values as float64 rows on the host.

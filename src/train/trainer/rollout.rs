@@ -1,7 +1,7 @@
 //! A step's rollout: its prompts (a seeded permutation of the prompt set per
 //! pass), the responses sampled from the behaviour policy with their token
-//! log-probs, and their float64 rewards, also shifted by `delta(x)` under
-//! `--reward-shift`.
+//! log-probs, and their float64 rewards, also scaled by `c(x)` under
+//! `--reward-scale` and shifted by `delta(x)` under `--reward-shift`.
 
 use std::time::Instant;
 
@@ -19,7 +19,8 @@ pub(super) struct Rollout {
     pub responses: Vec<Vec<i64>>,
     /// `log pi_old` of every response token, from the sampling pass.
     pub token_logprobs: Vec<Vec<f32>>,
-    /// The rewards as scored, and with `delta(prompt)` added.
+    /// The rewards as scored, and as trained on: times `c(prompt)`, plus
+    /// `delta(prompt)`.
     pub raw: Vec<f64>,
     pub shifted: Vec<f64>,
     /// Step start and end of generation.
@@ -76,7 +77,10 @@ impl Trainer {
         let shifted = raw
             .iter()
             .zip(&texts)
-            .map(|(r, t)| r + self.shift.map_or(0.0, |s| s.delta_for_text(t)))
+            .map(|(r, t)| {
+                let scaled = self.scale.map_or(*r, |c| c.factor_for_text(t) * r);
+                scaled + self.shift.map_or(0.0, |s| s.delta_for_text(t))
+            })
             .collect();
         Ok(Rollout {
             prompt_ids,

@@ -172,6 +172,7 @@ impl Trainer {
             prompts,
             eval_prompts,
             shift,
+            scale: None,
             opt,
             kernels,
             collective: Box::new(SingleProcess),
