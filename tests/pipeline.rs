@@ -9,7 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::run_p3o;
-use p3o::demo::{DemoConfig, run_demo};
+use p3o::demo::{DemoArm, DemoConfig, run_demo};
+use p3o::train::config::Algorithm;
 use p3o::train::sft::{SftConfig, run_sft};
 
 /// Held-out accuracy the proxy reward model must reach in `p3o demo --quick`
@@ -59,9 +60,10 @@ fn sft_lowers_the_heldout_corpus_loss() {
 }
 
 /// `p3o demo --quick` as CI runs it: every report section and figure, the
-/// reward model's accuracy, SFT's loss, and `p3o compare` / `p3o eval` on
+/// reward model's accuracy, SFT's loss, the shift experiment (every arm
+/// but PPO ends with the same weights), and `p3o compare` / `p3o eval` on
 /// its policies.
-// spec: C-BT-TRAIN C-TOY-GOLD C-WINRATE
+// spec: C-BT-TRAIN C-TOY-GOLD C-WINRATE C-THM2 C-GROUP-SHIFT
 #[test]
 fn demo_quick_writes_every_section() {
     let _guard = serial();
@@ -80,8 +82,17 @@ fn demo_quick_writes_every_section() {
     ] {
         assert!(report.contains(section), "missing {section}:\n{report}");
     }
-    for alg in ["p3o-v1", "p3o-v2", "ppo", "dpo"] {
-        assert!(report.contains(&format!("| {alg} |")), "no row for {alg}");
+    let arms = [
+        "p3o-v1",
+        "p3o-v2",
+        "p3o-v2-g4",
+        "ppo",
+        "dpo",
+        "rloo-g4",
+        "grpo-g4",
+    ];
+    for arm in arms {
+        assert!(report.contains(&format!("| {arm} |")), "no row for {arm}");
     }
     for stem in [
         "frontier_proxy",
@@ -109,6 +120,20 @@ fn demo_quick_writes_every_section() {
         sft["final_heldout_loss"].as_f64().unwrap()
             < sft["initial_heldout_loss"].as_f64().unwrap() - 1.0
     );
+    let shift = results["shift"].as_array().unwrap();
+    assert_eq!(shift.len(), arms.len());
+    for (r, arm) in shift.iter().zip(arms) {
+        assert_eq!(r["arm"], arm);
+        let (reward, weights) = (
+            r["max_reward_difference"].as_f64().unwrap(),
+            r["weight_relative_difference"].as_f64().unwrap(),
+        );
+        if arm == "ppo" {
+            assert!(weights > 1e-4, "ppo's weights moved by only {weights}");
+        } else {
+            assert_eq!((reward, weights), (0.0, 0.0), "{arm}");
+        }
+    }
 
     // The gold reward and the trained proxy as judges of two final policies.
     let sft_dir = out.join("sft/final");
@@ -158,6 +183,68 @@ fn demo_quick_writes_every_section() {
     // A policy against itself: the KL estimate is exactly zero.
     assert_eq!(e["kl"]["mean"].as_f64().unwrap(), 0.0);
     assert!(e["reward"]["mean"].as_f64().unwrap().is_finite());
+}
+
+/// Arms are written `name` for pairs and `name-gG` for groups of G; bad
+/// names, group sizes that do not fit the batch and PPO on groups are
+/// refused with the key named.
+// spec: C-TRAIN-GROUPS
+#[test]
+fn demo_arms_parse_round_trip_and_refuse() {
+    for a in Algorithm::ALL {
+        for g in [2, 3, 4, 16, 1024] {
+            let arm = DemoArm::groups(a, g);
+            let text = arm.to_string();
+            assert_eq!(text.ends_with(&format!("-g{g}")), g != 2, "{text}");
+            assert_eq!(text.parse::<DemoArm>().unwrap(), arm, "{text}");
+        }
+    }
+    assert_eq!(
+        "p3o-v2-g4".parse::<DemoArm>().unwrap(),
+        DemoArm::groups(Algorithm::P3oV2, 4)
+    );
+    assert_eq!(
+        "p3o-trlx".parse::<DemoArm>().unwrap(),
+        DemoArm::pairs(Algorithm::P3oTrlx)
+    );
+    for bad in [
+        "",
+        "sac",
+        "grpo-g1",
+        "grpo-g0",
+        "grpo-g",
+        "grpo-g4x",
+        "grpo-g1025",
+        "-g4",
+        "grpo-g-4",
+    ] {
+        let e = bad.parse::<DemoArm>().unwrap_err().to_string();
+        assert!(e.contains(&format!("`{bad}` is no arm")), "{e}");
+    }
+    let refused = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        DemoConfig::load(true, None, &sets).unwrap_err().0
+    };
+    let e = refused(&["algorithms=[\"grpo-g6\"]"]);
+    assert!(
+        e.contains("config key `rl_batch_size`") && e.contains("grpo-g6"),
+        "{e}"
+    );
+    let e = refused(&["algorithms=[\"rloo-g4\"]", "rl_minibatch_size=1"]);
+    assert!(e.contains("config key `rl_minibatch_size`"), "{e}");
+    let e = refused(&["algorithms=[\"ppo-g4\"]"]);
+    assert!(
+        e.contains("config key `responses_per_prompt`") && e.contains("ppo-g4"),
+        "{e}"
+    );
+    let e = refused(&["algorithms=[\"grpo-g4\", \"grpo-g4\"]"]);
+    assert!(e.contains("`grpo-g4` is named twice"), "{e}");
+    let e = refused(&["algorithms=[\"grpo-g1\"]"]);
+    assert!(e.contains("`grpo-g1` is no arm"), "{e}");
+    // The default arms all load, quick and full.
+    let arms = DemoConfig::default().algorithms;
+    assert_eq!(arms.len(), 7);
+    assert_eq!(DemoConfig::quick().algorithms, arms);
 }
 
 /// Two runs with one seed write the same report and results, byte for

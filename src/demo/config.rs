@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::arm::DemoArm;
 use crate::device::DeviceSpec;
 use crate::reference::shift::RewardShift;
 use crate::train::builtin::{TOY_GOLD_REWARD, TOY_PROMPTS};
@@ -33,8 +34,10 @@ pub struct DemoConfig {
     pub preference_pairs: usize,
     pub rm_epochs: usize,
     pub rm_lr: f64,
-    /// Algorithms of the RL stage.
-    pub algorithms: Vec<Algorithm>,
+    /// Arms of the RL stage: an algorithm, with `-gG` for G responses per
+    /// prompt ([`DemoArm`]). Every arm samples `2 * rl_batch_size` responses
+    /// per step: one with groups of G takes `2 * rl_batch_size / G` prompts.
+    pub algorithms: Vec<DemoArm>,
     pub rl_steps: usize,
     pub rl_batch_size: usize,
     pub rl_epochs: usize,
@@ -71,10 +74,13 @@ impl Default for DemoConfig {
             rm_epochs: 2,
             rm_lr: 2e-3,
             algorithms: vec![
-                Algorithm::P3oV1,
-                Algorithm::P3oV2,
-                Algorithm::Ppo,
-                Algorithm::Dpo,
+                DemoArm::pairs(Algorithm::P3oV1),
+                DemoArm::pairs(Algorithm::P3oV2),
+                DemoArm::groups(Algorithm::P3oV2, 4),
+                DemoArm::pairs(Algorithm::Ppo),
+                DemoArm::pairs(Algorithm::Dpo),
+                DemoArm::groups(Algorithm::Rloo, 4),
+                DemoArm::groups(Algorithm::Grpo, 4),
             ],
             rl_steps: 200,
             rl_batch_size: 16,
@@ -133,7 +139,7 @@ impl DemoConfig {
         {
             return Err(ConfigError(format!(
                 "config key `algorithms`: `{}` is named twice",
-                dup.1.name()
+                dup.1
             )));
         }
         for (key, v) in [
@@ -185,8 +191,9 @@ impl DemoConfig {
         }
         check_device(cfg.device)?;
         // Every RL config must be valid before anything runs.
-        for &alg in &cfg.algorithms {
-            cfg.train_config(alg, Path::new("policy"), Path::new("reward"))?;
+        for &arm in &cfg.algorithms {
+            cfg.train_config(arm, Path::new("policy"), Path::new("reward"))
+                .map_err(|e| ConfigError(format!("{} (arm `{arm}`)", e.0)))?;
         }
         Ok(cfg)
     }
@@ -217,15 +224,34 @@ impl DemoConfig {
         }
     }
 
-    /// The `p3o train` config of one algorithm's run, checked.
+    /// The `p3o train` config of one arm's run, checked: groups of G take
+    /// `2 / G` of the pair arms' prompts, so that every arm samples as many
+    /// responses per step and per minibatch.
     pub fn train_config(
         &self,
-        algorithm: Algorithm,
+        arm: DemoArm,
         policy: &Path,
         reward: &Path,
     ) -> Result<TrainConfig, ConfigError> {
+        let DemoArm {
+            algorithm,
+            responses_per_prompt: g,
+        } = arm;
+        let prompts = |key: &str, pairs: usize| {
+            if (2 * pairs) % g == 0 {
+                Ok(2 * pairs / g)
+            } else {
+                Err(ConfigError(format!(
+                    "config key `{key}`: the {} responses of {pairs} pairs do not split into groups of {g}",
+                    2 * pairs
+                )))
+            }
+        };
+        let batch_size = prompts("rl_batch_size", self.rl_batch_size)?;
+        let minibatch_size = prompts("rl_minibatch_size", self.rl_minibatch_size)?;
         let cfg = TrainConfig {
             algorithm,
+            responses_per_prompt: g,
             steps: self.rl_steps,
             seed: self.seed,
             lr: self.rl_lr,
@@ -235,9 +261,9 @@ impl DemoConfig {
                 self.beta
             },
             epsilon: self.epsilon,
-            batch_size: self.rl_batch_size,
+            batch_size,
             epochs: self.rl_epochs,
-            minibatch_size: self.rl_minibatch_size,
+            minibatch_size,
             max_new_tokens: self.max_new_tokens,
             policy: policy.display().to_string(),
             reward: reward.display().to_string(),

@@ -1,9 +1,11 @@
 //! `p3o demo`: the whole RLHF pipeline on the built-in toy task
 //! ([C-TOY-TASK]): SFT, preference pairs labelled by the gold reward, a
-//! Bradley-Terry proxy reward model, then P3O-V1, P3O-V2, PPO and online DPO
-//! from the same SFT policy, each also trained on `r + delta(x)`; evaluation,
-//! win rates, plots and `report.md`.
+//! Bradley-Terry proxy reward model, then every arm (by default P3O-V1,
+//! P3O-V2 on pairs and on groups of four, PPO, online DPO, RLOO and GRPO on
+//! groups of four) from the same SFT policy, each also trained on
+//! `r + delta(x)`; evaluation, win rates, plots and `report.md`.
 
+pub mod arm;
 pub mod config;
 pub mod plots;
 pub mod report;
@@ -17,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+pub use arm::DemoArm;
 pub use config::DemoConfig;
 pub use results::{DemoResults, RunCurves, ShiftResult};
 
@@ -25,7 +28,6 @@ use crate::torch::checkpoint::read_tensors;
 use crate::torch::tokenizer::Tokenizer;
 use crate::toy::{self, Split};
 use crate::train::builtin::TOY_PROMPTS;
-use crate::train::config::Algorithm;
 use crate::train::error::TrainError;
 use crate::train::evaluate::{
     Judges, SampleSpec, compare, eval_prompts, evaluate_policy, load_policy, sample_responses,
@@ -39,9 +41,9 @@ use crate::train::trainer::Trainer;
 use crate::train::trainer::metrics::{MetricsLine, read_metrics};
 
 /// One RL run's curves, read back from its metrics.jsonl.
-fn read_curves(dir: &Path, algorithm: Algorithm, shifted: bool) -> Result<RunCurves, TrainError> {
+fn read_curves(dir: &Path, arm: DemoArm, shifted: bool) -> Result<RunCurves, TrainError> {
     let mut c = RunCurves {
-        algorithm,
+        arm,
         shifted,
         train_reward: Vec::new(),
         eval: Vec::new(),
@@ -207,24 +209,24 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
     let mut shift_results = Vec::new();
     let mut finals = Vec::new();
     let mut n = 3;
-    for &alg in &cfg.algorithms {
-        let tc = cfg.train_config(alg, &sft.model, &rm.model)?;
+    for &arm in &cfg.algorithms {
+        let tc = cfg.train_config(arm, &sft.model, &rm.model)?;
         let mut dirs = Vec::new();
         for shifted in [false, true].into_iter().take(runs_per_alg) {
             n += 1;
             let name = if shifted {
-                format!("{alg}-shifted")
+                format!("{arm}-shifted")
             } else {
-                alg.to_string()
+                arm.to_string()
             };
             stage(n, stages, &format!("RL: {name}"));
             let dir = out.join("rl").join(&name);
             let _ = std::fs::remove_dir_all(&dir);
             let mut trainer = Trainer::new(tc.clone(), &dir, if shifted { shift } else { None })?;
             trainer.run()?;
-            curves.push(read_curves(&dir, alg, shifted)?);
+            curves.push(read_curves(&dir, arm, shifted)?);
             if !shifted {
-                finals.push((alg.to_string(), dir.join("final")));
+                finals.push((arm.to_string(), dir.join("final")));
             }
             dirs.push(dir.join("final"));
             lap(&mut timings, &format!("rl_{name}_s"), &mut t);
@@ -239,7 +241,7 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
                 .map(|(x, y)| (x.1 - y.1).abs())
                 .fold(0.0, f64::max);
             shift_results.push(ShiftResult {
-                algorithm: alg,
+                arm,
                 max_reward_difference,
                 weight_relative_difference: weight_difference(a, b)?,
             });

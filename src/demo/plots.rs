@@ -14,7 +14,7 @@ pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
     pub dashed: bool,
-    /// Index into the palette (curves of one algorithm share a colour).
+    /// Index into the palette.
     pub colour: usize,
 }
 
@@ -238,11 +238,14 @@ pub fn save_panels(stem: &Path, charts: &[LineChart]) -> Result<(), String> {
     draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), charts)
 }
 
-/// Writes `stem.png` and `stem.svg`.
+/// Writes `stem.png` and `stem.svg`, wider than [`SIZE`] where the names
+/// need room (about 90 pixels a column).
 pub fn save_heatmap(stem: &Path, h: &Heatmap) -> Result<(), String> {
     register_fonts()?;
+    let n = h.names.len() as u32;
+    let size = (SIZE.0.max(140 + 90 * n), SIZE.1.max(80 + 60 * n));
     let png = stem.with_extension("png");
-    draw_heatmap(BitMapBackend::new(&png, SIZE).into_drawing_area(), h)?;
+    draw_heatmap(BitMapBackend::new(&png, size).into_drawing_area(), h)?;
     let svg = stem.with_extension("svg");
-    draw_heatmap(SVGBackend::new(&svg, SIZE).into_drawing_area(), h)
+    draw_heatmap(SVGBackend::new(&svg, size).into_drawing_area(), h)
 }

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::arm::DemoArm;
 use super::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
 use super::results::{DemoResults, RunCurves, fmt_mean_se};
-use crate::train::config::Algorithm;
 use crate::train::error::TrainError;
 
 /// The frontier of one run: (KL, reward) eval points, by `pick` (proxy or
@@ -63,7 +63,7 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
                 series: unshifted
                     .iter()
                     .map(|(i, c)| Series {
-                        label: c.algorithm.to_string(),
+                        label: c.arm.to_string(),
                         points: frontier(c, gold),
                         dashed: false,
                         colour: *i,
@@ -85,31 +85,33 @@ fn write_figures(results: &DemoResults, out: &Path) -> Result<(), String> {
                 .collect(),
         },
     )?;
-    let colour_of = |alg: Algorithm| {
-        unshifted
+    // A shifted run takes the colour after all unshifted ones.
+    let colour_of = |arm: DemoArm, shifted: bool| {
+        let i = unshifted
             .iter()
-            .find(|(_, c)| c.algorithm == alg)
-            .map_or(0, |(i, _)| *i)
+            .find(|(_, c)| c.arm == arm)
+            .map_or(0, |(i, _)| *i);
+        i + usize::from(shifted) * unshifted.len()
     };
     let panels: Vec<LineChart> = unshifted
         .iter()
         .map(|(_, u)| LineChart {
-            title: format!("{}: r (solid), r + delta (dashed)", u.algorithm),
+            title: format!("{}: r (solid), r + delta (dashed)", u.arm),
             x_label: "step".into(),
             y_label: "mean proxy reward of the rollout".into(),
             series: results
                 .curves
                 .iter()
-                .filter(|c| c.algorithm == u.algorithm)
+                .filter(|c| c.arm == u.arm)
                 .map(|c| Series {
                     label: if c.shifted {
-                        format!("{} on r + delta", c.algorithm)
+                        format!("{} on r + delta", c.arm)
                     } else {
-                        format!("{} on r", c.algorithm)
+                        format!("{} on r", c.arm)
                     },
                     points: c.train_reward.clone(),
                     dashed: c.shifted,
-                    colour: colour_of(c.algorithm) + usize::from(c.shifted) * 4,
+                    colour: colour_of(c.arm, c.shifted),
                 })
                 .collect(),
         })
@@ -167,10 +169,18 @@ pub fn render(results: &DemoResults) -> String {
     let _ = writeln!(w, "## 3. KL-reward frontier\n");
     let _ = writeln!(
         w,
-        "Each algorithm starts from the SFT policy and is trained against the proxy for {} steps; \
-         every {} steps its held-out KL to the SFT policy and its mean proxy and gold rewards \
-         are measured ({} sample(s) per held-out prompt).\n",
-        cfg.rl_steps, cfg.eval_every, cfg.eval_samples
+        "Each arm starts from the SFT policy and is trained against the proxy for {} steps on {} \
+         responses per step (`-gG`: groups of G responses to each of {} / G prompts; otherwise \
+         pairs to {} prompts, and PPO one response to each of {}); every {} steps its held-out KL \
+         to the SFT policy and its mean proxy and gold rewards are measured ({} sample(s) per \
+         held-out prompt).\n",
+        cfg.rl_steps,
+        2 * cfg.rl_batch_size,
+        2 * cfg.rl_batch_size,
+        cfg.rl_batch_size,
+        cfg.rl_batch_size,
+        cfg.eval_every,
+        cfg.eval_samples
     );
     let _ = writeln!(w, "![frontier, proxy reward](frontier_proxy.png)\n");
     let _ = writeln!(w, "![frontier, gold reward](frontier_gold.png)\n");
@@ -180,14 +190,14 @@ pub fn render(results: &DemoResults) -> String {
             w,
             "Best reward reached within a KL budget (proxy / gold):\n"
         );
-        let _ = write!(w, "| algorithm |");
+        let _ = write!(w, "| arm |");
         for b in &budgets {
             let _ = write!(w, " KL <= {b:.2} |");
         }
         let _ = writeln!(w, " largest KL |");
         let _ = writeln!(w, "|---|{}---|", "---|".repeat(budgets.len()));
         for c in results.curves.iter().filter(|c| !c.shifted) {
-            let _ = write!(w, "| {} |", c.algorithm);
+            let _ = write!(w, "| {} |", c.arm);
             for &b in &budgets {
                 let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
                 let _ = write!(
@@ -254,28 +264,29 @@ pub fn render(results: &DemoResults) -> String {
     } else {
         let _ = writeln!(
             w,
-            "Each algorithm trained again, same seed, on r + delta(x) with delta = `{}` (spec \
-             C-REWARD-SHIFT). By Theorem 2 P3O and DPO see the same losses and end with the same \
-             weights; PPO's value function sees the shift, so its run differs.\n",
+            "Each arm trained again, same seed, on r + delta(x) with delta = `{}` (spec \
+             C-REWARD-SHIFT). By Theorem 2 and its extension to groups (C-GROUP-SHIFT) P3O, DPO, \
+             RLOO and GRPO see the same losses and end with the same weights; PPO's value function \
+             sees the shift, so its run differs.\n",
             cfg.reward_shift
         );
         let _ = writeln!(
             w,
-            "| algorithm | largest difference of the training reward | relative difference of the final weights |"
+            "| arm | largest difference of the training reward | relative difference of the final weights |"
         );
         let _ = writeln!(w, "|---|---|---|");
         for r in &results.shift {
             let _ = writeln!(
                 w,
                 "| {} | {:.3e} | {:.3e} |",
-                r.algorithm, r.max_reward_difference, r.weight_relative_difference
+                r.arm, r.max_reward_difference, r.weight_relative_difference
             );
         }
         let _ = writeln!(w, "\n![reward shift](reward_shift.png)\n");
     }
     let _ = writeln!(
         w,
-        "Files: `sft/`, `preferences.jsonl`, `reward_model/`, `rl/<algorithm>[-shifted]/` \
+        "Files: `sft/`, `preferences.jsonl`, `reward_model/`, `rl/<arm>[-shifted]/` \
          (metrics.jsonl, final/), `results.json`; figures as PNG and SVG."
     );
     s

@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
+use super::arm::DemoArm;
 use super::config::DemoConfig;
 use crate::stats::MeanSe;
-use crate::train::config::Algorithm;
 use crate::train::evaluate::{Comparison, PolicyEval};
 use crate::train::reward_model::RewardModelSummary;
 use crate::train::sft::SftSummary;
@@ -12,7 +12,7 @@ use crate::train::sft::SftSummary;
 /// One RL run's curves, read back from its metrics.jsonl.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunCurves {
-    pub algorithm: Algorithm,
+    pub arm: DemoArm,
     pub shifted: bool,
     /// (step, train reward_mean) per step.
     pub train_reward: Vec<(f64, f64)>,
@@ -20,10 +20,11 @@ pub struct RunCurves {
     pub eval: Vec<(f64, f64, f64, f64)>,
 }
 
-/// The reward-shift experiment for one algorithm ([C-THM2], [C-PPO-SHIFT]).
+/// The reward-shift experiment for one arm ([C-THM2], [C-PPO-SHIFT],
+/// [C-GROUP-SHIFT]).
 #[derive(Clone, Debug, Serialize)]
 pub struct ShiftResult {
-    pub algorithm: Algorithm,
+    pub arm: DemoArm,
     /// Largest |difference| of the (unshifted) training rewards per step.
     pub max_reward_difference: f64,
     /// Largest |difference| of the final weights over the largest |weight|.

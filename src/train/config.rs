@@ -41,6 +41,17 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order of the README's table.
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::P3oV1,
+        Algorithm::P3oV2,
+        Algorithm::Dpo,
+        Algorithm::Ppo,
+        Algorithm::Rloo,
+        Algorithm::Grpo,
+        Algorithm::P3oTrlx,
+    ];
+
     /// The algorithm's clause in the float64 reference.
     pub fn reference(self) -> reference::Algorithm {
         match self {
