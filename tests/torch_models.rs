@@ -197,7 +197,7 @@ const NEW_FAMILIES: [&str; 6] = [
 /// log-probs are the model's log-probs of the sampled tokens. Mistral's
 /// window is 8 keys and its sequences reach 23 tokens: decoding steps
 /// read only the window's keys from the cache.
-// spec: C-SEQ-LOGPROB
+// spec: C-SEQ-LOGPROB C-SHARED-PREFIX
 #[test]
 fn cached_generation_equals_recomputation() {
     for name in ["neox-parallel", "gpt2"].into_iter().chain(NEW_FAMILIES) {
@@ -241,6 +241,37 @@ fn cached_generation_equals_recomputation() {
         }
         // The same seed gives the same sample.
         assert_eq!(generate(&model, &prompts, &sampled).unwrap(), cached);
+        // Runs of equal prompts (a group's responses) share one prefill
+        // ([C-SHARED-PREFIX]): the same as recomputing every row whole.
+        let repeated: Vec<Vec<i64>> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), 3))
+            .collect();
+        let grouped = generate(&model, &repeated, &sampled).unwrap();
+        let whole = generate(
+            &model,
+            &repeated,
+            &GenerateOptions {
+                use_cache: false,
+                ..sampled.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            grouped.response_ids, whole.response_ids,
+            "{name}: grouped tokens"
+        );
+        for (a, b) in grouped
+            .token_logprobs
+            .iter()
+            .flatten()
+            .zip(whole.token_logprobs.iter().flatten())
+        {
+            assert!(
+                (a - b).abs() as f64 <= CACHE_VS_RECOMPUTE,
+                "{name}: grouped log-prob {a} vs {b}"
+            );
+        }
         // Without log-probs: the same tokens, empty log-prob rows.
         let ids_only = generate(
             &model,
@@ -442,5 +473,94 @@ fn kv_cache_appends_and_grows() {
             assert_eq!(max_abs_diff(&cv, &(&want * 2.0)), 0.0);
         }
         assert_eq!(cache.len(), all_k.iter().map(|k| k.size()[2]).sum::<i64>());
+    }
+}
+
+/// A group's prompt run through the model once, its keys and values
+/// repeated for each of its responses, gives the sequence log-probs and the
+/// parameter gradients of running every prompt + response row whole: every
+/// family (Mistral's 8-key window is crossed), prompts of different
+/// lengths, responses of different lengths down to one token, groups of 3.
+// spec: C-SHARED-PREFIX
+#[test]
+fn shared_prefix_logprobs_equal_whole_rows() {
+    use p3o::train::kernels::Kernels;
+    use p3o::train::scoring::{
+        groups_share_prompts, shared_prefix_logprobs, shared_prefix_sequence_logprobs,
+        token_window_with,
+    };
+    const GROUP: usize = 3;
+    let lens: [[usize; GROUP]; 3] = [[4, 1, 6], [7, 3, 2], [1, 1, 5]];
+    for name in ["neox-parallel", "gpt2"].into_iter().chain(NEW_FAMILIES) {
+        let model = load(name, Head::Lm);
+        let vocab = model.config.vocab_size();
+        let token = |i: usize| ((i * 7919 + 13) as i64) % vocab;
+        let prompts: Vec<Vec<i64>> = [5usize, 2, 9]
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| (0..n).map(|i| token(100 * p + i)).collect())
+            .collect();
+        let responses: Vec<Vec<i64>> = lens
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(r, &n)| (0..n).map(|i| token(1000 + 50 * r + i)).collect())
+            .collect();
+        let rows: Vec<Vec<i64>> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), GROUP))
+            .collect();
+        assert!(groups_share_prompts(&rows, GROUP), "{name}");
+        assert!(
+            !groups_share_prompts(&rows, 2),
+            "{name}: groups of 2 mix prompts"
+        );
+        // A fixed weighting of the sequence log-probs, so that every row's
+        // gradient counts with its own sign and size.
+        let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4, 1.1, -0.2, 0.9, -0.8, 0.5, 1.6]);
+        let params: Vec<Tensor> = model.vs.trainable_variables();
+        let gradients = |sums: &Tensor| {
+            let loss = (sums * &weights).sum(Kind::Float);
+            Tensor::run_backward(&[loss], &params, false, false)
+        };
+        let (window, _) =
+            token_window_with(&model, None, &rows, &responses, &Kernels::Torch).unwrap();
+        let whole = window
+            .lp
+            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let whole_grads = gradients(&whole);
+        let (shared, _) =
+            shared_prefix_logprobs(&model, &prompts, &responses, GROUP, &Kernels::Torch).unwrap();
+        let shared_grads = gradients(&shared);
+        let no_grad =
+            shared_prefix_sequence_logprobs(&model, &prompts, &responses, GROUP, &Kernels::Torch)
+                .unwrap();
+        let (a, b, c) = (
+            Vec::<f32>::try_from(&shared.detach()).unwrap(),
+            Vec::<f32>::try_from(&whole.detach()).unwrap(),
+            Vec::<f32>::try_from(&no_grad).unwrap(),
+        );
+        for r in 0..a.len() {
+            let tol = CACHE_VS_RECOMPUTE * (1.0 + f64::from(b[r].abs()));
+            assert!(
+                f64::from((a[r] - b[r]).abs()) <= tol,
+                "{name} row {r}: {} vs {}",
+                a[r],
+                b[r]
+            );
+            assert!(
+                f64::from((c[r] - b[r]).abs()) <= tol,
+                "{name} row {r}: no-grad {}",
+                c[r]
+            );
+        }
+        for (i, (s, w)) in shared_grads.iter().zip(&whole_grads).enumerate() {
+            let scale = w.abs().max().double_value(&[]);
+            let diff = (s - w).abs().max().double_value(&[]);
+            assert!(
+                diff <= CACHE_VS_RECOMPUTE * scale.max(1e-3),
+                "{name} parameter {i}: gradient differs by {diff:e} (largest entry {scale:e})"
+            );
+        }
     }
 }

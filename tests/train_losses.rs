@@ -552,7 +552,9 @@ mod groups {
         (0..n)
             .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
             .map(|(i, j)| {
-                let w = (step[i] + step[j]).exp().clamp(1.0 / h.cliprange_ratio, h.cliprange_ratio);
+                let w = (step[i] + step[j])
+                    .exp()
+                    .clamp(1.0 / h.cliprange_ratio, h.cliprange_ratio);
                 w * (1.0 + (g.reward[i] - g.reward[j]).abs() + h.beta * (lr[i] + lr[j]))
             })
             .fold(1.0, f64::max)

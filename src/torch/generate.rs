@@ -155,6 +155,26 @@ fn sample_inverse_cdf(probs: &Tensor, u: &[f64]) -> Tensor {
     index.minimum(&last_nonzero)
 }
 
+/// Runs of consecutive equal prompts (a group's responses, [C-SHARED-PREFIX]),
+/// when there are fewer runs than rows: each run's first row and, for every
+/// row, its run, as int64 index tensors.
+fn shared_prefill(prompts: &[Vec<i64>], device: Device) -> Option<(Tensor, Tensor)> {
+    let mut firsts: Vec<i64> = Vec::new();
+    let mut rows = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        if i == 0 || p != &prompts[i - 1] {
+            firsts.push(i as i64);
+        }
+        rows.push(firsts.len() as i64 - 1);
+    }
+    (firsts.len() < prompts.len()).then(|| {
+        (
+            Tensor::from_slice(&firsts).to_device(device),
+            Tensor::from_slice(&rows).to_device(device),
+        )
+    })
+}
+
 /// Generates up to `max_new_tokens` after each prompt.
 pub fn generate(
     model: &LanguageModel,
@@ -218,10 +238,25 @@ pub fn generate(
                 let positions = positions_from_mask(&mask);
                 positions.narrow(1, positions.size()[1] - t, t)
             };
-            let hidden = model.hidden(&step_ids, &step_pos, &mask, cache.as_mut())?;
-            let last = model
-                .row_logits(&hidden.narrow(1, t - 1, 1).squeeze_dim(1))?
-                .to_kind(Kind::Float);
+            // The first cached step runs each run of equal prompts once and
+            // repeats its keys, values and last state for the run's rows.
+            let spread = (o.use_cache && step == 0)
+                .then(|| shared_prefill(prompts, device))
+                .flatten();
+            let hidden_last = match (&spread, cache.as_mut()) {
+                (Some((firsts, rows)), Some(c)) => {
+                    let pick = |x: &Tensor| x.index_select(0, firsts);
+                    let h =
+                        model.hidden(&pick(&step_ids), &pick(&step_pos), &pick(&mask), Some(c))?;
+                    c.select_rows(rows)?;
+                    h.narrow(1, t - 1, 1).squeeze_dim(1).index_select(0, rows)
+                }
+                _ => model
+                    .hidden(&step_ids, &step_pos, &mask, cache.as_mut())?
+                    .narrow(1, t - 1, 1)
+                    .squeeze_dim(1),
+            };
+            let last = model.row_logits(&hidden_last)?.to_kind(Kind::Float);
             let next = if o.temperature == 0.0 {
                 last.argmax(-1, false)
             } else {

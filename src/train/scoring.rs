@@ -13,7 +13,7 @@ use super::error::TrainError;
 use super::kernels::{Detached, Kernels};
 use crate::torch::generate::left_pad;
 use crate::torch::model::positions_from_mask;
-use crate::torch::nn::Linear;
+use crate::torch::nn::{KvCache, Linear};
 use crate::torch::reward::rewards as model_rewards;
 use crate::torch::tokenizer::Tokenizer;
 use crate::torch::{Head, LanguageModel, TorchError};
@@ -174,6 +174,122 @@ pub fn token_window_with(
         },
         detached,
     ))
+}
+
+/// Whether every group of `size` consecutive rows carries one prompt, so
+/// that [`shared_prefix_logprobs`] applies to them.
+pub fn groups_share_prompts(prompts: &[Vec<i64>], size: usize) -> bool {
+    size > 0
+        && prompts.len() % size == 0
+        && prompts.chunks(size).all(|g| g.iter().all(|p| p == &g[0]))
+}
+
+/// Sequence log-probs `[n]` of `responses` (rows `p * size .. (p + 1) *
+/// size` answer `prompts[p]`) with each prompt run through the model once
+/// and its keys and values repeated for its group ([C-SHARED-PREFIX]); the
+/// gradient flows back through every response into the prompt's states.
+/// Equal, up to float summation order, to the masked sums of
+/// [`token_window_with`] over the same rows.
+pub fn shared_prefix_logprobs(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    size: usize,
+    kernels: &Kernels,
+) -> Result<(Tensor, Option<Detached>), TrainError> {
+    let (lp, mask, detached) = shared_prefix_tokens(model, prompts, responses, size, kernels)?;
+    Ok((
+        (lp * &mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float),
+        detached,
+    ))
+}
+
+/// [`shared_prefix_logprobs`] without gradient, summed by the kernels'
+/// sequence sums (the reference model's log-probs).
+pub fn shared_prefix_sequence_logprobs(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    size: usize,
+    kernels: &Kernels,
+) -> Result<Tensor, TrainError> {
+    let (lp, mask, _) =
+        tch::no_grad(|| shared_prefix_tokens(model, prompts, responses, size, kernels))?;
+    kernels.sequence_sums(&(lp * &mask), &mask)
+}
+
+/// Token log-probs `[n, l]` of left-aligned responses over their shared
+/// prompts, their 0/1 mask, and what the kernels' backward needs.
+fn shared_prefix_tokens(
+    model: &LanguageModel,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    size: usize,
+    kernels: &Kernels,
+) -> Result<(Tensor, Tensor, Option<Detached>), TrainError> {
+    let n = responses.len();
+    if size == 0 || prompts.len() * size != n {
+        return Err(TrainError::Input(format!(
+            "{} responses are not groups of {size} over {} prompts",
+            n,
+            prompts.len()
+        )));
+    }
+    let device = model.device();
+    let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    if l == 0 {
+        let empty = Tensor::zeros([n as i64, 0], (Kind::Float, device));
+        return Ok((empty.shallow_clone(), empty, None));
+    }
+    // Row r of the responses reads prompt r / size.
+    let rows: Vec<i64> = (0..n).map(|r| (r / size) as i64).collect();
+    let rows = Tensor::from_slice(&rows).to_device(device);
+    let repeat = |x: &Tensor| x.index_select(0, &rows);
+    let (prompt_ids, prompt_valid) = left_pad(prompts, 0, device);
+    let tp = prompt_ids.size()[1];
+    let mut cache = KvCache::differentiable(model.num_layers());
+    let prompt_hidden = model.hidden(
+        &prompt_ids,
+        &positions_from_mask(&prompt_valid),
+        &prompt_valid,
+        Some(&mut cache),
+    )?;
+    // The prompt's last state predicts the first response token.
+    let first = repeat(&prompt_hidden.narrow(1, tp - 1, 1));
+    let (targets, valid) = right_pad(responses, device);
+    let hidden = if l > 1 {
+        // Response tokens but the last, after the repeated prompt keys.
+        cache.select_rows(&rows).map_err(TorchError::from)?;
+        let key_valid = Tensor::cat(&[repeat(&prompt_valid), valid.narrow(1, 0, l - 1)], 1);
+        let positions = positions_from_mask(&key_valid).narrow(1, tp, l - 1);
+        let rest = model.hidden(
+            &targets.narrow(1, 0, l - 1),
+            &positions,
+            &key_valid,
+            Some(&mut cache),
+        )?;
+        Tensor::cat(&[first, rest], 1)
+    } else {
+        first
+    };
+    let (lp, detached) = kernels.token_logprobs(&model.logits(&hidden)?, &targets)?;
+    Ok((lp, valid.to_kind(Kind::Float), detached))
+}
+
+/// Right-pads `rows` with token 0 into `[n, l]` ids and a 0/1 mask.
+fn right_pad(rows: &[Vec<i64>], device: Device) -> (Tensor, Tensor) {
+    let l = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * l);
+    let mut mask = Vec::with_capacity(rows.len() * l);
+    for r in rows {
+        ids.extend(r.iter().copied().chain(std::iter::repeat_n(0, l - r.len())));
+        mask.extend(std::iter::repeat_n(1i64, r.len()).chain(std::iter::repeat_n(0, l - r.len())));
+    }
+    let shape = [rows.len() as i64, l as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
 }
 
 /// The value head's estimates `[n, l]` at the response positions (zero

@@ -1,6 +1,8 @@
-//! Per-layer key and value cache of incremental decoding, preallocated to
+//! Per-layer key and value cache: for incremental decoding, preallocated to
 //! the longest sequence of the call so that a step writes only its new
-//! entries (no copy of the whole cache per step).
+//! entries (no copy of the whole cache per step); for training over a
+//! shared prefix ([C-SHARED-PREFIX]), grown by concatenation, so that
+//! autograd sees no in-place write, and repeatable row by row.
 
 use tch::{TchError, Tensor};
 
@@ -10,6 +12,9 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     capacity: i64,
     len: i64,
+    /// Append by concatenation (a new tensor each time) instead of writing
+    /// into preallocated storage.
+    concatenate: bool,
 }
 
 impl KvCache {
@@ -19,7 +24,32 @@ impl KvCache {
             layers: (0..layers).map(|_| None).collect(),
             capacity,
             len: 0,
+            concatenate: false,
         }
+    }
+
+    /// A cache that appends by concatenation: every append makes new
+    /// tensors and never writes into old ones, so gradients flow through
+    /// the cached keys and values into whatever computed them.
+    pub fn differentiable(layers: usize) -> KvCache {
+        KvCache {
+            layers: (0..layers).map(|_| None).collect(),
+            capacity: 0,
+            len: 0,
+            concatenate: true,
+        }
+    }
+
+    /// Replaces the cached rows by rows `index` of them (`index: [b']`, int64,
+    /// entries may repeat): one prompt's keys and values serve each of its
+    /// responses ([C-SHARED-PREFIX]). Differentiable: gradients of repeated
+    /// rows add up in the row they came from.
+    pub fn select_rows(&mut self, index: &Tensor) -> Result<(), TchError> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.f_index_select(0, index)?;
+            *v = v.f_index_select(0, index)?;
+        }
+        Ok(())
     }
 
     /// Writes this step's keys and values `[b, h, t, d]` of `layer` after the
@@ -35,6 +65,9 @@ impl KvCache {
     ) -> Result<(Tensor, Tensor), TchError> {
         let layers = self.layers.len();
         let t = k.size().get(2).copied().unwrap_or(0);
+        if self.concatenate {
+            return self.append_by_concatenation(layer, k, v, t);
+        }
         let start = self.len;
         if start + t > self.capacity {
             self.grow((start + t).max(2 * self.capacity))?;
@@ -52,6 +85,30 @@ impl KvCache {
         ck.f_narrow(2, start, t)?.f_copy_(&k)?;
         cv.f_narrow(2, start, t)?.f_copy_(&v)?;
         let out = (ck.f_narrow(2, 0, start + t)?, cv.f_narrow(2, 0, start + t)?);
+        if layer + 1 == layers {
+            self.len += t;
+        }
+        Ok(out)
+    }
+
+    /// [`KvCache::append`] of a differentiable cache.
+    fn append_by_concatenation(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+        t: i64,
+    ) -> Result<(Tensor, Tensor), TchError> {
+        let layers = self.layers.len();
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            TchError::Shape(format!("layer {layer} of a cache of {layers} layers"))
+        })?;
+        let joined = match slot.take() {
+            None => (k, v),
+            Some((ck, cv)) => (Tensor::f_cat(&[&ck, &k], 2)?, Tensor::f_cat(&[&cv, &v], 2)?),
+        };
+        let out = (joined.0.shallow_clone(), joined.1.shallow_clone());
+        *slot = Some(joined);
         if layer + 1 == layers {
             self.len += t;
         }

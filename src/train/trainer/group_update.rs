@@ -23,7 +23,10 @@ use crate::torch::TorchError;
 use crate::train::config::Algorithm;
 use crate::train::error::TrainError;
 use crate::train::losses::{GroupBatch, TokenGroupBatch, p3o_trlx_token_loss};
-use crate::train::scoring::{TokenWindow, sequence_logprobs_with, token_window_with};
+use crate::train::scoring::{
+    TokenWindow, groups_share_prompts, sequence_logprobs_with, shared_prefix_logprobs,
+    shared_prefix_sequence_logprobs, token_window_with,
+};
 use crate::train::seed::SeedPurpose;
 
 /// Clipped entries and importance ratios of a step, for its metrics line.
@@ -64,8 +67,23 @@ impl Trainer {
         let lp_old_v = sequence_sums(&rollout.token_logprobs);
         let (prompt_ids, responses, shifted) =
             (&rollout.prompt_ids, &rollout.responses, &rollout.shifted);
-        let lp_ref = sequence_logprobs_with(&self.reference, prompt_ids, responses, &self.kernels)?
-            .to_kind(Kind::Float);
+        // Each group's prompt through the models once ([C-SHARED-PREFIX]),
+        // except for p3o-trlx's token-level options, which need the
+        // right-aligned token windows.
+        let shared = !token_level && groups_share_prompts(prompt_ids, size);
+        let group_prompts: Vec<Vec<i64>> = prompt_ids.iter().step_by(size).cloned().collect();
+        let lp_ref = if shared {
+            shared_prefix_sequence_logprobs(
+                &self.reference,
+                &group_prompts,
+                responses,
+                size,
+                &self.kernels,
+            )?
+        } else {
+            sequence_logprobs_with(&self.reference, prompt_ids, responses, &self.kernels)?
+        }
+        .to_kind(Kind::Float);
         let lp_ref_v =
             Vec::<f32>::try_from(&lp_ref.to_device(Device::Cpu)).map_err(TorchError::from)?;
         let scored = Instant::now();
@@ -84,18 +102,32 @@ impl Trainer {
                 // Group p's responses are rows p G .. p G + G - 1.
                 let rows: Vec<usize> = mb.iter().flat_map(|&p| p * size..(p + 1) * size).collect();
                 let pick = |v: &[Vec<i64>]| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
-                let (window, detached) = token_window_with(
-                    &self.policy,
-                    None,
-                    &pick(prompt_ids),
-                    &pick(responses),
-                    &self.kernels,
-                )?;
                 let shape = [mb.len() as i64, size as i64];
-                let lp = window
-                    .lp
-                    .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
-                    .view(shape);
+                let (window, lp, detached) = if shared {
+                    let prompts: Vec<Vec<i64>> =
+                        mb.iter().map(|&p| group_prompts[p].clone()).collect();
+                    let (lp, detached) = shared_prefix_logprobs(
+                        &self.policy,
+                        &prompts,
+                        &pick(responses),
+                        size,
+                        &self.kernels,
+                    )?;
+                    (None, lp.view(shape), detached)
+                } else {
+                    let (window, detached) = token_window_with(
+                        &self.policy,
+                        None,
+                        &pick(prompt_ids),
+                        &pick(responses),
+                        &self.kernels,
+                    )?;
+                    let lp = window
+                        .lp
+                        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+                        .view(shape);
+                    (Some(window), lp, detached)
+                };
                 let table = |src: &[f32]| {
                     Tensor::from_slice(&rows.iter().map(|&r| src[r]).collect::<Vec<f32>>())
                         .view(shape)
@@ -106,12 +138,13 @@ impl Trainer {
                     Tensor::from_slice(&rows.iter().map(|&r| shifted[r]).collect::<Vec<f64>>())
                         .view(shape)
                         .to_device(device);
-                let loss = if token_level {
+                // Token-level runs never share prompts, so they have a window.
+                let loss = if let Some(window) = window.as_ref().filter(|_| token_level) {
                     let picked: Vec<&[f32]> = rows
                         .iter()
                         .map(|&r| rollout.token_logprobs[r].as_slice())
                         .collect();
-                    trlx_token_loss(&h, self.cfg.clip_tokenwise, &window, &picked, &refs, &rew)?
+                    trlx_token_loss(&h, self.cfg.clip_tokenwise, window, &picked, &refs, &rew)?
                 } else {
                     let batch = GroupBatch {
                         lp: &lp,
