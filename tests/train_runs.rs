@@ -752,3 +752,96 @@ fn random_sigkills_then_resume_match_an_uninterrupted_run() {
         );
     }
 }
+
+/// `policy = "random:PATH"` builds the shape a config file describes with
+/// weights drawn from the run's seed: the same seed gives the same weights,
+/// another seed others; matrices have the config's `initializer_range` as
+/// their spread, biases are 0 and norm scales 1; the tokenizer beside the
+/// config goes with it (the built-in character tokenizer where there is
+/// none), and a run from it saves a checkpoint that loads as HF layout.
+#[test]
+fn random_policies_from_a_config_alone() {
+    use p3o::torch::config::ModelConfig;
+    use p3o::torch::{Head, LanguageModel};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let config = |name: &str| ModelConfig::load(&fx.join(name)).unwrap();
+    let weights = |m: &LanguageModel| {
+        let mut v: Vec<(String, tch::Tensor)> = m.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for name in ["llama", "gpt2", "neox-parallel"] {
+        let a = LanguageModel::random(config(name), Head::Lm, Device::Cpu, 7).unwrap();
+        let b = LanguageModel::random(config(name), Head::Lm, Device::Cpu, 7).unwrap();
+        let c = LanguageModel::random(config(name), Head::Lm, Device::Cpu, 8).unwrap();
+        let std = config(name).raw["initializer_range"]
+            .as_f64()
+            .unwrap_or(0.02);
+        for (((n, x), (_, y)), (_, z)) in weights(&a).iter().zip(weights(&b)).zip(weights(&c)) {
+            assert!(x.equal(&y), "{name} {n}: one seed, other weights");
+            if x.dim() >= 2 {
+                assert!(!x.equal(&z), "{name} {n}: two seeds, one weight");
+                // The sample spread of N entries is within 5 standard errors
+                // (std / sqrt(2 N)) of std.
+                let s = x.std(true).double_value(&[]);
+                let se = std / (2.0 * x.numel() as f64).sqrt();
+                assert!(
+                    (s - std).abs() <= 5.0 * se,
+                    "{name} {n}: spread {s}, not {std}"
+                );
+            } else {
+                let v = Vec::<f32>::try_from(&x.reshape([-1])).unwrap();
+                let constant = v.iter().all(|&e| e == 0.0) || v.iter().all(|&e| e == 1.0);
+                assert!(constant, "{name} {n}: a bias or norm scale was drawn");
+            }
+        }
+    }
+    // A run: the fixture's directory form (its tokenizer comes along) and
+    // a config file alone elsewhere (the built-in tokenizer).
+    let dir = tmp("random-policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lone = dir.join("shape.json");
+    std::fs::copy(fx.join("neox-parallel/config.json"), &lone).unwrap();
+    for (what, spec, tokenizer) in [
+        (
+            "directory",
+            fx.join("llama").display().to_string(),
+            Some(fx.join("llama/tokenizer.json")),
+        ),
+        ("file", lone.display().to_string(), None),
+    ] {
+        let out = dir.join(what);
+        let sets: Vec<String> = [
+            format!("policy=random:{spec}"),
+            "steps=1".into(),
+            "batch_size=2".into(),
+            "minibatch_size=1".into(),
+            "max_new_tokens=4".into(),
+            "eval_every=0".into(),
+            "checkpoint_every=0".into(),
+        ]
+        .to_vec();
+        let cfg = TrainConfig::load(None, &sets).unwrap();
+        let last = step_line(Trainer::new(cfg, &out, None).unwrap().run().unwrap());
+        // The reference is drawn from the same seed: the first KL is 0.
+        assert!(last.kl_mean.abs() < 1e-4, "{what}: {last:?}");
+        let saved = std::fs::read(out.join("final/tokenizer.json")).unwrap();
+        let expected = match &tokenizer {
+            Some(path) => std::fs::read(path).unwrap(),
+            None => p3o::train::builtin::tokenizer_json().into_bytes(),
+        };
+        assert_eq!(saved, expected, "{what}: the tokenizer that went with it");
+        LanguageModel::load(&out.join("final"), Head::Lm, Device::Cpu, Kind::Float).unwrap();
+    }
+    // A missing file is an input error naming it.
+    let cfg = TrainConfig::load(
+        None,
+        &[format!("policy=random:{}", dir.join("none.json").display())],
+    )
+    .unwrap();
+    let err = Trainer::new(cfg, &dir.join("missing"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("none.json"), "{err}");
+}

@@ -30,13 +30,19 @@ impl ModelConfig {
     /// end-of-sequence ids join the config's, and its pad and BOS ids fill
     /// in those the first one lacks.
     pub fn load(dir: &Path) -> Result<ModelConfig> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
+        ModelConfig::load_file(&dir.join("config.json"))
+    }
+
+    /// [`ModelConfig::load`] of a config file by any name; the
+    /// `generation_config.json` beside it counts too.
+    pub fn load_file(path: &Path) -> Result<ModelConfig> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
         let raw: serde_json::Value = crate::json::from_str_strict(&text)
-            .map_err(|e| file_error(&path, format!("malformed JSON: {e}")))?;
+            .map_err(|e| file_error(path, format!("malformed JSON: {e}")))?;
         let mut cfg = ModelConfig::from_json(raw).map_err(|e| match e {
-            TorchError::Input(m) => file_error(&path, m),
-            TorchError::Unsupported(m) => file_error(&path, format!("unsupported model: {m}")),
+            TorchError::Input(m) => file_error(path, m),
+            TorchError::Unsupported(m) => file_error(path, format!("unsupported model: {m}")),
             other => other,
         })?;
         let gen_path = dir.join("generation_config.json");

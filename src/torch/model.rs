@@ -79,6 +79,44 @@ impl LanguageModel {
         })
     }
 
+    /// A model of `config`'s shape with random weights: every matrix and
+    /// embedding from N(0, s^2), `s` the config's `initializer_range` (HF's
+    /// 0.02 when absent); biases 0 and norm scales 1 (the rank-1 parameters
+    /// keep what [`LanguageModel::new`] gives them). Drawn by libtorch's
+    /// generator seeded with `seed`, parameters in name order: the same seed
+    /// gives the same weights on the same kind of device.
+    pub fn random(
+        config: ModelConfig,
+        head: Head,
+        device: Device,
+        seed: u64,
+    ) -> Result<LanguageModel> {
+        let std = match config.raw.get("initializer_range") {
+            None => 0.02,
+            Some(v) => v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| {
+                    TorchError::Input(format!(
+                        "initializer_range: {v} must be a positive finite number"
+                    ))
+                })?,
+        };
+        let model = LanguageModel::new(config, head, device)?;
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::manual_seed(seed as i64);
+        tch::no_grad(|| -> Result<()> {
+            for (_, mut var) in vars {
+                if var.dim() >= 2 {
+                    let _ = var.f_normal_(0.0, std)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(model)
+    }
+
     /// Loads `dir/config.json` and the safetensors weights (single file or
     /// sharded), on `device`, converted to `kind`.
     pub fn load(dir: &FsPath, head: Head, device: Device, kind: Kind) -> Result<LanguageModel> {

@@ -171,7 +171,10 @@ pub struct TrainConfig {
     pub temperature: f64,
     pub top_k: Option<i64>,
     pub top_p: Option<f64>,
-    /// An HF directory or `builtin:tiny-neox`.
+    /// An HF directory, `builtin:tiny-neox` or `random:PATH` (a config's
+    /// shape with seeded random weights, [`ModelSource::Random`]).
+    ///
+    /// [`ModelSource::Random`]: crate::train::models::ModelSource::Random
     pub policy: String,
     /// An HF directory; empty means a frozen copy of the initial policy.
     pub reference: String,

@@ -3,7 +3,7 @@
 //! long commands.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind};
 
@@ -22,34 +22,92 @@ pub fn device_of(spec: DeviceSpec, key: &str) -> Result<Device, TrainError> {
         .map_err(|why| TrainError::Input(format!("{key}: {why}")))
 }
 
-/// The model named `spec` with `head`: `builtin:tiny-neox` (seeded random
-/// weights) or an HF directory, in float32.
+/// The prefix of a model made from a config alone: `random:PATH`.
+pub const RANDOM_PREFIX: &str = "random:";
+
+/// What a model key names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSource {
+    /// `builtin:tiny-neox`: the built-in task's seeded tiny GPT-NeoX.
+    Builtin,
+    /// `random:PATH`: the shape of a config file (PATH, or PATH/config.json
+    /// when PATH is a directory) with seeded random weights
+    /// ([`LanguageModel::random`]); the tokenizer beside it, or the built-in
+    /// character tokenizer where there is none.
+    Random(PathBuf),
+    /// An HF directory.
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    pub fn parse(spec: &str) -> ModelSource {
+        if spec == BUILTIN_MODEL {
+            ModelSource::Builtin
+        } else if let Some(path) = spec.strip_prefix(RANDOM_PREFIX) {
+            let path = Path::new(path);
+            ModelSource::Random(if path.is_dir() {
+                path.join("config.json")
+            } else {
+                path.to_path_buf()
+            })
+        } else {
+            ModelSource::Dir(PathBuf::from(spec))
+        }
+    }
+
+    /// The directory whose tokenizer files go with the model; none means
+    /// the built-in character tokenizer.
+    fn tokenizer_dir(&self) -> Option<PathBuf> {
+        match self {
+            ModelSource::Builtin => None,
+            ModelSource::Random(config) => config
+                .parent()
+                .filter(|d| d.join("tokenizer.json").is_file())
+                .map(Path::to_path_buf),
+            ModelSource::Dir(dir) => Some(dir.clone()),
+        }
+    }
+}
+
+/// The model named `spec` with `head`, in float32: `builtin:tiny-neox`,
+/// `random:PATH` (both with weights drawn from `seed`) or an HF directory.
 pub fn load_model(
     spec: &str,
     head: Head,
     seed: u64,
     device: Device,
 ) -> Result<LanguageModel, TrainError> {
-    if spec == BUILTIN_MODEL {
-        return Ok(builtin::tiny_model(seed, device)?);
+    match ModelSource::parse(spec) {
+        ModelSource::Builtin => Ok(builtin::tiny_model(seed, device)?),
+        ModelSource::Random(config) => {
+            if !config.is_file() {
+                return Err(TrainError::Input(format!(
+                    "model `{spec}`: no config file at {}",
+                    config.display()
+                )));
+            }
+            let cfg = ModelConfig::load_file(&config)?;
+            Ok(LanguageModel::random(cfg, head, device, seed)?)
+        }
+        ModelSource::Dir(dir) => {
+            if !dir.join("config.json").is_file() {
+                return Err(TrainError::Input(format!(
+                    "model `{spec}`: no config.json there (an HF directory, {RANDOM_PREFIX}PATH/config.json or {BUILTIN_MODEL})"
+                )));
+            }
+            Ok(LanguageModel::load(&dir, head, device, Kind::Float)?)
+        }
     }
-    let dir = Path::new(spec);
-    if !dir.join("config.json").is_file() {
-        return Err(TrainError::Input(format!(
-            "model `{spec}`: no config.json there (an HF directory or {BUILTIN_MODEL})"
-        )));
-    }
-    Ok(LanguageModel::load(dir, head, device, Kind::Float)?)
 }
 
 /// The text of the `tokenizer.json` that goes with the model `spec`.
 /// The tokenizer of model `spec` (a directory: its `tokenizer.json` and
 /// `tokenizer_config.json`; or the built-in model's).
 pub fn tokenizer_of(spec: &str, config: &ModelConfig) -> Result<Tokenizer, TrainError> {
-    if spec == BUILTIN_MODEL {
-        return Ok(Tokenizer::from_json(&builtin::tokenizer_json(), config)?);
+    match ModelSource::parse(spec).tokenizer_dir() {
+        None => Ok(Tokenizer::from_json(&builtin::tokenizer_json(), config)?),
+        Some(dir) => Ok(Tokenizer::load(&dir, config)?),
     }
-    Ok(Tokenizer::load(Path::new(spec), config)?)
 }
 
 /// The files a saved model carries beside its weights so that it tokenizes,
@@ -71,9 +129,9 @@ impl TokenizerFiles {
     /// Those of model `spec` (the built-in model has `tokenizer.json` only).
     pub fn of(spec: &str) -> Result<TokenizerFiles, TrainError> {
         let mut files = vec![("tokenizer.json", tokenizer_json_of(spec)?.into_bytes())];
-        if spec != BUILTIN_MODEL {
+        if let Some(dir) = ModelSource::parse(spec).tokenizer_dir() {
             for name in TOKENIZER_COMPANIONS {
-                let path = Path::new(spec).join(name);
+                let path = dir.join(name);
                 if path.is_file() {
                     files.push((name, std::fs::read(&path).map_err(io_at(&path))?));
                 }
@@ -93,10 +151,10 @@ impl TokenizerFiles {
 }
 
 pub fn tokenizer_json_of(spec: &str) -> Result<String, TrainError> {
-    if spec == BUILTIN_MODEL {
+    let Some(dir) = ModelSource::parse(spec).tokenizer_dir() else {
         return Ok(builtin::tokenizer_json());
-    }
-    let path = Path::new(spec).join("tokenizer.json");
+    };
+    let path = dir.join("tokenizer.json");
     std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
 }
@@ -125,7 +183,10 @@ pub fn check_shared_vocabulary(
     if v != ov {
         return refuse(format!("has vocab_size {v}, {owner} {ov}"));
     }
-    if spec == BUILTIN_MODEL || Path::new(spec).join("tokenizer.json").is_file() {
+    let own_tokenizer = ModelSource::parse(spec)
+        .tokenizer_dir()
+        .is_none_or(|dir| dir.join("tokenizer.json").is_file());
+    if own_tokenizer {
         let own = Tokenizer::from_json(&tokenizer_json_of(spec)?, &model.config)?;
         if !own.same_vocabulary(tokenizer) {
             return refuse(format!(

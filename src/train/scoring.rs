@@ -180,7 +180,7 @@ pub fn token_window_with(
 /// that [`shared_prefix_logprobs`] applies to them.
 pub fn groups_share_prompts(prompts: &[Vec<i64>], size: usize) -> bool {
     size > 0
-        && prompts.len() % size == 0
+        && prompts.len().is_multiple_of(size)
         && prompts.chunks(size).all(|g| g.iter().all(|p| p == &g[0]))
 }
 
