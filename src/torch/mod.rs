@@ -3,6 +3,7 @@
 //! GPT-J, Llama, Mistral, Qwen2, Qwen3), checkpoints in HF layout, the
 //! tokenizer, KV-cache generation, sequence log-probs and the reward model.
 
+pub mod activation_checkpoint;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;

@@ -139,6 +139,11 @@ impl LanguageModel {
         self.body.num_layers()
     }
 
+    /// The transformer body, stage by stage.
+    pub(crate) fn body(&self) -> &Body {
+        &self.body
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }

@@ -210,6 +210,10 @@ pub struct TrainConfig {
     /// Token log-probs of the training forward (with `cuda` also the pair
     /// losses, the reference's sequence log-probs and PPO's GAE).
     pub kernels: KernelBackend,
+    /// Keep only each layer's input in the training forward and recompute
+    /// the layers in the backward ([C-CHECKPOINTING]): less memory, about
+    /// one more forward pass of time.
+    pub gradient_checkpointing: bool,
     /// p3o-trlx: the bound `c > 1` on its joint importance weight
     /// ([C-P3O-TRLX]); `inf` leaves it unbounded.
     #[serde(with = "non_finite")]
@@ -274,6 +278,7 @@ impl Default for TrainConfig {
             dtype: Dtype::F32,
             threads: 2,
             kernels: KernelBackend::Torch,
+            gradient_checkpointing: false,
             cliprange_ratio: 10.0,
             clip_tokenwise: false,
             avg_tokenwise: false,

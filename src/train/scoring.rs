@@ -11,6 +11,7 @@ use super::builtin::NAN_REWARD;
 use super::builtin::{self, BUILTIN_REWARD, TOY_GOLD_REWARD};
 use super::error::TrainError;
 use super::kernels::{Detached, Kernels};
+use crate::torch::activation_checkpoint::LayerInputs;
 use crate::torch::generate::left_pad;
 use crate::torch::model::positions_from_mask;
 use crate::torch::nn::{KvCache, Linear};
@@ -161,7 +162,36 @@ pub fn token_window_with(
     responses: &[Vec<i64>],
     kernels: &Kernels,
 ) -> Result<(TokenWindow, Option<Detached>), TrainError> {
-    let w = response_window(model, prompts, responses)?;
+    let w = response_window(model, prompts, responses, None)?;
+    window_of(model, head, w, kernels)
+}
+
+/// [`token_window_with`], and with `checkpoint` through a checkpointed pass
+/// ([C-CHECKPOINTING]): the layers' activations are then not kept but
+/// recomputed by the returned [`LayerInputs::backward`], which must follow
+/// the loss's backward.
+pub fn token_window_checkpointed(
+    model: &LanguageModel,
+    head: Option<&ValueHead>,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    kernels: &Kernels,
+    checkpoint: bool,
+) -> Result<(TokenWindow, Option<Detached>, Option<LayerInputs>), TrainError> {
+    let mut kept = None;
+    let slot = checkpoint.then_some(&mut kept);
+    let w = response_window(model, prompts, responses, slot)?;
+    let (window, detached) = window_of(model, head, w, kernels)?;
+    Ok((window, detached, kept))
+}
+
+/// The token log-probs (and values) of a response window.
+fn window_of(
+    model: &LanguageModel,
+    head: Option<&ValueHead>,
+    w: ResponseWindow,
+    kernels: &Kernels,
+) -> Result<(TokenWindow, Option<Detached>), TrainError> {
     let (lp, detached) = kernels.token_logprobs(&model.logits(&w.hidden)?, &w.targets)?;
     Ok((
         TokenWindow {
@@ -301,7 +331,7 @@ pub fn value_window(
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<Tensor, TrainError> {
-    let w = response_window(model, prompts, responses)?;
+    let w = response_window(model, prompts, responses, None)?;
     Ok(head.values(&w.hidden)? * &w.mask)
 }
 
@@ -315,10 +345,12 @@ struct ResponseWindow {
     mask: Tensor,
 }
 
+/// With `kept`, through a checkpointed pass whose layer inputs land there.
 fn response_window(
     model: &LanguageModel,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
+    kept: Option<&mut Option<LayerInputs>>,
 ) -> Result<ResponseWindow, TrainError> {
     let rows: Vec<Vec<i64>> = prompts
         .iter()
@@ -328,7 +360,15 @@ fn response_window(
     let (ids, attn) = left_pad(&rows, 0, model.device());
     let t = ids.size()[1];
     let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let hidden = model.hidden(&ids, &positions_from_mask(&attn), &attn, None)?;
+    let positions = positions_from_mask(&attn);
+    let hidden = match kept {
+        None => model.hidden(&ids, &positions, &attn, None)?,
+        Some(slot) => {
+            let (hidden, inputs) = model.hidden_checkpointed(&ids, &positions, &attn)?;
+            *slot = Some(inputs);
+            hidden
+        }
+    };
     let lens: Vec<i64> = responses.iter().map(|r| r.len() as i64).collect();
     let start = Tensor::from_slice(&lens).to_device(model.device()).neg() + l;
     Ok(ResponseWindow {

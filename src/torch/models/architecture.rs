@@ -10,7 +10,7 @@ use super::gpt2::{Gpt2Config, Gpt2Model};
 use super::gptj::{GptJConfig, GptJModel};
 use super::llama::{DecoderShape, LlamaModel};
 use crate::torch::Result;
-use crate::torch::nn::KvCache;
+use crate::torch::nn::{Frame, KvCache};
 
 /// A family and its checked hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,19 +174,60 @@ impl Body {
         }
     }
 
-    /// Final hidden states `[b, t, h]`; see [`crate::torch::LanguageModel::hidden`].
+    /// Final hidden states `[b, t, h]`; see [`crate::torch::LanguageModel::hidden`]:
+    /// the embeddings, every layer in turn, the final norm.
     pub fn forward(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         key_valid: &Tensor,
-        cache: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (mut x, frame) = self.embed(ids, positions, key_valid)?;
+        for i in 0..self.num_layers() {
+            x = self.layer(i, &x, &frame, cache.as_deref_mut().map(|c| (c, i)))?;
+        }
+        self.finish(&x)
+    }
+
+    /// The embeddings of a pass and its attention frame.
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+    ) -> Result<(Tensor, Frame)> {
+        match self {
+            Body::GptNeox(m) => m.embed(ids, positions, key_valid),
+            Body::Gpt2(m) => m.embed(ids, positions, key_valid),
+            Body::GptJ(m) => m.embed(ids, positions, key_valid),
+            Body::Decoder(m) => m.embed(ids, positions, key_valid),
+        }
+    }
+
+    /// Layer `i` (below [`Body::num_layers`]) on `x`, with its cache entry.
+    pub fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        frame: &Frame,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         match self {
-            Body::GptNeox(m) => m.forward(ids, positions, key_valid, cache),
-            Body::Gpt2(m) => m.forward(ids, positions, key_valid, cache),
-            Body::GptJ(m) => m.forward(ids, positions, key_valid, cache),
-            Body::Decoder(m) => m.forward(ids, positions, key_valid, cache),
+            Body::GptNeox(m) => m.layer(i, x, frame, cache),
+            Body::Gpt2(m) => m.layer(i, x, frame, cache),
+            Body::GptJ(m) => m.layer(i, x, frame, cache),
+            Body::Decoder(m) => m.layer(i, x, frame, cache),
+        }
+    }
+
+    /// The final norm after the last layer.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Body::GptNeox(m) => m.finish(x),
+            Body::Gpt2(m) => m.finish(x),
+            Body::GptJ(m) => m.finish(x),
+            Body::Decoder(m) => m.finish(x),
         }
     }
 }

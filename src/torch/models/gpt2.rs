@@ -169,21 +169,34 @@ impl Gpt2Model {
         })
     }
 
-    pub fn forward(
+    /// The token and position embeddings and the pass's frame.
+    pub fn embed(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         key_valid: &Tensor,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let mut x = self
+    ) -> Result<(Tensor, Frame)> {
+        let x = self
             .wte
             .forward(ids)?
             .f_add(&self.wpe.forward(positions)?)?;
         let frame = Frame::new(key_valid, ids.size2()?.1, None, None)?;
-        for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, &frame, cache.as_deref_mut().map(|c| (c, i)))?;
-        }
-        Ok(self.ln_f.forward(&x)?)
+        Ok((x, frame))
+    }
+
+    /// Block `i` of the pass.
+    pub fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        frame: &Frame,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        Ok(self.h[i].forward(x, frame, cache)?)
+    }
+
+    /// The final norm.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.ln_f.forward(x)?)
     }
 }

@@ -299,22 +299,35 @@ impl GptNeoxModel {
         })
     }
 
-    pub fn forward(
+    /// The token embeddings and the pass's frame.
+    pub fn embed(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         key_valid: &Tensor,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let mut x = self.embed_in.forward(ids)?;
+    ) -> Result<(Tensor, Frame)> {
+        let x = self.embed_in.forward(ids)?;
         let rotary = match self.layers.first() {
             Some(l) => Some(l.attention.rotary.tables(positions, x.kind())?),
             None => None,
         };
         let frame = Frame::new(key_valid, ids.size2()?.1, None, rotary)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &frame, cache.as_deref_mut().map(|c| (c, i)))?;
-        }
-        Ok(self.final_layer_norm.forward(&x)?)
+        Ok((x, frame))
+    }
+
+    /// Layer `i` of the pass.
+    pub fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        frame: &Frame,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        Ok(self.layers[i].forward(x, frame, cache)?)
+    }
+
+    /// The final norm.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.final_layer_norm.forward(x)?)
     }
 }

@@ -352,24 +352,32 @@ impl LlamaModel {
         })
     }
 
-    pub fn forward(
+    /// The token embeddings and the pass's frame.
+    pub fn embed(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         key_valid: &Tensor,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let mut x = self.embed_tokens.forward(ids)?;
+    ) -> Result<(Tensor, Frame)> {
+        let x = self.embed_tokens.forward(ids)?;
         let tables = self.rotary.tables(positions, x.kind())?;
         let frame = Frame::new(key_valid, ids.size2()?.1, self.sliding_window, Some(tables))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(
-                &x,
-                &frame,
-                &self.rotary,
-                cache.as_deref_mut().map(|c| (c, i)),
-            )?;
-        }
-        Ok(self.norm.forward(&x)?)
+        Ok((x, frame))
+    }
+
+    /// Layer `i` of the pass.
+    pub fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        frame: &Frame,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        Ok(self.layers[i].forward(x, frame, &self.rotary, cache)?)
+    }
+
+    /// The final norm.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(x)?)
     }
 }

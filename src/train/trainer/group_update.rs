@@ -25,7 +25,7 @@ use crate::train::error::TrainError;
 use crate::train::losses::{GroupBatch, TokenGroupBatch, p3o_trlx_token_loss};
 use crate::train::scoring::{
     TokenWindow, groups_share_prompts, sequence_logprobs_with, shared_prefix_logprobs,
-    shared_prefix_sequence_logprobs, token_window_with,
+    shared_prefix_sequence_logprobs, token_window_checkpointed,
 };
 use crate::train::seed::SeedPurpose;
 
@@ -70,7 +70,9 @@ impl Trainer {
         // Each group's prompt through the models once ([C-SHARED-PREFIX]),
         // except for p3o-trlx's token-level options, which need the
         // right-aligned token windows.
-        let shared = !token_level && groups_share_prompts(prompt_ids, size);
+        let shared = !token_level
+            && !self.cfg.gradient_checkpointing
+            && groups_share_prompts(prompt_ids, size);
         let group_prompts: Vec<Vec<i64>> = prompt_ids.iter().step_by(size).cloned().collect();
         let lp_ref = if shared {
             shared_prefix_sequence_logprobs(
@@ -103,7 +105,7 @@ impl Trainer {
                 let rows: Vec<usize> = mb.iter().flat_map(|&p| p * size..(p + 1) * size).collect();
                 let pick = |v: &[Vec<i64>]| rows.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
                 let shape = [mb.len() as i64, size as i64];
-                let (window, lp, detached) = if shared {
+                let (window, lp, detached, kept) = if shared {
                     let prompts: Vec<Vec<i64>> =
                         mb.iter().map(|&p| group_prompts[p].clone()).collect();
                     let (lp, detached) = shared_prefix_logprobs(
@@ -113,20 +115,21 @@ impl Trainer {
                         size,
                         &self.kernels,
                     )?;
-                    (None, lp.view(shape), detached)
+                    (None, lp.view(shape), detached, None)
                 } else {
-                    let (window, detached) = token_window_with(
+                    let (window, detached, kept) = token_window_checkpointed(
                         &self.policy,
                         None,
                         &pick(prompt_ids),
                         &pick(responses),
                         &self.kernels,
+                        self.cfg.gradient_checkpointing,
                     )?;
                     let lp = window
                         .lp
                         .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
                         .view(shape);
-                    (Some(window), lp, detached)
+                    (Some(window), lp, detached, kept)
                 };
                 let table = |src: &[f32]| {
                     Tensor::from_slice(&rows.iter().map(|&r| src[r]).collect::<Vec<f32>>())
@@ -174,7 +177,7 @@ impl Trainer {
                         .collect();
                     stats.add(alg, &h, &consts, &cur);
                 }
-                self.add_minibatch(loss, loss_v, detached, &mut updates, total_opt_steps)?;
+                self.add_minibatch(loss, loss_v, detached, kept, &mut updates, total_opt_steps)?;
             }
         }
         self.finish_updates(&mut updates, total_opt_steps)?;

@@ -19,7 +19,9 @@ use crate::train::config::RewardScaling;
 use crate::train::error::TrainError;
 use crate::train::kernels::TokenRows;
 use crate::train::losses::{PpoBatch, ppo_loss};
-use crate::train::scoring::{ValueHead, token_window_with, value_window};
+use crate::train::scoring::{
+    ValueHead, token_window_checkpointed, token_window_with, value_window,
+};
 use crate::train::seed::SeedPurpose;
 
 /// Per-token rewards `-beta (lp_old - lp_ref)` with the score added on the
@@ -156,12 +158,13 @@ impl Trainer {
             ));
             for mb in order.chunks(2 * self.cfg.minibatch_size) {
                 let pick = |v: &[Vec<i64>]| mb.iter().map(|&r| v[r].clone()).collect::<Vec<_>>();
-                let (new, detached) = token_window_with(
+                let (new, detached, kept) = token_window_checkpointed(
                     &self.policy,
                     Some(self.value_head()?),
                     &pick(prompt_ids),
                     &pick(responses),
                     &self.kernels,
+                    self.cfg.gradient_checkpointing,
                 )?;
                 // Windows of a minibatch are as wide as its longest response.
                 let lm = new.mask.size()[1];
@@ -201,7 +204,7 @@ impl Trainer {
                     ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
                     tokens += m.sum(Kind::Double).double_value(&[]);
                 });
-                self.add_minibatch(loss, loss_v, detached, &mut updates, total_opt_steps)?;
+                self.add_minibatch(loss, loss_v, detached, kept, &mut updates, total_opt_steps)?;
             }
         }
         self.finish_updates(&mut updates, total_opt_steps)?;

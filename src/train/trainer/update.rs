@@ -10,6 +10,7 @@ use tch::Tensor;
 
 use super::Trainer;
 use super::metrics::{MetricsLine, SkippedStep, Split, StepMetrics};
+use crate::torch::activation_checkpoint::LayerInputs;
 use crate::train::error::TrainError;
 use crate::train::kernels::{Detached, backward};
 use crate::train::optim::learning_rate;
@@ -37,11 +38,14 @@ pub(super) struct StepStats {
 impl Trainer {
     /// Backpropagates one minibatch's loss (a non-finite loss is skipped and
     /// counted) and steps the optimizer every `grad_accum` minibatches.
+    /// With `kept` (a checkpointed pass) the layers' backward follows the
+    /// loss's ([C-CHECKPOINTING]).
     pub(super) fn add_minibatch(
         &mut self,
         loss: Tensor,
         value: f64,
         detached: Option<Detached>,
+        kept: Option<LayerInputs>,
         u: &mut Updates,
         total_opt_steps: usize,
     ) -> Result<(), TrainError> {
@@ -51,6 +55,9 @@ impl Trainer {
             return self.count_nonfinite();
         }
         backward(&(loss / self.cfg.grad_accum as f64), detached.as_ref())?;
+        if let Some(kept) = kept {
+            kept.backward(&self.policy)?;
+        }
         u.losses.push(value);
         u.accumulated += 1;
         if u.accumulated == self.cfg.grad_accum {
