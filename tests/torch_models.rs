@@ -480,18 +480,27 @@ fn kv_cache_appends_and_grows() {
 /// repeated for each of its responses, gives the sequence log-probs and the
 /// parameter gradients of running every prompt + response row whole: every
 /// family (Mistral's 8-key window is crossed), prompts of different
-/// lengths, responses of different lengths down to one token, groups of 3.
+/// lengths, groups of 3 whose responses differ in length, are all one token
+/// long (no second pass) or at most two (a one-query second pass); through
+/// libtorch's log-probs and through the float64 kernels' own backward.
 // spec: C-SHARED-PREFIX
 #[test]
 fn shared_prefix_logprobs_equal_whole_rows() {
-    use p3o::train::kernels::Kernels;
+    use p3o::train::kernels::{Detached, Kernels, backward};
     use p3o::train::scoring::{
         groups_share_prompts, shared_prefix_logprobs, shared_prefix_sequence_logprobs,
         token_window_with,
     };
     const GROUP: usize = 3;
-    let lens: [[usize; GROUP]; 3] = [[4, 1, 6], [7, 3, 2], [1, 1, 5]];
-    for name in ["neox-parallel", "gpt2"].into_iter().chain(NEW_FAMILIES) {
+    let length_sets: [[[usize; GROUP]; 3]; 3] = [
+        [[4, 1, 6], [7, 3, 2], [1, 1, 5]],
+        [[1, 1, 1], [1, 1, 1], [1, 1, 1]],
+        [[2, 1, 2], [1, 2, 2], [2, 2, 1]],
+    ];
+    for name in ["neox-parallel", "neox-serial", "gpt2"]
+        .into_iter()
+        .chain(NEW_FAMILIES)
+    {
         let model = load(name, Head::Lm);
         let vocab = model.config.vocab_size();
         let token = |i: usize| ((i * 7919 + 13) as i64) % vocab;
@@ -499,12 +508,6 @@ fn shared_prefix_logprobs_equal_whole_rows() {
             .iter()
             .enumerate()
             .map(|(p, &n)| (0..n).map(|i| token(100 * p + i)).collect())
-            .collect();
-        let responses: Vec<Vec<i64>> = lens
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(r, &n)| (0..n).map(|i| token(1000 + 50 * r + i)).collect())
             .collect();
         let rows: Vec<Vec<i64>> = prompts
             .iter()
@@ -519,50 +522,95 @@ fn shared_prefix_logprobs_equal_whole_rows() {
         // gradient counts with its own sign and size.
         let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4, 1.1, -0.2, 0.9, -0.8, 0.5, 1.6]);
         let params: Vec<Tensor> = model.vs.trainable_variables();
-        let gradients = |sums: &Tensor| {
-            let loss = (sums * &weights).sum(Kind::Float);
-            Tensor::run_backward(&[loss], &params, false, false)
+        let gradients = |sums: &Tensor, detached: Option<&Detached>| {
+            for p in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            backward(&(sums * &weights).sum(Kind::Float), detached).unwrap();
+            params.iter().map(|p| p.grad().copy()).collect::<Vec<_>>()
         };
-        let (window, _) =
-            token_window_with(&model, None, &rows, &responses, &Kernels::Torch).unwrap();
-        let whole = window
-            .lp
-            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-        let whole_grads = gradients(&whole);
-        let (shared, _) =
-            shared_prefix_logprobs(&model, &prompts, &responses, GROUP, &Kernels::Torch).unwrap();
-        let shared_grads = gradients(&shared);
-        let no_grad =
-            shared_prefix_sequence_logprobs(&model, &prompts, &responses, GROUP, &Kernels::Torch)
-                .unwrap();
-        let (a, b, c) = (
-            Vec::<f32>::try_from(&shared.detach()).unwrap(),
-            Vec::<f32>::try_from(&whole.detach()).unwrap(),
-            Vec::<f32>::try_from(&no_grad).unwrap(),
+        for lens in &length_sets {
+            let responses: Vec<Vec<i64>> = lens
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(r, &n)| (0..n).map(|i| token(1000 + 50 * r + i)).collect())
+                .collect();
+            for (label, kernels) in [("torch", Kernels::Torch), ("reference", Kernels::Reference)] {
+                let what = format!("{name} {lens:?} {label}");
+                let (window, whole_detached) =
+                    token_window_with(&model, None, &rows, &responses, &kernels).unwrap();
+                let whole = window
+                    .lp
+                    .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+                let whole_grads = gradients(&whole, whole_detached.as_ref());
+                let (shared, shared_detached) =
+                    shared_prefix_logprobs(&model, &prompts, &responses, GROUP, &kernels).unwrap();
+                let shared_grads = gradients(&shared, shared_detached.as_ref());
+                let no_grad =
+                    shared_prefix_sequence_logprobs(&model, &prompts, &responses, GROUP, &kernels)
+                        .unwrap();
+                let (a, b, c) = (
+                    Vec::<f32>::try_from(&shared.detach()).unwrap(),
+                    Vec::<f32>::try_from(&whole.detach()).unwrap(),
+                    Vec::<f32>::try_from(&no_grad).unwrap(),
+                );
+                for r in 0..a.len() {
+                    let tol = CACHE_VS_RECOMPUTE * (1.0 + f64::from(b[r].abs()));
+                    assert!(
+                        f64::from((a[r] - b[r]).abs()) <= tol,
+                        "{what} row {r}: {} vs {}",
+                        a[r],
+                        b[r]
+                    );
+                    assert!(
+                        f64::from((c[r] - b[r]).abs()) <= tol,
+                        "{what} row {r}: no-grad {}",
+                        c[r]
+                    );
+                }
+                for (i, (s, w)) in shared_grads.iter().zip(&whole_grads).enumerate() {
+                    let scale = w.abs().max().double_value(&[]);
+                    let diff = (s - w).abs().max().double_value(&[]);
+                    assert!(scale > 0.0, "{what} parameter {i}: no gradient at all");
+                    assert!(
+                        diff <= CACHE_VS_RECOMPUTE * scale,
+                        "{what} parameter {i}: gradient differs by {diff:e} (largest entry {scale:e})"
+                    );
+                }
+            }
+        }
+        // An empty prompt is an input error, not a panic.
+        let empty = vec![vec![], prompts[1].clone(), prompts[2].clone()];
+        let responses = vec![vec![1i64]; 3 * GROUP];
+        assert!(
+            shared_prefix_logprobs(&model, &empty, &responses, GROUP, &Kernels::Torch).is_err()
         );
-        for r in 0..a.len() {
-            let tol = CACHE_VS_RECOMPUTE * (1.0 + f64::from(b[r].abs()));
-            assert!(
-                f64::from((a[r] - b[r]).abs()) <= tol,
-                "{name} row {r}: {} vs {}",
-                a[r],
-                b[r]
-            );
-            assert!(
-                f64::from((c[r] - b[r]).abs()) <= tol,
-                "{name} row {r}: no-grad {}",
-                c[r]
-            );
-        }
-        for (i, (s, w)) in shared_grads.iter().zip(&whole_grads).enumerate() {
-            let scale = w.abs().max().double_value(&[]);
-            let diff = (s - w).abs().max().double_value(&[]);
-            assert!(
-                diff <= CACHE_VS_RECOMPUTE * scale.max(1e-3),
-                "{name} parameter {i}: gradient differs by {diff:e} (largest entry {scale:e})"
-            );
-        }
     }
+}
+
+/// Runs of equal consecutive prompts, what sampling prefills once.
+#[test]
+fn prompt_runs_find_the_groups() {
+    use p3o::torch::generate::prompt_runs;
+    let (a, b) = (vec![1i64, 2], vec![3i64]);
+    let grouped = [
+        a.clone(),
+        a.clone(),
+        b.clone(),
+        b.clone(),
+        b.clone(),
+        a.clone(),
+    ];
+    assert_eq!(
+        prompt_runs(&grouped),
+        Some((vec![0, 2, 5], vec![0, 0, 1, 1, 1, 2]))
+    );
+    assert_eq!(prompt_runs(&[a.clone(), b.clone(), a]), None);
+    assert_eq!(prompt_runs(&[]), None);
 }
 
 /// Activation checkpointing keeps only each layer's input and recomputes

@@ -833,6 +833,32 @@ fn random_policies_from_a_config_alone() {
         assert_eq!(saved, expected, "{what}: the tokenizer that went with it");
         LanguageModel::load(&out.join("final"), Head::Lm, Device::Cpu, Kind::Float).unwrap();
     }
+    // With the character tokenizer, its end of text (id 0) ends responses,
+    // not the config's id of another vocabulary.
+    let lone_spec = format!("random:{}", lone.display());
+    let mut foreign = config("neox-parallel");
+    foreign.eos_token_ids = vec![5];
+    foreign.eos_token_id = Some(5);
+    let tok = p3o::train::models::tokenizer_of(&lone_spec, &foreign).unwrap();
+    assert_eq!(tok.eos_token_ids, vec![0]);
+    // A random reference without a tokenizer of its own is no vocabulary
+    // clash for an HF policy of its vocab_size.
+    let sets: Vec<String> = [
+        format!("policy={}", fx.join("neox-parallel").display()),
+        format!("reference={lone_spec}"),
+        "steps=1".into(),
+        "batch_size=2".into(),
+        "minibatch_size=1".into(),
+        "max_new_tokens=4".into(),
+        "eval_every=0".into(),
+        "checkpoint_every=0".into(),
+    ]
+    .to_vec();
+    let cfg = TrainConfig::load(None, &sets).unwrap();
+    Trainer::new(cfg, &dir.join("random-reference"), None)
+        .unwrap()
+        .run()
+        .unwrap();
     // A missing file is an input error naming it.
     let cfg = TrainConfig::load(
         None,
@@ -849,17 +875,23 @@ fn random_policies_from_a_config_alone() {
 /// `gradient_checkpointing = true` trains with the plain pass's losses and
 /// gradient norms (lr 0, so that both runs see the same policy at every
 /// step): P3O-V2 on pairs, GRPO on groups of four, p3o-trlx at the token
-/// level and PPO (whose value head reads the recomputed layers too); and
-/// in bfloat16, whose rounding leaves the norms within 1 %.
+/// level and PPO (whose value head reads the recomputed layers too), with
+/// gradient accumulation and with the float64 kernels' own backward; and in
+/// bfloat16, whose rounding leaves the norms within 1 %.
 // spec: C-CHECKPOINTING
 #[test]
 fn gradient_checkpointing_gives_the_plain_gradients() {
     for (alg, extra, tol) in [
-        ("p3o-v2", None, 1e-5),
-        ("grpo", Some("responses_per_prompt=4"), 1e-5),
-        ("p3o-trlx", Some("clip_tokenwise=true"), 1e-5),
-        ("ppo", None, 1e-5),
-        ("p3o-v2", Some("dtype=bf16"), 1e-2),
+        ("p3o-v2", &[][..], 1e-5),
+        (
+            "grpo",
+            &["responses_per_prompt=4", "grad_accum=2"][..],
+            1e-5,
+        ),
+        ("p3o-trlx", &["clip_tokenwise=true"][..], 1e-5),
+        ("ppo", &[][..], 1e-5),
+        ("p3o-v2", &["kernels=reference"][..], 1e-5),
+        ("p3o-v2", &["dtype=bf16"][..], 1e-2),
     ] {
         let run = |checkpointing: bool| {
             let sets: Vec<String> = [
@@ -874,9 +906,12 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
                 format!("gradient_checkpointing={checkpointing}"),
             ]
             .into_iter()
-            .chain(extra.map(String::from))
+            .chain(extra.iter().map(|s| s.to_string()))
             .collect();
-            let out = tmp(&format!("checkpointing-{alg}-{tol}-{checkpointing}"));
+            let out = tmp(&format!(
+                "checkpointing-{alg}-{}-{checkpointing}",
+                extra.join("-").replace('=', "_")
+            ));
             let cfg = TrainConfig::load(None, &sets).unwrap();
             Trainer::new(cfg, &out, None).unwrap().run().unwrap();
             read_metrics(&out.join("metrics.jsonl"))

@@ -155,10 +155,10 @@ fn sample_inverse_cdf(probs: &Tensor, u: &[f64]) -> Tensor {
     index.minimum(&last_nonzero)
 }
 
-/// Runs of consecutive equal prompts (a group's responses, [C-SHARED-PREFIX]),
-/// when there are fewer runs than rows: each run's first row and, for every
-/// row, its run, as int64 index tensors.
-fn shared_prefill(prompts: &[Vec<i64>], device: Device) -> Option<(Tensor, Tensor)> {
+/// Runs of consecutive equal prompts (a group's responses,
+/// [C-SHARED-PREFIX]), when there are fewer runs than rows: each run's first
+/// row and, for every row, its run.
+pub fn prompt_runs(prompts: &[Vec<i64>]) -> Option<(Vec<i64>, Vec<i64>)> {
     let mut firsts: Vec<i64> = Vec::new();
     let mut rows = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
@@ -167,7 +167,12 @@ fn shared_prefill(prompts: &[Vec<i64>], device: Device) -> Option<(Tensor, Tenso
         }
         rows.push(firsts.len() as i64 - 1);
     }
-    (firsts.len() < prompts.len()).then(|| {
+    (firsts.len() < prompts.len()).then_some((firsts, rows))
+}
+
+/// [`prompt_runs`] as int64 index tensors on `device`.
+fn shared_prefill(prompts: &[Vec<i64>], device: Device) -> Option<(Tensor, Tensor)> {
+    prompt_runs(prompts).map(|(firsts, rows)| {
         (
             Tensor::from_slice(&firsts).to_device(device),
             Tensor::from_slice(&rows).to_device(device),

@@ -104,9 +104,26 @@ pub fn load_model(
 /// The tokenizer of model `spec` (a directory: its `tokenizer.json` and
 /// `tokenizer_config.json`; or the built-in model's).
 pub fn tokenizer_of(spec: &str, config: &ModelConfig) -> Result<Tokenizer, TrainError> {
-    match ModelSource::parse(spec).tokenizer_dir() {
-        None => Ok(Tokenizer::from_json(&builtin::tokenizer_json(), config)?),
+    let source = ModelSource::parse(spec);
+    match source.tokenizer_dir() {
         Some(dir) => Ok(Tokenizer::load(&dir, config)?),
+        None if source == ModelSource::Builtin => {
+            Ok(Tokenizer::from_json(&builtin::tokenizer_json(), config)?)
+        }
+        None => {
+            // A random: shape with the character tokenizer: its config's
+            // special ids name tokens of another vocabulary, so the
+            // built-in model's (end of text, id 0) stand in for them.
+            let own = ModelConfig::from_json(builtin::config_json())?;
+            let ids = ModelConfig {
+                eos_token_id: own.eos_token_id,
+                eos_token_ids: own.eos_token_ids,
+                pad_token_id: own.pad_token_id,
+                bos_token_id: own.bos_token_id,
+                ..config.clone()
+            };
+            Ok(Tokenizer::from_json(&builtin::tokenizer_json(), &ids)?)
+        }
     }
 }
 
@@ -183,9 +200,14 @@ pub fn check_shared_vocabulary(
     if v != ov {
         return refuse(format!("has vocab_size {v}, {owner} {ov}"));
     }
-    let own_tokenizer = ModelSource::parse(spec)
-        .tokenizer_dir()
-        .is_none_or(|dir| dir.join("tokenizer.json").is_file());
+    // Against the model's own tokenizer.json; a random: model without one
+    // has no vocabulary of its own to compare.
+    let own_tokenizer = match ModelSource::parse(spec) {
+        ModelSource::Builtin => true,
+        source => source
+            .tokenizer_dir()
+            .is_some_and(|dir| dir.join("tokenizer.json").is_file()),
+    };
     if own_tokenizer {
         let own = Tokenizer::from_json(&tokenizer_json_of(spec)?, &model.config)?;
         if !own.same_vocabulary(tokenizer) {

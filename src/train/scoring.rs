@@ -265,6 +265,9 @@ fn shared_prefix_tokens(
             prompts.len()
         )));
     }
+    if let Some(p) = prompts.iter().position(Vec::is_empty) {
+        return Err(TrainError::Input(format!("prompt {p} is empty")));
+    }
     let device = model.device();
     let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
     if l == 0 {

@@ -67,14 +67,14 @@ impl Trainer {
         let lp_old_v = sequence_sums(&rollout.token_logprobs);
         let (prompt_ids, responses, shifted) =
             (&rollout.prompt_ids, &rollout.responses, &rollout.shifted);
-        // Each group's prompt through the models once ([C-SHARED-PREFIX]),
-        // except for p3o-trlx's token-level options, which need the
-        // right-aligned token windows.
-        let shared = !token_level
-            && !self.cfg.gradient_checkpointing
-            && groups_share_prompts(prompt_ids, size);
+        // Each group's prompt through the models once ([C-SHARED-PREFIX]):
+        // the reference's whenever the groups share prompts; the policy's
+        // also except for p3o-trlx's token-level options (which need the
+        // right-aligned token windows) and checkpointed passes.
+        let ref_shared = groups_share_prompts(prompt_ids, size);
+        let shared = ref_shared && !token_level && !self.cfg.gradient_checkpointing;
         let group_prompts: Vec<Vec<i64>> = prompt_ids.iter().step_by(size).cloned().collect();
-        let lp_ref = if shared {
+        let lp_ref = if ref_shared {
             shared_prefix_sequence_logprobs(
                 &self.reference,
                 &group_prompts,

@@ -55,6 +55,8 @@ impl Trainer {
             return self.count_nonfinite();
         }
         backward(&(loss / self.cfg.grad_accum as f64), detached.as_ref())?;
+        // The logits `detached` may hold are not needed by the layers.
+        drop(detached);
         if let Some(kept) = kept {
             kept.backward(&self.policy)?;
         }
