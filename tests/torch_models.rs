@@ -685,3 +685,186 @@ fn checkpointed_gradients_equal_the_plain_pass() {
         }
     }
 }
+
+/// LoRA on every family ([C-LORA]): with `B = 0` a fresh adapter model's
+/// logits are the base model's bit for bit; with trained-looking factors
+/// they move, switching the adapters off gives the base back bit for bit,
+/// and merging `W + s B A` into a plain model gives the adapter model's
+/// logits within 1e-5; only the targeted projections get adapters.
+// spec: C-LORA
+#[test]
+fn lora_adapters_start_as_the_base_and_merge_into_it() {
+    use p3o::torch::nn::{LoraSpec, LoraTargets};
+    let ids: Vec<i64> = vec![3, 9, 27, 4, 11, 6, 2];
+    for name in ["neox-parallel", "gpt2"].into_iter().chain(NEW_FAMILIES) {
+        let base = load(name, Head::Lm);
+        let base_logits = logits(&base, &ids);
+        let spec = LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            targets: LoraTargets::AllLinear,
+        };
+        let model = LanguageModel::load_with_lora(
+            &fixture(name),
+            Head::Lm,
+            Device::Cpu,
+            Kind::Float,
+            spec,
+            3,
+        )
+        .unwrap();
+        let adapters = model.lora.var_store().unwrap().variables();
+        assert!(!adapters.is_empty(), "{name}: no adapters");
+        for n in adapters.keys() {
+            assert!(
+                n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight"),
+                "{name}: {n}"
+            );
+            let module = n.rsplitn(3, '.').nth(2).unwrap();
+            assert!(
+                base.vs
+                    .variables()
+                    .contains_key(&format!("{module}.weight")),
+                "{name}: {n}"
+            );
+        }
+        assert!(
+            logits(&model, &ids).equal(&base_logits),
+            "{name}: B = 0 moved the logits"
+        );
+        tch::manual_seed(5);
+        tch::no_grad(|| {
+            for (n, mut t) in adapters {
+                if n.ends_with(".lora_B.weight") {
+                    t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.3));
+                }
+            }
+        });
+        let adapted = logits(&model, &ids);
+        let moved = (&adapted - &base_logits).abs().max().double_value(&[]);
+        assert!(moved > 1e-3, "{name}: the adapters did nothing ({moved:e})");
+        model.lora.set_enabled(false);
+        assert!(
+            logits(&model, &ids).equal(&base_logits),
+            "{name}: switched off"
+        );
+        model.lora.set_enabled(true);
+        model.merge_adapters().unwrap();
+        assert!(!model.lora.enabled(), "{name}: merged adapters stay on");
+        let merged = logits(&model, &ids);
+        let scale = adapted.abs().max().double_value(&[]);
+        let diff = (&merged - &adapted).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "{name}: merged logits differ by {diff:e}"
+        );
+    }
+    // Target lists: a TOML list, one comma-separated string, or all-linear.
+    let parse =
+        |v: &[&str]| LoraTargets::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(parse(&["all-linear"]), Ok(LoraTargets::AllLinear));
+    let qv = Ok(LoraTargets::Modules(vec!["q_proj".into(), "v_proj".into()]));
+    assert_eq!(parse(&["q_proj", "v_proj"]), qv);
+    assert_eq!(parse(&[" q_proj , v_proj "]), qv);
+    assert!(parse(&[]).is_err() && parse(&[" , "]).is_err());
+    assert!(parse(&["all-linear,q_proj"]).is_err());
+    // Named targets: only those modules.
+    let spec = LoraSpec {
+        r: 2,
+        alpha: 2.0,
+        targets: LoraTargets::parse(&["q_proj,v_proj".into()]).unwrap(),
+    };
+    let config = p3o::torch::config::ModelConfig::load(&fixture("llama")).unwrap();
+    let layers = config.arch.num_layers() as usize;
+    let model = LanguageModel::with_lora(config, Head::Lm, Device::Cpu, spec, 0).unwrap();
+    let names: Vec<String> = model
+        .lora
+        .var_store()
+        .unwrap()
+        .variables()
+        .into_keys()
+        .collect();
+    assert_eq!(names.len(), 2 * 2 * layers, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains(".q_proj.") || n.contains(".v_proj.")),
+        "{names:?}"
+    );
+}
+
+/// The gradients of a LoRA projection's factors are autograd's through the
+/// merged weight `W + s B A` (and its transpose for `Conv1D`), within 1e-5.
+// spec: C-LORA
+#[test]
+fn lora_gradients_equal_the_merged_weights() {
+    use p3o::torch::nn::{Conv1D, Linear, LoraPlan, LoraSpec, LoraTargets};
+    let (i, o, r, s) = (6i64, 5i64, 3i64, 2.5f64);
+    let plan = LoraPlan::new(
+        LoraSpec {
+            r,
+            alpha: s * r as f64,
+            targets: LoraTargets::AllLinear,
+        },
+        Device::Cpu,
+    );
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(1);
+    let x = Tensor::randn([4, 7, i], (Kind::Float, Device::Cpu));
+    let probe = Tensor::randn([4, 7, o], (Kind::Float, Device::Cpu));
+    let linear = Linear::adapted(vs.root() / "lin", i, o, true, &plan).unwrap();
+    let conv = Conv1D::adapted(vs.root() / "conv", i, o, &plan).unwrap();
+    let fill = |t: &Tensor| {
+        tch::no_grad(|| {
+            t.shallow_clone()
+                .copy_(&Tensor::randn(t.size(), (Kind::Float, Device::Cpu)));
+        })
+    };
+    for (w, bias, lora, transposed) in [
+        (
+            &linear.weight,
+            linear.bias.as_ref().unwrap(),
+            linear.lora.as_ref().unwrap(),
+            false,
+        ),
+        (&conv.weight, &conv.bias, conv.lora.as_ref().unwrap(), true),
+    ] {
+        for t in [w, bias, &lora.a, &lora.b] {
+            fill(t);
+        }
+        let y = if transposed {
+            conv.forward(&x)
+        } else {
+            linear.forward(&x)
+        }
+        .unwrap();
+        let grads = Tensor::run_backward(
+            &[(&y * &probe).sum(Kind::Float)],
+            &[&lora.a, &lora.b],
+            false,
+            false,
+        );
+        let ba = lora.b.matmul(&lora.a) * s;
+        let merged = if transposed { w + ba.tr() } else { w + ba };
+        let y2 = if transposed {
+            x.matmul(&merged) + bias
+        } else {
+            x.linear(&merged, Some(bias))
+        };
+        assert!((&y - &y2).abs().max().double_value(&[]) <= 1e-5 * y.abs().max().double_value(&[]));
+        let merged_grads = Tensor::run_backward(
+            &[(&y2 * &probe).sum(Kind::Float)],
+            &[&lora.a, &lora.b],
+            false,
+            false,
+        );
+        for (g, m) in grads.iter().zip(&merged_grads) {
+            let scale = m.abs().max().double_value(&[]);
+            let diff = (g - m).abs().max().double_value(&[]);
+            assert!(
+                scale > 0.0 && diff <= 1e-5 * scale,
+                "transposed {transposed}: {diff:e} of {scale:e}"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::models::Body;
-use super::nn::{KvCache, Linear};
+use super::nn::{KvCache, Linear, LoraPlan, LoraSpec};
 use super::{Result, TorchError};
 use super::{checkpoint, memory};
 
@@ -34,6 +34,8 @@ pub struct LanguageModel {
     pub vs: VarStore,
     pub config: ModelConfig,
     pub head: Head,
+    /// The layers' LoRA adapters ([C-LORA]), in a store of their own.
+    pub lora: LoraPlan,
     body: Body,
     lm_head: Option<LmHead>,
     score: Option<Linear>,
@@ -44,11 +46,34 @@ impl LanguageModel {
     /// parameters must fit in the memory `device` has free ([`memory`]), and
     /// an allocation that fails anyway is an error, not a panic.
     pub fn new(config: ModelConfig, head: Head, device: Device) -> Result<LanguageModel> {
+        LanguageModel::with_plan(config, head, device, LoraPlan::none())
+    }
+
+    /// [`LanguageModel::new`] with LoRA adapters of `spec` on the layers'
+    /// projections it targets ([C-LORA]): `A` drawn by libtorch's generator
+    /// seeded with `seed`, `B` zero, so that the model starts as its base.
+    pub fn with_lora(
+        config: ModelConfig,
+        head: Head,
+        device: Device,
+        spec: LoraSpec,
+        seed: u64,
+    ) -> Result<LanguageModel> {
+        tch::manual_seed(seed as i64);
+        LanguageModel::with_plan(config, head, device, LoraPlan::new(spec, device))
+    }
+
+    fn with_plan(
+        config: ModelConfig,
+        head: Head,
+        device: Device,
+        lora: LoraPlan,
+    ) -> Result<LanguageModel> {
         memory::check_fits(&config, device)?;
         let vs = VarStore::new(device);
         let root = vs.root();
         let (vocab, hidden) = (config.vocab_size(), config.hidden_size());
-        let body = Body::new(vs.root(), &config.arch)?;
+        let body = Body::new(vs.root(), &config.arch, &lora)?;
         let lm_head = match head {
             Head::Score => None,
             Head::Lm => {
@@ -73,6 +98,7 @@ impl LanguageModel {
             vs,
             config,
             head,
+            lora,
             body,
             lm_head,
             score,
@@ -128,6 +154,63 @@ impl LanguageModel {
         checkpoint::load_into(&model.vs, dir)?;
         model.vs.set_kind(kind);
         Ok(model)
+    }
+
+    /// [`LanguageModel::load`] with LoRA adapters of `spec` (seeded as in
+    /// [`LanguageModel::with_lora`]) on the loaded base weights.
+    pub fn load_with_lora(
+        dir: &FsPath,
+        head: Head,
+        device: Device,
+        kind: Kind,
+        spec: LoraSpec,
+        seed: u64,
+    ) -> Result<LanguageModel> {
+        let config = ModelConfig::load(dir)?;
+        let mut model = LanguageModel::with_lora(config, head, device, spec, seed)?;
+        checkpoint::load_into(&model.vs, dir)?;
+        model.vs.set_kind(kind);
+        Ok(model)
+    }
+
+    /// Folds every adapter into its base weight, `W + s B A` (transposed for
+    /// GPT-2's `Conv1D`, PEFT's `fan_in_fan_out`), and switches the adapters
+    /// off: the model then computes what it computed with them, as a plain
+    /// model ([C-LORA]).
+    pub fn merge_adapters(&self) -> Result<()> {
+        let (Some(spec), Some(adapters)) = (self.lora.spec(), self.lora.var_store()) else {
+            return Ok(());
+        };
+        let base = self.vs.variables();
+        let factors = adapters.variables();
+        let transposed = self.config.arch.fan_in_fan_out();
+        tch::no_grad(|| -> Result<()> {
+            for (name, a) in &factors {
+                let Some(module) = name.strip_suffix(".lora_A.weight") else {
+                    continue;
+                };
+                let missing = |what: String| TorchError::Tensor {
+                    name: what,
+                    message: "an adapter without its pair or base weight".into(),
+                };
+                let b = factors
+                    .get(&format!("{module}.lora_B.weight"))
+                    .ok_or_else(|| missing(format!("{module}.lora_B.weight")))?;
+                let mut w = base
+                    .get(&format!("{module}.weight"))
+                    .ok_or_else(|| missing(format!("{module}.weight")))?
+                    .shallow_clone();
+                let mut delta = b.f_matmul(a)?.f_mul_scalar(spec.scale())?;
+                if transposed {
+                    delta = delta.f_t_()?.f_contiguous()?;
+                }
+                let merged = w.f_add(&delta.f_to_kind(w.kind())?)?;
+                w.f_copy_(&merged)?;
+            }
+            Ok(())
+        })?;
+        self.lora.set_enabled(false);
+        Ok(())
     }
 
     /// Writes `config.json` and `model.safetensors` in HF layout.

@@ -10,7 +10,7 @@ use super::gpt2::{Gpt2Config, Gpt2Model};
 use super::gptj::{GptJConfig, GptJModel};
 use super::llama::{DecoderShape, LlamaModel};
 use crate::torch::Result;
-use crate::torch::nn::{Frame, KvCache};
+use crate::torch::nn::{Frame, KvCache, LoraPlan};
 
 /// A family and its checked hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +107,12 @@ impl Architecture {
         }
     }
 
+    /// Whether the layers' projections store `[in, out]` weights (GPT-2's
+    /// `Conv1D`; PEFT's `fan_in_fan_out`).
+    pub fn fan_in_fan_out(&self) -> bool {
+        matches!(self, Architecture::Gpt2(_))
+    }
+
     pub fn lm_head(&self) -> HeadSpec {
         match self {
             Architecture::GptNeox(c) => HeadSpec {
@@ -142,16 +148,21 @@ pub enum Body {
 }
 
 impl Body {
-    /// Zero weights under the family's HF names below `root`, to be loaded.
-    pub fn new(root: Path, arch: &Architecture) -> std::result::Result<Body, TchError> {
+    /// Zero weights under the family's HF names below `root`, to be loaded,
+    /// with the adapters `plan` gives the layers' projections.
+    pub fn new(
+        root: Path,
+        arch: &Architecture,
+        plan: &LoraPlan,
+    ) -> std::result::Result<Body, TchError> {
         Ok(match arch {
-            Architecture::GptNeox(c) => Body::GptNeox(GptNeoxModel::new(root, c)?),
-            Architecture::Gpt2(c) => Body::Gpt2(Gpt2Model::new(root, c)?),
-            Architecture::GptJ(c) => Body::GptJ(GptJModel::new(root, c)?),
+            Architecture::GptNeox(c) => Body::GptNeox(GptNeoxModel::new(root, c, plan)?),
+            Architecture::Gpt2(c) => Body::Gpt2(Gpt2Model::new(root, c, plan)?),
+            Architecture::GptJ(c) => Body::GptJ(GptJModel::new(root, c, plan)?),
             Architecture::Llama(s)
             | Architecture::Mistral(s)
             | Architecture::Qwen2(s)
-            | Architecture::Qwen3(s) => Body::Decoder(LlamaModel::new(root, s)?),
+            | Architecture::Qwen3(s) => Body::Decoder(LlamaModel::new(root, s, plan)?),
         })
     }
 

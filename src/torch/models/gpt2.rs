@@ -8,7 +8,9 @@ use tch::{TchError, Tensor};
 
 use super::fields::{activation, check_dimensions, check_divides, check_positive, parse};
 use crate::torch::Result;
-use crate::torch::nn::{Activation, Conv1D, Embedding, Frame, KvCache, LayerNorm, attend, cached};
+use crate::torch::nn::{
+    Activation, Conv1D, Embedding, Frame, KvCache, LayerNorm, LoraPlan, attend, cached,
+};
 
 /// GPT-2 hyper-parameters, HF field names.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -138,7 +140,11 @@ pub struct Gpt2Model {
 
 impl Gpt2Model {
     /// `p` is the model's root; the body lives under `transformer`.
-    pub fn new(p: Path, c: &Gpt2Config) -> std::result::Result<Gpt2Model, TchError> {
+    pub fn new(
+        p: Path,
+        c: &Gpt2Config,
+        plan: &LoraPlan,
+    ) -> std::result::Result<Gpt2Model, TchError> {
         let p = &p / "transformer";
         let inner = c.inner();
         let act = Activation::from_hf(&c.activation_function).unwrap_or(Activation::GeluTanh);
@@ -148,14 +154,19 @@ impl Gpt2Model {
                 Ok(Gpt2Block {
                     ln_1: LayerNorm::new(&bp / "ln_1", c.n_embd, c.layer_norm_epsilon)?,
                     attn: Gpt2Attention {
-                        c_attn: Conv1D::new(&bp / "attn" / "c_attn", c.n_embd, 3 * c.n_embd)?,
-                        c_proj: Conv1D::new(&bp / "attn" / "c_proj", c.n_embd, c.n_embd)?,
+                        c_attn: Conv1D::adapted(
+                            &bp / "attn" / "c_attn",
+                            c.n_embd,
+                            3 * c.n_embd,
+                            plan,
+                        )?,
+                        c_proj: Conv1D::adapted(&bp / "attn" / "c_proj", c.n_embd, c.n_embd, plan)?,
                         heads: c.n_head,
                     },
                     ln_2: LayerNorm::new(&bp / "ln_2", c.n_embd, c.layer_norm_epsilon)?,
                     mlp: Gpt2Mlp {
-                        c_fc: Conv1D::new(&bp / "mlp" / "c_fc", c.n_embd, inner)?,
-                        c_proj: Conv1D::new(&bp / "mlp" / "c_proj", inner, c.n_embd)?,
+                        c_fc: Conv1D::adapted(&bp / "mlp" / "c_fc", c.n_embd, inner, plan)?,
+                        c_proj: Conv1D::adapted(&bp / "mlp" / "c_proj", inner, c.n_embd, plan)?,
                         act,
                     },
                 })

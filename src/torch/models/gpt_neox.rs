@@ -7,8 +7,8 @@ use tch::{TchError, Tensor};
 
 use super::fields::{activation, check_dimensions, check_divides, check_positive, parse};
 use crate::torch::nn::{
-    Activation, Embedding, Frame, KvCache, LayerNorm, Linear, RopeParameters, Rotary, RotaryStyle,
-    attend, cached,
+    Activation, Embedding, Frame, KvCache, LayerNorm, Linear, LoraPlan, RopeParameters, Rotary,
+    RotaryStyle, attend, cached,
 };
 use crate::torch::{Result, TorchError};
 
@@ -162,15 +162,22 @@ pub struct GptNeoxAttention {
 }
 
 impl GptNeoxAttention {
-    fn new(p: Path, c: &GptNeoxConfig) -> std::result::Result<Self, TchError> {
+    fn new(p: Path, c: &GptNeoxConfig, plan: &LoraPlan) -> std::result::Result<Self, TchError> {
         Ok(GptNeoxAttention {
-            query_key_value: Linear::new(
+            query_key_value: Linear::adapted(
                 &p / "query_key_value",
                 c.hidden_size,
                 3 * c.hidden_size,
                 c.attention_bias,
+                plan,
             )?,
-            dense: Linear::new(&p / "dense", c.hidden_size, c.hidden_size, c.attention_bias)?,
+            dense: Linear::adapted(
+                &p / "dense",
+                c.hidden_size,
+                c.hidden_size,
+                c.attention_bias,
+                plan,
+            )?,
             heads: c.num_attention_heads,
             head_dim: c.head_dim(),
             rotary: c.rotary(),
@@ -258,7 +265,11 @@ pub struct GptNeoxModel {
 
 impl GptNeoxModel {
     /// `p` is the model's root; the body lives under `gpt_neox`.
-    pub fn new(p: Path, c: &GptNeoxConfig) -> std::result::Result<GptNeoxModel, TchError> {
+    pub fn new(
+        p: Path,
+        c: &GptNeoxConfig,
+        plan: &LoraPlan,
+    ) -> std::result::Result<GptNeoxModel, TchError> {
         let p = &p / "gpt_neox";
         let act = Activation::from_hf(&c.hidden_act).unwrap_or(Activation::Gelu);
         let layers = (0..c.num_hidden_layers)
@@ -268,19 +279,21 @@ impl GptNeoxModel {
                 Ok(GptNeoxLayer {
                     input_layernorm: norm("input_layernorm")?,
                     post_attention_layernorm: norm("post_attention_layernorm")?,
-                    attention: GptNeoxAttention::new(&lp / "attention", c)?,
+                    attention: GptNeoxAttention::new(&lp / "attention", c, plan)?,
                     mlp: GptNeoxMlp {
-                        dense_h_to_4h: Linear::new(
+                        dense_h_to_4h: Linear::adapted(
                             &lp / "mlp" / "dense_h_to_4h",
                             c.hidden_size,
                             c.intermediate_size,
                             true,
+                            plan,
                         )?,
-                        dense_4h_to_h: Linear::new(
+                        dense_4h_to_h: Linear::adapted(
                             &lp / "mlp" / "dense_4h_to_h",
                             c.intermediate_size,
                             c.hidden_size,
                             true,
+                            plan,
                         )?,
                         act,
                     },

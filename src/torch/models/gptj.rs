@@ -11,8 +11,8 @@ use tch::{TchError, Tensor};
 
 use super::fields::{activation, check_dimensions, check_divides, check_positive, parse};
 use crate::torch::nn::{
-    Activation, Embedding, Frame, KvCache, LayerNorm, Linear, RopeParameters, RopeScaling, Rotary,
-    RotaryStyle, attend, cached,
+    Activation, Embedding, Frame, KvCache, LayerNorm, Linear, LoraPlan, RopeParameters,
+    RopeScaling, Rotary, RotaryStyle, attend, cached,
 };
 use crate::torch::{Result, TorchError};
 
@@ -176,7 +176,11 @@ pub struct GptJModel {
 
 impl GptJModel {
     /// `p` is the model's root; the body lives under `transformer`.
-    pub fn new(p: Path, c: &GptJConfig) -> std::result::Result<GptJModel, TchError> {
+    pub fn new(
+        p: Path,
+        c: &GptJConfig,
+        plan: &LoraPlan,
+    ) -> std::result::Result<GptJModel, TchError> {
         let p = &p / "transformer";
         let (h, inner) = (c.n_embd, c.inner());
         let act = Activation::from_hf(&c.activation_function).unwrap_or(Activation::GeluTanh);
@@ -187,15 +191,15 @@ impl GptJModel {
                 Ok(GptJBlock {
                     ln_1: LayerNorm::new(&bp / "ln_1", h, c.layer_norm_epsilon)?,
                     attn: GptJAttention {
-                        q_proj: Linear::new(&ap / "q_proj", h, h, false)?,
-                        k_proj: Linear::new(&ap / "k_proj", h, h, false)?,
-                        v_proj: Linear::new(&ap / "v_proj", h, h, false)?,
-                        out_proj: Linear::new(&ap / "out_proj", h, h, false)?,
+                        q_proj: Linear::adapted(&ap / "q_proj", h, h, false, plan)?,
+                        k_proj: Linear::adapted(&ap / "k_proj", h, h, false, plan)?,
+                        v_proj: Linear::adapted(&ap / "v_proj", h, h, false, plan)?,
+                        out_proj: Linear::adapted(&ap / "out_proj", h, h, false, plan)?,
                         heads: c.n_head,
                         head_dim: c.head_dim(),
                     },
-                    fc_in: Linear::new(&bp / "mlp" / "fc_in", h, inner, true)?,
-                    fc_out: Linear::new(&bp / "mlp" / "fc_out", inner, h, true)?,
+                    fc_in: Linear::adapted(&bp / "mlp" / "fc_in", h, inner, true, plan)?,
+                    fc_out: Linear::adapted(&bp / "mlp" / "fc_out", inner, h, true, plan)?,
                     act,
                 })
             })

@@ -11,8 +11,8 @@ use tch::{TchError, Tensor};
 
 use super::fields::{activation, check_dimensions, check_divides, check_positive, parse};
 use crate::torch::nn::{
-    Activation, Embedding, Frame, GatedMlp, KvCache, Linear, RmsNorm, RopeParameters, Rotary,
-    RotaryStyle, attend, cached,
+    Activation, Embedding, Frame, GatedMlp, KvCache, Linear, LoraPlan, RmsNorm, RopeParameters,
+    Rotary, RotaryStyle, attend, cached,
 };
 use crate::torch::{Result, TorchError};
 
@@ -230,7 +230,7 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    fn new(p: Path, s: &DecoderShape) -> std::result::Result<Self, TchError> {
+    fn new(p: Path, s: &DecoderShape, plan: &LoraPlan) -> std::result::Result<Self, TchError> {
         let (h, d) = (s.hidden_size, s.head_dim);
         let norm = |name: &str| {
             s.qk_norm
@@ -238,10 +238,28 @@ impl LlamaAttention {
                 .transpose()
         };
         Ok(LlamaAttention {
-            q_proj: Linear::new(&p / "q_proj", h, s.num_attention_heads * d, s.qkv_bias)?,
-            k_proj: Linear::new(&p / "k_proj", h, s.num_key_value_heads * d, s.qkv_bias)?,
-            v_proj: Linear::new(&p / "v_proj", h, s.num_key_value_heads * d, s.qkv_bias)?,
-            o_proj: Linear::new(&p / "o_proj", s.num_attention_heads * d, h, s.o_bias)?,
+            q_proj: Linear::adapted(
+                &p / "q_proj",
+                h,
+                s.num_attention_heads * d,
+                s.qkv_bias,
+                plan,
+            )?,
+            k_proj: Linear::adapted(
+                &p / "k_proj",
+                h,
+                s.num_key_value_heads * d,
+                s.qkv_bias,
+                plan,
+            )?,
+            v_proj: Linear::adapted(
+                &p / "v_proj",
+                h,
+                s.num_key_value_heads * d,
+                s.qkv_bias,
+                plan,
+            )?,
+            o_proj: Linear::adapted(&p / "o_proj", s.num_attention_heads * d, h, s.o_bias, plan)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             heads: s.num_attention_heads,
@@ -316,7 +334,11 @@ pub struct LlamaModel {
 
 impl LlamaModel {
     /// `p` is the model's root; the body lives under `model`.
-    pub fn new(p: Path, s: &DecoderShape) -> std::result::Result<LlamaModel, TchError> {
+    pub fn new(
+        p: Path,
+        s: &DecoderShape,
+        plan: &LoraPlan,
+    ) -> std::result::Result<LlamaModel, TchError> {
         let p = &p / "model";
         let layers = (0..s.num_hidden_layers)
             .map(|i| {
@@ -327,7 +349,7 @@ impl LlamaModel {
                         s.hidden_size,
                         s.rms_norm_eps,
                     )?,
-                    self_attn: LlamaAttention::new(&lp / "self_attn", s)?,
+                    self_attn: LlamaAttention::new(&lp / "self_attn", s, plan)?,
                     post_attention_layernorm: RmsNorm::new(
                         &lp / "post_attention_layernorm",
                         s.hidden_size,
@@ -339,6 +361,7 @@ impl LlamaModel {
                         s.intermediate_size,
                         s.mlp_bias,
                         s.act,
+                        plan,
                     )?,
                 })
             })

@@ -5,10 +5,14 @@
 use tch::nn::{Init, Path};
 use tch::{TchError, Tensor};
 
-/// `y = x W^T + b` with `W: [out, in]` (torch `nn.Linear`).
+use super::lora::{Lora, LoraPlan};
+
+/// `y = x W^T + b` with `W: [out, in]` (torch `nn.Linear`), plus a LoRA
+/// adapter's `s x A^T B^T` where the plan gave it one ([C-LORA]).
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -19,18 +23,47 @@ impl Linear {
             bias: bias
                 .then(|| p.f_var("bias", &[out_dim], Init::Const(0.0)))
                 .transpose()?,
+            lora: None,
+        })
+    }
+
+    /// [`Linear::new`] for a transformer layer's projection, with the
+    /// adapter `plan` gives it, if any.
+    pub fn adapted(
+        p: Path,
+        in_dim: i64,
+        out_dim: i64,
+        bias: bool,
+        plan: &LoraPlan,
+    ) -> Result<Linear, TchError> {
+        let lora = plan.adapter(&p, in_dim, out_dim)?;
+        Ok(Linear {
+            lora,
+            ..Linear::new(p, in_dim, out_dim, bias)?
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, self.bias.as_ref())
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match self
+            .lora
+            .as_ref()
+            .map(|l| l.delta(x))
+            .transpose()?
+            .flatten()
+        {
+            Some(d) => y.f_add(&d),
+            None => Ok(y),
+        }
     }
 }
 
-/// GPT-2's `Conv1D`: `y = x W + b` with `W: [in, out]`.
+/// GPT-2's `Conv1D`: `y = x W + b` with `W: [in, out]`, plus an adapter
+/// (whose factors are laid out as for [`Linear`]: PEFT's `fan_in_fan_out`).
 pub struct Conv1D {
     pub weight: Tensor,
     pub bias: Tensor,
+    pub lora: Option<Lora>,
 }
 
 impl Conv1D {
@@ -38,11 +71,36 @@ impl Conv1D {
         Ok(Conv1D {
             weight: p.f_var("weight", &[in_dim, out_dim], Init::Const(0.0))?,
             bias: p.f_var("bias", &[out_dim], Init::Const(0.0))?,
+            lora: None,
+        })
+    }
+
+    /// [`Conv1D::new`] with the adapter `plan` gives it, if any.
+    pub fn adapted(
+        p: Path,
+        in_dim: i64,
+        out_dim: i64,
+        plan: &LoraPlan,
+    ) -> Result<Conv1D, TchError> {
+        let lora = plan.adapter(&p, in_dim, out_dim)?;
+        Ok(Conv1D {
+            lora,
+            ..Conv1D::new(p, in_dim, out_dim)?
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_matmul(&self.weight)?.f_add(&self.bias)
+        let y = x.f_matmul(&self.weight)?.f_add(&self.bias)?;
+        match self
+            .lora
+            .as_ref()
+            .map(|l| l.delta(x))
+            .transpose()?
+            .flatten()
+        {
+            Some(d) => y.f_add(&d),
+            None => Ok(y),
+        }
     }
 }
 

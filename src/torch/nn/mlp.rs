@@ -4,6 +4,7 @@ use tch::nn::Path;
 use tch::{TchError, Tensor};
 
 use super::linear::Linear;
+use super::lora::LoraPlan;
 
 /// The activations HF configs name (`hidden_act`, `activation_function`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,11 +62,12 @@ impl GatedMlp {
         intermediate: i64,
         bias: bool,
         act: Activation,
+        plan: &LoraPlan,
     ) -> Result<GatedMlp, TchError> {
         Ok(GatedMlp {
-            gate_proj: Linear::new(&p / "gate_proj", hidden, intermediate, bias)?,
-            up_proj: Linear::new(&p / "up_proj", hidden, intermediate, bias)?,
-            down_proj: Linear::new(&p / "down_proj", intermediate, hidden, bias)?,
+            gate_proj: Linear::adapted(&p / "gate_proj", hidden, intermediate, bias, plan)?,
+            up_proj: Linear::adapted(&p / "up_proj", hidden, intermediate, bias, plan)?,
+            down_proj: Linear::adapted(&p / "down_proj", intermediate, hidden, bias, plan)?,
             act,
         })
     }

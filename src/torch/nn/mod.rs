@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod rotary;
@@ -13,6 +14,7 @@ pub mod rotary;
 pub use attention::{Frame, attend, cached};
 pub use kv_cache::KvCache;
 pub use linear::{Conv1D, Embedding, Linear};
+pub use lora::{Lora, LoraPlan, LoraSpec, LoraTargets};
 pub use mlp::{Activation, GatedMlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rotary::{RopeParameters, RopeScaling, Rotary, RotaryStyle, RotaryTables};
