@@ -15,6 +15,7 @@ pub mod memory;
 pub mod model;
 pub mod models;
 pub mod nn;
+pub mod peft;
 pub mod reward;
 pub mod tokenizer;
 
