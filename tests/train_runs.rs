@@ -43,10 +43,19 @@ fn small(alg: &str) -> Vec<String> {
     .collect()
 }
 
-/// Largest |a - b| / max|a| over all parameters of two runs' final weights.
+/// Largest |a - b| / max|a| over all parameters of two runs' final weights
+/// (a LoRA run's: its adapters).
 fn relative_difference(a: &Path, b: &Path) -> f64 {
-    let ta = read_tensors(&a.join("final/model.safetensors"), Device::Cpu).unwrap();
-    let tb = read_tensors(&b.join("final/model.safetensors"), Device::Cpu).unwrap();
+    let weights = |d: &Path| {
+        let full = d.join("final/model.safetensors");
+        let file = if full.exists() {
+            full
+        } else {
+            d.join("final/adapter_model.safetensors")
+        };
+        read_tensors(&file, Device::Cpu).unwrap()
+    };
+    let (ta, tb) = (weights(a), weights(b));
     assert_eq!(ta.len(), tb.len());
     let (mut diff, mut scale) = (0.0f64, 0.0f64);
     for (name, x) in &ta {
@@ -213,12 +222,15 @@ fn p3o(args: &[&str]) -> Command {
 
 /// A run killed with SIGKILL after its first checkpoint and resumed ends
 /// with exactly the weights of an uninterrupted run (in bf16 too, whose
-/// float32 master weights travel in the checkpoint).
+/// float32 master weights travel in the checkpoint; and with LoRA, whose
+/// adapters and their optimizer state do).
 #[test]
 fn resume_after_sigkill_matches_an_uninterrupted_run() {
     resume_case("p3o-v2", "f32");
     resume_case("ppo", "f32");
     resume_case("p3o-v2", "bf16");
+    resume_case("p3o-v2", "lora");
+    resume_case("grpo", "lora-bf16");
 }
 
 /// `p3o train` of a 6-step run checkpointed every 2 steps into `out`.
@@ -239,7 +251,19 @@ fn small_run_args(alg: &str, dtype: &str, out: &Path, resume: bool) -> Vec<Strin
         v.push(format!("--set={s}"));
     }
     v.push(format!("--set=algorithm={alg}"));
-    v.push(format!("--set=dtype={dtype}"));
+    // `lora` and `lora-bf16`: LoRA r = 4 on every projection.
+    if let Some(rest) = dtype.strip_prefix("lora") {
+        v.push("--set=lora_r=4".into());
+        v.push(format!(
+            "--set=dtype={}",
+            rest.strip_prefix('-').unwrap_or("f32")
+        ));
+        if alg == "grpo" {
+            v.push("--set=responses_per_prompt=4".into());
+        }
+    } else {
+        v.push(format!("--set=dtype={dtype}"));
+    }
     if resume {
         v.push("--resume".into());
     }
@@ -352,6 +376,31 @@ fn bad_configs_are_refused() {
         vec!["--set".into(), "scale_rewards=mean".into()],
         vec!["--set".into(), "std_eps=-1".into()],
         vec!["--reward-scale".into(), "random:3:3.5".into()],
+        vec!["--set".into(), "lora_r=-1".into()],
+        vec![
+            "--set".into(),
+            "lora_r=4".into(),
+            "--set".into(),
+            "lora_dropout=0.1".into(),
+        ],
+        vec![
+            "--set".into(),
+            "lora_r=4".into(),
+            "--set".into(),
+            "lora_alpha=0".into(),
+        ],
+        vec![
+            "--set".into(),
+            "lora_r=4".into(),
+            "--set".into(),
+            "lora_target_modules=\" , \"".into(),
+        ],
+        vec![
+            "--set".into(),
+            "lora_r=4".into(),
+            "--set".into(),
+            "lora_target_modules=[\"all-linear\", \"q_proj\"]".into(),
+        ],
         vec!["--reward-scale".into(), "const:2".into()],
     ];
     let mut report = String::new();
@@ -876,7 +925,8 @@ fn random_policies_from_a_config_alone() {
 /// gradient norms (lr 0, so that both runs see the same policy at every
 /// step): P3O-V2 on pairs, GRPO on groups of four, p3o-trlx at the token
 /// level and PPO (whose value head reads the recomputed layers too), with
-/// gradient accumulation and with the float64 kernels' own backward; and in
+/// gradient accumulation, with the float64 kernels' own backward and with
+/// LoRA (frozen embeddings, adapters in the recomputed layers); and in
 /// bfloat16, whose rounding leaves the norms within 1 %.
 // spec: C-CHECKPOINTING
 #[test]
@@ -891,6 +941,7 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
         ("p3o-trlx", &["clip_tokenwise=true"][..], 1e-5),
         ("ppo", &[][..], 1e-5),
         ("p3o-v2", &["kernels=reference"][..], 1e-5),
+        ("p3o-v2", &["lora_r=4"][..], 1e-5),
         ("p3o-v2", &["dtype=bf16"][..], 1e-2),
     ] {
         let run = |checkpointing: bool| {
@@ -937,4 +988,153 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
             );
         }
     }
+}
+
+/// A LoRA run ([C-LORA]): only the adapters train (the base weights end as
+/// they began, AdamW holds state for the adapters alone), the reference is
+/// the base model (the first step's KL is 0, later ones are not), `final`
+/// holds a PEFT adapter that continues as `policy`, and merged into its
+/// base it gives the adapter model's logits.
+// spec: C-LORA
+#[test]
+fn lora_runs_train_the_adapters_alone() {
+    use p3o::torch::peft::read_adapter_config;
+    use p3o::torch::{Head, LanguageModel};
+    let dir = tmp("lora");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"the policy samples\"}\n{\"prompt\": \"a reward\"}\n",
+    )
+    .unwrap();
+    let sets = |extra: &[String]| -> Vec<String> {
+        [
+            format!("policy={}", fx.display()),
+            format!("prompts={}", prompts.display()),
+            "steps=3".into(),
+            "batch_size=2".into(),
+            "minibatch_size=1".into(),
+            "max_new_tokens=6".into(),
+            "eval_every=0".into(),
+            "checkpoint_every=0".into(),
+            "lr=0.05".into(),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect()
+    };
+    let out = dir.join("run");
+    let cfg = TrainConfig::load(
+        None,
+        &sets(&[
+            "lora_r=4".into(),
+            "lora_target_modules=q_proj,v_proj".into(),
+        ]),
+    )
+    .unwrap();
+    let mut t = Trainer::new(cfg, &out, None).unwrap();
+    let before = t.policy_weights();
+    t.run().unwrap();
+    for ((n, a), (_, b)) in before.iter().zip(t.policy_weights()) {
+        assert!(a.equal(&b), "base weight {n} moved");
+    }
+    let lines = read_metrics(&out.join("metrics.jsonl")).unwrap();
+    let kl: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Step(m) => Some(m.kl_mean),
+            _ => None,
+        })
+        .collect();
+    assert!(kl[0].abs() < 1e-5 && kl[2].abs() > 1e-5, "{kl:?}");
+    let final_dir = out.join("final");
+    assert!(!final_dir.join("model.safetensors").exists());
+    let (spec, base) = read_adapter_config(&final_dir).unwrap();
+    assert_eq!(spec.r, 4);
+    assert_eq!(base.unwrap(), fx);
+    // The adapter moved, and merging it gives its logits.
+    let model =
+        LanguageModel::load_with_lora(&fx, Head::Lm, Device::Cpu, Kind::Float, spec, 0).unwrap();
+    model.load_adapters(&final_dir).unwrap();
+    let moved = model
+        .lora
+        .var_store()
+        .unwrap()
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("lora_B.weight"))
+        .any(|(_, b)| b.abs().max().double_value(&[]) > 0.0);
+    assert!(moved, "the adapters did not train");
+    // `p3o lora merge` writes one HF checkpoint with the adapter model's
+    // logits, and never over an existing directory.
+    let merged = dir.join("merged");
+    let merge = |out: &Path| {
+        p3o(&[
+            "lora",
+            "merge",
+            "--adapter",
+            &final_dir.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ])
+        .output()
+        .unwrap()
+    };
+    let o = merge(&merged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = merge(&merged);
+    assert_eq!(o.status.code(), Some(2), "merged over an existing --out");
+    let plain = LanguageModel::load(&merged, Head::Lm, Device::Cpu, Kind::Float).unwrap();
+    let ids = tch::Tensor::from_slice(&[3i64, 9, 27, 4, 11]).unsqueeze(0);
+    let logits = |m: &LanguageModel| {
+        let mask = ids.ones_like();
+        let h = m
+            .hidden(
+                &ids,
+                &p3o::torch::model::positions_from_mask(&mask),
+                &mask,
+                None,
+            )
+            .unwrap();
+        m.logits(&h).unwrap()
+    };
+    let (a, b) = (logits(&model), logits(&plain));
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-5 * a.abs().max().double_value(&[]).max(1.0),
+        "merged logits differ by {diff:e}"
+    );
+    assert!(merged.join("tokenizer.json").exists());
+    // The adapter continues as a policy (its own spec; other lora_* keys
+    // that disagree are refused).
+    let cfg = TrainConfig::load(
+        None,
+        &[
+            format!("policy={}", final_dir.display()),
+            "steps=1".into(),
+            "batch_size=2".into(),
+            "minibatch_size=1".into(),
+            "max_new_tokens=4".into(),
+            "eval_every=0".into(),
+            "checkpoint_every=0".into(),
+            format!("prompts={}", prompts.display()),
+        ],
+    )
+    .unwrap();
+    Trainer::new(cfg, &dir.join("continued"), None)
+        .unwrap()
+        .run()
+        .unwrap();
+    let cfg = TrainConfig::load(
+        None,
+        &[format!("policy={}", final_dir.display()), "lora_r=8".into()],
+    )
+    .unwrap();
+    let err = Trainer::new(cfg, &dir.join("clash"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("r = 4") && err.contains("lora_r"), "{err}");
 }

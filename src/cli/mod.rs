@@ -8,6 +8,7 @@ mod demo;
 mod error;
 mod eval;
 mod lm;
+mod lora;
 mod output;
 mod reference;
 mod reward_model;
@@ -58,6 +59,9 @@ enum Command {
     /// Reward models: `p3o reward-model train --base DIR --data FILE --out DIR`.
     #[command(subcommand)]
     RewardModel(reward_model::RewardModelCommand),
+    /// LoRA adapters: `p3o lora merge --adapter DIR --out DIR [--base DIR]`.
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
     /// Held-out KL to a reference and mean rewards of policies (JSON Lines,
     /// one per policy).
     Eval(eval::EvalArgs),
@@ -139,6 +143,8 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Sft(a) => sft::run(a),
         #[cfg(feature = "torch")]
         Command::RewardModel(c) => reward_model::run(c),
+        #[cfg(feature = "torch")]
+        Command::Lora(c) => lora::run(c),
         #[cfg(feature = "torch")]
         Command::Eval(a) => eval::eval(a),
         #[cfg(feature = "torch")]

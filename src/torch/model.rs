@@ -117,8 +117,17 @@ impl LanguageModel {
         device: Device,
         seed: u64,
     ) -> Result<LanguageModel> {
-        let std = match config.raw.get("initializer_range") {
-            None => 0.02,
+        let std = LanguageModel::initializer_range(&config)?;
+        let model = LanguageModel::new(config, head, device)?;
+        model.randomize(seed, std)?;
+        Ok(model)
+    }
+
+    /// The standard deviation [`LanguageModel::random`] draws with: the
+    /// config's `initializer_range`, or 0.02.
+    pub fn initializer_range(config: &ModelConfig) -> Result<f64> {
+        match config.raw.get("initializer_range") {
+            None => Ok(0.02),
             Some(v) => v
                 .as_f64()
                 .filter(|s| s.is_finite() && *s > 0.0)
@@ -126,10 +135,14 @@ impl LanguageModel {
                     TorchError::Input(format!(
                         "initializer_range: {v} must be a positive finite number"
                     ))
-                })?,
-        };
-        let model = LanguageModel::new(config, head, device)?;
-        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+                }),
+        }
+    }
+
+    /// Draws every base matrix and embedding as [`LanguageModel::random`]
+    /// says (adapters keep theirs).
+    pub fn randomize(&self, seed: u64, std: f64) -> Result<()> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         tch::manual_seed(seed as i64);
         tch::no_grad(|| -> Result<()> {
@@ -139,8 +152,7 @@ impl LanguageModel {
                 }
             }
             Ok(())
-        })?;
-        Ok(model)
+        })
     }
 
     /// Loads `dir/config.json` and the safetensors weights (single file or

@@ -13,6 +13,7 @@ use crate::device::DeviceSpec;
 use crate::reference;
 pub use crate::reference::group_losses::ScaleRewards;
 use crate::torch::generate::{MAX_NEW_TOKENS, temperature_problem};
+use crate::torch::nn::{LoraSpec, LoraTargets};
 
 /// The algorithms `p3o train` runs (config key `algorithm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,6 +136,24 @@ pub enum RewardScaling {
     Running,
 }
 
+/// Config key `lora_target_modules`: a TOML list of module names or one
+/// string of them separated by commas (`all-linear`: every projection).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoraModules {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LoraModules {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            LoraModules::One(s) => vec![s.clone()],
+            LoraModules::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// Every key of a training config, with its default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +233,14 @@ pub struct TrainConfig {
     /// the layers in the backward ([C-CHECKPOINTING]): less memory, about
     /// one more forward pass of time.
     pub gradient_checkpointing: bool,
+    /// LoRA rank ([C-LORA]); 0 trains every weight of the policy.
+    pub lora_r: i64,
+    /// LoRA's `alpha` (the adapters' scale is `alpha / r`).
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' inputs; only 0 for now.
+    pub lora_dropout: f64,
+    /// The projections that get adapters.
+    pub lora_target_modules: LoraModules,
     /// p3o-trlx: the bound `c > 1` on its joint importance weight
     /// ([C-P3O-TRLX]); `inf` leaves it unbounded.
     #[serde(with = "non_finite")]
@@ -279,6 +306,10 @@ impl Default for TrainConfig {
             threads: 2,
             kernels: KernelBackend::Torch,
             gradient_checkpointing: false,
+            lora_r: 0,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lora_target_modules: LoraModules::One("all-linear".into()),
             cliprange_ratio: 10.0,
             clip_tokenwise: false,
             avg_tokenwise: false,
@@ -486,6 +517,17 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The LoRA adapters the policy trains, if `lora_r > 0` (the config is
+    /// checked).
+    pub fn lora(&self) -> Option<LoraSpec> {
+        let targets = LoraTargets::parse(&self.lora_target_modules.names()).ok()?;
+        (self.lora_r > 0).then(|| LoraSpec {
+            r: self.lora_r,
+            alpha: self.lora_alpha,
+            targets,
+        })
+    }
+
     /// Checks what the types cannot: ranges, and that `device` and
     /// `kernels` name what this machine and build have.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -554,6 +596,29 @@ impl TrainConfig {
                     self.responses_per_prompt, self.batch_size
                 ),
             );
+        }
+        if self.lora_r < 0 {
+            return bad(
+                "lora_r",
+                format!("{} must be >= 0 (0: no LoRA)", self.lora_r),
+            );
+        }
+        if self.lora_r > 0 {
+            if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+                return bad(
+                    "lora_alpha",
+                    format!("{} must be finite and > 0", self.lora_alpha),
+                );
+            }
+            if self.lora_dropout != 0.0 {
+                return bad(
+                    "lora_dropout",
+                    format!("{}: only 0 is supported so far", self.lora_dropout),
+                );
+            }
+            if let Err(why) = LoraTargets::parse(&self.lora_target_modules.names()) {
+                return bad("lora_target_modules", why);
+            }
         }
         if self.cliprange_ratio.is_nan() || self.cliprange_ratio <= 1.0 {
             return bad(

@@ -12,8 +12,10 @@ use super::error::TrainError;
 use crate::device::DeviceSpec;
 use crate::run_dir::io_at;
 use crate::torch::config::ModelConfig;
+use crate::torch::nn::LoraSpec;
+use crate::torch::peft::{is_adapter_dir, read_adapter_config};
 use crate::torch::tokenizer::Tokenizer;
-use crate::torch::{Head, LanguageModel};
+use crate::torch::{Head, LanguageModel, TorchError};
 
 /// The libtorch device that config key or flag `key` names, if this
 /// machine has it.
@@ -35,6 +37,9 @@ pub enum ModelSource {
     /// ([`LanguageModel::random`]); the tokenizer beside it, or the built-in
     /// character tokenizer where there is none.
     Random(PathBuf),
+    /// A PEFT LoRA adapter directory (`adapter_config.json`): its base
+    /// model with the adapter on it.
+    Adapter(PathBuf),
     /// An HF directory.
     Dir(PathBuf),
 }
@@ -50,6 +55,8 @@ impl ModelSource {
             } else {
                 path.to_path_buf()
             })
+        } else if is_adapter_dir(Path::new(spec)) {
+            ModelSource::Adapter(PathBuf::from(spec))
         } else {
             ModelSource::Dir(PathBuf::from(spec))
         }
@@ -64,6 +71,8 @@ impl ModelSource {
                 .parent()
                 .filter(|d| d.join("tokenizer.json").is_file())
                 .map(Path::to_path_buf),
+            ModelSource::Adapter(dir) if dir.join("tokenizer.json").is_file() => Some(dir.clone()),
+            ModelSource::Adapter(dir) => read_adapter_config(dir).ok().and_then(|(_, base)| base),
             ModelSource::Dir(dir) => Some(dir.clone()),
         }
     }
@@ -78,6 +87,7 @@ pub fn load_model(
     device: Device,
 ) -> Result<LanguageModel, TrainError> {
     match ModelSource::parse(spec) {
+        ModelSource::Adapter(dir) => load_adapter(spec, &dir, head, seed, device, None),
         ModelSource::Builtin => Ok(builtin::tiny_model(seed, device)?),
         ModelSource::Random(config) => {
             if !config.is_file() {
@@ -98,6 +108,71 @@ pub fn load_model(
             Ok(LanguageModel::load(&dir, head, device, Kind::Float)?)
         }
     }
+}
+
+/// The policy `spec` names, with the LoRA adapters `lora` on it when given
+/// ([C-LORA]; `A` drawn from `seed`, `B` zero); a PEFT adapter directory
+/// brings its own adapters, which `lora` must then equal if given.
+pub fn load_policy_with_lora(
+    spec: &str,
+    seed: u64,
+    device: Device,
+    lora: Option<LoraSpec>,
+) -> Result<LanguageModel, TrainError> {
+    let source = ModelSource::parse(spec);
+    if let ModelSource::Adapter(dir) = &source {
+        return load_adapter(spec, dir, Head::Lm, seed, device, lora.as_ref());
+    }
+    let Some(lora) = lora else {
+        return load_model(spec, Head::Lm, seed, device);
+    };
+    match source {
+        ModelSource::Dir(dir) if dir.join("config.json").is_file() => Ok(
+            LanguageModel::load_with_lora(&dir, Head::Lm, device, Kind::Float, lora, seed)?,
+        ),
+        ModelSource::Random(config) if config.is_file() => {
+            let cfg = ModelConfig::load_file(&config)?;
+            let std = LanguageModel::initializer_range(&cfg)?;
+            let model = LanguageModel::with_lora(cfg, Head::Lm, device, lora, seed)?;
+            model.randomize(seed, std)?;
+            Ok(model)
+        }
+        ModelSource::Builtin => {
+            let tiny = builtin::tiny_model(seed, device)?;
+            let mut model =
+                LanguageModel::with_lora(tiny.config.clone(), Head::Lm, device, lora, seed)?;
+            model.vs.copy(&tiny.vs).map_err(TorchError::from)?;
+            Ok(model)
+        }
+        // What is missing, reported as load_model reports it.
+        _ => load_model(spec, Head::Lm, seed, device),
+    }
+}
+
+/// The base model a PEFT adapter directory names, with the adapter on it.
+fn load_adapter(
+    spec: &str,
+    dir: &Path,
+    head: Head,
+    seed: u64,
+    device: Device,
+    expected: Option<&LoraSpec>,
+) -> Result<LanguageModel, TrainError> {
+    let (lora, base) = read_adapter_config(dir)?;
+    if let Some(want) = expected.filter(|w| **w != lora) {
+        return Err(TrainError::Input(format!(
+            "model `{spec}`: its adapter has r = {}, alpha = {}, targets {:?}, the config's lora_* keys r = {}, alpha = {}, targets {:?}; leave lora_r at 0 to continue the adapter as it is",
+            lora.r, lora.alpha, lora.targets, want.r, want.alpha, want.targets
+        )));
+    }
+    let base = base.filter(|b| b.join("config.json").is_file()).ok_or_else(|| {
+        TrainError::Input(format!(
+            "model `{spec}`: adapter_config.json names no base model directory with a config.json (base_model_name_or_path)"
+        ))
+    })?;
+    let model = LanguageModel::load_with_lora(&base, head, device, Kind::Float, lora, seed)?;
+    model.load_adapters(dir)?;
+    Ok(model)
 }
 
 /// The text of the `tokenizer.json` that goes with the model `spec`.

@@ -110,6 +110,15 @@ impl LoraPlan {
         self.enabled.load(Ordering::SeqCst)
     }
 
+    /// Every adapter off until the guard drops (the base model meanwhile).
+    pub fn switched_off(&self) -> AdaptersOff {
+        let was = self.enabled.swap(false, Ordering::SeqCst);
+        AdaptersOff {
+            enabled: self.enabled.clone(),
+            was,
+        }
+    }
+
     /// The adapter of the projection at `p` (`[out, in]`), if the plan
     /// targets it: `A` from PEFT's default initialisation (uniform in
     /// `+-1/sqrt(in)`, the bound of kaiming-uniform with `a = sqrt(5)`),
@@ -140,6 +149,18 @@ impl LoraPlan {
             scale: spec.scale(),
             enabled: self.enabled.clone(),
         }))
+    }
+}
+
+/// [`LoraPlan::switched_off`]'s guard: restores the switch when dropped.
+pub struct AdaptersOff {
+    enabled: Arc<AtomicBool>,
+    was: bool,
+}
+
+impl Drop for AdaptersOff {
+    fn drop(&mut self) {
+        self.enabled.store(self.was, Ordering::SeqCst);
     }
 }
 

@@ -76,7 +76,11 @@ impl Trainer {
         if self.completed_step()? == Some(self.cfg.steps) {
             return Ok(Resumed::Complete(self.cfg.steps));
         }
-        load_into(&self.policy.vs, &dir)?;
+        if self.policy.lora.spec().is_some() {
+            self.policy.load_adapters(&dir)?;
+        } else {
+            load_into(&self.policy.vs, &dir)?;
+        }
         let device = self.policy.device();
         let tensors = read_tensors(&dir.join("optimizer.safetensors"), device)?;
         self.opt

@@ -74,18 +74,21 @@ impl Trainer {
         let ref_shared = groups_share_prompts(prompt_ids, size);
         let shared = ref_shared && !token_level && !self.cfg.gradient_checkpointing;
         let group_prompts: Vec<Vec<i64>> = prompt_ids.iter().step_by(size).cloned().collect();
-        let lp_ref = if ref_shared {
-            shared_prefix_sequence_logprobs(
-                &self.reference,
-                &group_prompts,
-                responses,
-                size,
-                &self.kernels,
-            )?
-        } else {
-            sequence_logprobs_with(&self.reference, prompt_ids, responses, &self.kernels)?
-        }
-        .to_kind(Kind::Float);
+        let lp_ref = self
+            .with_reference(|reference| {
+                if ref_shared {
+                    shared_prefix_sequence_logprobs(
+                        reference,
+                        &group_prompts,
+                        responses,
+                        size,
+                        &self.kernels,
+                    )
+                } else {
+                    sequence_logprobs_with(reference, prompt_ids, responses, &self.kernels)
+                }
+            })?
+            .to_kind(Kind::Float);
         let lp_ref_v =
             Vec::<f32>::try_from(&lp_ref.to_device(Device::Cpu)).map_err(TorchError::from)?;
         let scored = Instant::now();

@@ -45,7 +45,9 @@ pub struct Trainer {
     cfg: TrainConfig,
     out: PathBuf,
     policy: LanguageModel,
-    reference: LanguageModel,
+    reference: Reference,
+    /// What a LoRA run's `adapter_config.json` names as its base model.
+    lora_base: String,
     reward: Reward,
     /// A second reward reported in eval lines (`gold_reward_mean`).
     gold: Option<Reward>,
@@ -70,6 +72,13 @@ pub struct Trainer {
     step: usize,
     nonfinite_in_row: usize,
     nonfinite_total: usize,
+}
+
+/// The reference policy: a model of its own, or, in a LoRA run without
+/// config key `reference`, the policy's base (its adapters off, [C-LORA]).
+enum Reference {
+    Model(LanguageModel),
+    PolicyBase,
 }
 
 /// `log pi(y|x)` per response: the sum of its token log-probs.
@@ -198,7 +207,8 @@ impl Trainer {
         let sampled = self.sample(&ids, SeedPurpose::Evaluation.of(self.cfg.seed))?;
         let responses = sampled.response_ids;
         let lp = Tensor::from_slice(&sequence_sums(&sampled.token_logprobs));
-        let lp_ref = sequence_logprobs_with(&self.reference, &ids, &responses, &self.kernels)?;
+        let lp_ref =
+            self.with_reference(|r| sequence_logprobs_with(r, &ids, &responses, &self.kernels))?;
         let kl = (lp.to_kind(Kind::Double) - lp_ref.to_device(Device::Cpu).to_kind(Kind::Double))
             .mean(Kind::Double)
             .double_value(&[]);
@@ -218,9 +228,29 @@ impl Trainer {
         }))
     }
 
+    /// The policy in HF layout, or in a LoRA run its adapters in PEFT's;
+    /// with the tokenizer files.
     fn save_model(&self, dir: &std::path::Path) -> Result<(), TrainError> {
-        self.policy.save(dir)?;
+        if self.policy.lora.spec().is_some() {
+            self.policy.save_adapters(dir, &self.lora_base)?;
+        } else {
+            self.policy.save(dir)?;
+        }
         self.tokenizer_files.write(dir)
+    }
+
+    /// Runs `f` on the reference policy.
+    fn with_reference<T>(
+        &self,
+        f: impl FnOnce(&LanguageModel) -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
+        match &self.reference {
+            Reference::Model(m) => f(m),
+            Reference::PolicyBase => {
+                let _base = self.policy.lora.switched_off();
+                f(&self.policy)
+            }
+        }
     }
 }
 

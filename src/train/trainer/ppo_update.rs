@@ -119,8 +119,8 @@ impl Trainer {
         // algorithms); the policy's body runs once more for the values only.
         let head = self.value_head()?;
         let v_old = tch::no_grad(|| value_window(&self.policy, head, prompt_ids, responses))?;
-        let (reference, _) = tch::no_grad(|| {
-            token_window_with(&self.reference, None, prompt_ids, responses, &self.kernels)
+        let (reference, _) = self.with_reference(|r| {
+            tch::no_grad(|| token_window_with(r, None, prompt_ids, responses, &self.kernels))
         })?;
         let mut scores = rollout.shifted.clone();
         if self.cfg.reward_scaling == RewardScaling::Running {

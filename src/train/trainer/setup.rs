@@ -7,10 +7,11 @@ use std::path::Path;
 
 use tch::Kind;
 
-use super::Trainer;
+use super::{Reference, Trainer};
 use crate::reference::shift::RewardShift;
 use crate::torch::chat::{ChatTemplate, TemplateChoice};
 use crate::torch::nn::Linear;
+use crate::torch::peft::read_adapter_config;
 use crate::torch::{Head, TorchError};
 use crate::toy::{self, Split};
 use crate::train::builtin::{self, BUILTIN_PROMPTS, TOY_PROMPTS};
@@ -20,7 +21,8 @@ use crate::train::data::load_prompts;
 use crate::train::error::TrainError;
 use crate::train::kernels::Kernels;
 use crate::train::models::{
-    TokenizerFiles, check_shared_vocabulary, device_of, load_model, tokenizer_of,
+    ModelSource, TokenizerFiles, check_shared_vocabulary, device_of, load_model,
+    load_policy_with_lora, tokenizer_of,
 };
 use crate::train::optim::AdamW;
 use crate::train::scoring::{Reward, ValueHead};
@@ -39,27 +41,42 @@ impl Trainer {
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
-        let mut policy = load_model(&cfg.policy, Head::Lm, cfg.seed, device)?;
-        let reference = load_model(
-            if cfg.reference.is_empty() {
+        let mut policy = load_policy_with_lora(&cfg.policy, cfg.seed, device, cfg.lora())?;
+        let lora = policy.lora.spec().is_some();
+        let reference_model = if lora && cfg.reference.is_empty() {
+            None
+        } else {
+            let spec = if cfg.reference.is_empty() {
                 &cfg.policy
             } else {
                 &cfg.reference
-            },
-            Head::Lm,
-            cfg.seed,
-            device,
-        )?;
-        for (_, mut t) in reference.vs.variables() {
-            let _ = t.requires_grad_(false);
+            };
+            let m = load_model(spec, Head::Lm, cfg.seed, device)?;
+            for (_, mut t) in m.vs.variables() {
+                let _ = t.requires_grad_(false);
+            }
+            Some(m)
+        };
+        if lora {
+            // Only the adapters train ([C-LORA]).
+            for (_, mut t) in policy.vs.variables() {
+                let _ = t.requires_grad_(false);
+            }
         }
+        let lora_base = match ModelSource::parse(&cfg.policy) {
+            ModelSource::Adapter(dir) => read_adapter_config(&dir)
+                .ok()
+                .and_then(|(_, base)| base)
+                .map_or(cfg.policy.clone(), |b| b.display().to_string()),
+            _ => cfg.policy.clone(),
+        };
         let tokenizer = tokenizer_of(&cfg.policy, &policy.config)?;
-        if !cfg.reference.is_empty() {
+        if let (false, Some(reference)) = (cfg.reference.is_empty(), &reference_model) {
             let owner = format!("the policy `{}`", cfg.policy);
             check_shared_vocabulary(
                 "config key `reference`",
                 &cfg.reference,
-                &reference,
+                reference,
                 &owner,
                 &policy,
                 &tokenizer,
@@ -106,10 +123,10 @@ impl Trainer {
         } else {
             &cfg.reference
         };
-        let mut readers = vec![
-            ("policy", cfg.policy.as_str(), &policy),
-            ("reference", reference_spec.as_str(), &reference),
-        ];
+        let mut readers = vec![("policy", cfg.policy.as_str(), &policy)];
+        if let Some(reference) = &reference_model {
+            readers.push(("reference", reference_spec.as_str(), reference));
+        }
         for (key, spec, r) in [
             ("reward", &cfg.reward, Some(&reward)),
             ("gold_reward", &cfg.gold_reward, gold.as_ref()),
@@ -150,21 +167,29 @@ impl Trainer {
             })
             .transpose()
             .map_err(TorchError::from)?;
-        let mut stores = vec![&policy.vs];
+        // A LoRA run trains its adapters alone, which stay in float32 (the
+        // frozen base computes in the dtype, the adapters' factors are cast
+        // to it in each product).
+        let mut stores = vec![policy.lora.var_store().unwrap_or(&policy.vs)];
         if let Some(v) = &value_head {
             stores.push(&v.vs);
         }
         let mut opt = AdamW::new(&stores, cfg.weight_decay);
         if cfg.dtype == Dtype::Bf16 {
-            // The master copies come from the float32 weights, before the
-            // policy is rounded.
-            opt.lower_precision(&mut policy.vs, Kind::BFloat16);
+            if lora {
+                policy.vs.set_kind(Kind::BFloat16);
+            } else {
+                // The master copies come from the float32 weights, before the
+                // policy is rounded.
+                opt.lower_precision(&mut policy.vs, Kind::BFloat16);
+            }
         }
         Ok(Trainer {
             cfg,
             out: out.to_path_buf(),
             policy,
-            reference,
+            reference: reference_model.map_or(Reference::PolicyBase, Reference::Model),
+            lora_base,
             reward,
             gold,
             tokenizer,
