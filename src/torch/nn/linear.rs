@@ -44,17 +44,11 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
-        match self
-            .lora
-            .as_ref()
-            .map(|l| l.delta(x))
-            .transpose()?
-            .flatten()
-        {
-            Some(d) => y.f_add(&d),
-            None => Ok(y),
-        }
+        Lora::add_delta(
+            self.lora.as_ref(),
+            x,
+            x.f_linear(&self.weight, self.bias.as_ref())?,
+        )
     }
 }
 
@@ -90,17 +84,11 @@ impl Conv1D {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let y = x.f_matmul(&self.weight)?.f_add(&self.bias)?;
-        match self
-            .lora
-            .as_ref()
-            .map(|l| l.delta(x))
-            .transpose()?
-            .flatten()
-        {
-            Some(d) => y.f_add(&d),
-            None => Ok(y),
-        }
+        Lora::add_delta(
+            self.lora.as_ref(),
+            x,
+            x.f_matmul(&self.weight)?.f_add(&self.bias)?,
+        )
     }
 }
 

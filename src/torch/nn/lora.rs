@@ -190,6 +190,15 @@ impl Lora {
         ))
     }
 
+    /// `y` plus the delta of `lora` on the inputs `x`, if there is one and
+    /// it is switched on.
+    pub fn add_delta(lora: Option<&Lora>, x: &Tensor, y: Tensor) -> Result<Tensor, TchError> {
+        match lora.map(|l| l.delta(x)).transpose()?.flatten() {
+            Some(d) => y.f_add(&d),
+            None => Ok(y),
+        }
+    }
+
     /// `W + s B A` of a weight `[out, in]`: the merged weight.
     pub fn merged(&self, weight: &Tensor) -> Result<Tensor, TchError> {
         let ba = self.b.f_matmul(&self.a)?.f_mul_scalar(self.scale)?;
