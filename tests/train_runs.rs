@@ -1107,6 +1107,14 @@ fn lora_runs_train_the_adapters_alone() {
         "merged logits differ by {diff:e}"
     );
     assert!(merged.join("tokenizer.json").exists());
+    // SFT, which saves full weights, refuses an adapter as its base.
+    let sft_out = dir.join("sft").display().to_string();
+    let base = format!("base=\"{}\"", final_dir.display());
+    let o = p3o(&["sft", "--out", &sft_out, "--set", &base])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("LoRA adapter directory"));
     // The adapter continues as a policy (its own spec; other lora_* keys
     // that disagree are refused).
     let cfg = TrainConfig::load(

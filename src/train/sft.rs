@@ -16,7 +16,9 @@ use super::builtin::{BUILTIN_MODEL, TOY_PROMPTS};
 use super::config::{LrSchedule, Supervised, check_supervised, load_toml};
 use super::data::{item_place, read_jsonl, split_heldout, string_field};
 use super::error::{ConfigError, TrainError};
-use super::models::{TokenizerFiles, device_of, load_model, progress_bar, tokenizer_of};
+use super::models::{
+    ModelSource, TokenizerFiles, device_of, load_model, progress_bar, tokenizer_of,
+};
 use super::optim::{AdamW, descend, learning_rate};
 use super::scoring::token_window;
 use super::seed::SeedPurpose;
@@ -190,6 +192,13 @@ pub fn run_sft(cfg: &SftConfig, out: &Path) -> Result<SftSummary, TrainError> {
     let device = device_of(cfg.device, "config key `device`")?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
+    }
+    // SFT trains and saves full weights: an adapter would be dropped.
+    if matches!(ModelSource::parse(&cfg.base), ModelSource::Adapter(_)) {
+        return Err(TrainError::Input(format!(
+            "config key `base`: `{}` is a LoRA adapter directory; fold it into its base first (p3o lora merge)",
+            cfg.base
+        )));
     }
     let model = load_model(&cfg.base, Head::Lm, cfg.seed, device)?;
     let tokenizer = tokenizer_of(&cfg.base, &model.config)?;
