@@ -11,10 +11,11 @@
 //! transformers fails the test, it is not skipped.
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use p3o::torch::model::positions_from_mask;
 use p3o::torch::reward::rewards;
 use p3o::torch::{Head, LanguageModel};
 use p3o::train::reward_model::reward_model_from;
@@ -50,20 +51,10 @@ const PROMPTS: [&[i64]; 3] = [
     ],
 ];
 
-/// Logits of one unpadded sequence, `[t, V]`.
-fn logits(model: &LanguageModel, ids: &[i64]) -> Tensor {
-    let x = Tensor::from_slice(ids).unsqueeze(0);
-    let mask = x.ones_like();
-    let hidden = model
-        .hidden(&x, &positions_from_mask(&mask), &mask, None)
-        .unwrap();
-    model.logits(&hidden).unwrap().squeeze_dim(0)
-}
-
 fn logits_json(model: &LanguageModel) -> Value {
     let blocks: Vec<Vec<Vec<f32>>> = PROMPTS
         .iter()
-        .map(|p| Vec::<Vec<f32>>::try_from(logits(model, p)).unwrap())
+        .map(|p| Vec::<Vec<f32>>::try_from(common::logits(model, p)).unwrap())
         .collect();
     json!({ "prompt_ids": PROMPTS, "logits": blocks })
 }
@@ -73,8 +64,12 @@ fn logits_json(model: &LanguageModel) -> Value {
 /// written from the wrong tensor) shows.
 fn perturb(model: &LanguageModel, seed: i64) {
     tch::manual_seed(seed);
+    // In name order: a map's order differs from run to run, and so would
+    // the noise each tensor gets.
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (_, mut t) in model.vs.variables() {
+        for (_, mut t) in vars {
             let noise = t.randn_like() * 0.05;
             let _ = t.f_add_(&noise).unwrap();
         }
@@ -290,7 +285,7 @@ fn old_rope_spellings_load_as_rope_parameters() {
         let old = LanguageModel::load(dir, Head::Lm, Device::Cpu, Kind::Float).unwrap();
         for p in PROMPTS {
             assert_eq!(
-                max_abs_diff(&logits(&new, p), &logits(&old, p)),
+                max_abs_diff(&common::logits(&new, p), &common::logits(&old, p)),
                 0.0,
                 "{}: the old spelling gives other logits",
                 dir.display()

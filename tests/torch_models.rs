@@ -58,16 +58,6 @@ fn load(name: &str, head: Head) -> LanguageModel {
     LanguageModel::load(&fixture(name), head, Device::Cpu, Kind::Float).unwrap()
 }
 
-/// Logits of one unpadded sequence, `[t, V]`.
-fn logits(model: &LanguageModel, ids: &[i64]) -> Tensor {
-    let x = Tensor::from_slice(ids).unsqueeze(0);
-    let mask = x.ones_like();
-    let hidden = model
-        .hidden(&x, &positions_from_mask(&mask), &mask, None)
-        .unwrap();
-    model.logits(&hidden).unwrap().squeeze_dim(0)
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
@@ -113,7 +103,7 @@ fn causal_lms_match_transformers() {
         for (i, prompt) in exp["prompt_ids"].as_array().unwrap().iter().enumerate() {
             let prompt = ids_of(prompt);
             let want = expected_logits(&exp, i);
-            let err = max_abs_diff(&logits(&model, &prompt), &want);
+            let err = max_abs_diff(&common::logits(&model, &prompt), &want);
             assert!(
                 err <= HF_F32,
                 "{name} prompt {i}: max |logits - HF| = {err}"
@@ -325,7 +315,10 @@ fn save_and_reload_round_trip() {
     let again = LanguageModel::load(&dir, Head::Lm, Device::Cpu, Kind::Float).unwrap();
     let prompt = [5i64, 17, 42, 99];
     assert_eq!(
-        max_abs_diff(&logits(&model, &prompt), &logits(&again, &prompt)),
+        max_abs_diff(
+            &common::logits(&model, &prompt),
+            &common::logits(&again, &prompt)
+        ),
         0.0
     );
 }
@@ -698,7 +691,7 @@ fn lora_adapters_start_as_the_base_and_merge_into_it() {
     let ids: Vec<i64> = vec![3, 9, 27, 4, 11, 6, 2];
     for name in ["neox-parallel", "gpt2"].into_iter().chain(NEW_FAMILIES) {
         let base = load(name, Head::Lm);
-        let base_logits = logits(&base, &ids);
+        let base_logits = common::logits(&base, &ids);
         let spec = LoraSpec {
             r: 4,
             alpha: 8.0,
@@ -729,7 +722,7 @@ fn lora_adapters_start_as_the_base_and_merge_into_it() {
             );
         }
         assert!(
-            logits(&model, &ids).equal(&base_logits),
+            common::logits(&model, &ids).equal(&base_logits),
             "{name}: B = 0 moved the logits"
         );
         tch::manual_seed(5);
@@ -740,18 +733,18 @@ fn lora_adapters_start_as_the_base_and_merge_into_it() {
                 }
             }
         });
-        let adapted = logits(&model, &ids);
+        let adapted = common::logits(&model, &ids);
         let moved = (&adapted - &base_logits).abs().max().double_value(&[]);
         assert!(moved > 1e-3, "{name}: the adapters did nothing ({moved:e})");
         model.lora.set_enabled(false);
         assert!(
-            logits(&model, &ids).equal(&base_logits),
+            common::logits(&model, &ids).equal(&base_logits),
             "{name}: switched off"
         );
         model.lora.set_enabled(true);
         model.merge_adapters().unwrap();
         assert!(!model.lora.enabled(), "{name}: merged adapters stay on");
-        let merged = logits(&model, &ids);
+        let merged = common::logits(&model, &ids);
         let scale = adapted.abs().max().double_value(&[]);
         let diff = (&merged - &adapted).abs().max().double_value(&[]);
         assert!(

@@ -7,11 +7,12 @@
 //! missing peft fails the test, it is not skipped.
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use p3o::tolerance::HF_F32;
-use p3o::torch::model::positions_from_mask;
 use p3o::torch::nn::{LoraSpec, LoraTargets};
 use p3o::torch::peft::read_adapter_config;
 use p3o::torch::{Head, LanguageModel};
@@ -20,16 +21,6 @@ use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// Logits `[t, V]` of one unpadded sequence.
-fn logits(model: &LanguageModel, ids: &[i64]) -> Tensor {
-    let x = Tensor::from_slice(ids).unsqueeze(0);
-    let mask = x.ones_like();
-    let hidden = model
-        .hidden(&x, &positions_from_mask(&mask), &mask, None)
-        .unwrap();
-    model.logits(&hidden).unwrap().squeeze_dim(0)
 }
 
 fn rows(v: &Value) -> Tensor {
@@ -74,7 +65,7 @@ fn peft_made_adapters_open_with_peft_logits() {
             .iter()
             .map(|x| x.as_i64().unwrap())
             .collect();
-        let got = logits(&model, &ids);
+        let got = common::logits(&model, &ids);
         let want = rows(&expected["logits"]);
         assert!(
             max_diff(&got, &want) <= HF_F32,
@@ -84,7 +75,7 @@ fn peft_made_adapters_open_with_peft_logits() {
         // The adapters matter: the base model's logits are far from them.
         model.lora.set_enabled(false);
         assert!(
-            max_diff(&logits(&model, &ids), &want) > 1e-2,
+            max_diff(&common::logits(&model, &ids), &want) > 1e-2,
             "{name}: the adapter does nothing"
         );
     }
@@ -142,9 +133,9 @@ fn p3o_saved_adapters_open_in_peft() {
             LanguageModel::load_with_lora(&base, Head::Lm, Device::Cpu, Kind::Float, again, 9)
                 .unwrap();
         reread.load_adapters(&out).unwrap();
-        let mine = logits(&model, &ids);
+        let mine = common::logits(&model, &ids);
         assert!(
-            logits(&reread, &ids).equal(&mine),
+            common::logits(&reread, &ids).equal(&mine),
             "{name}: reloaded adapters"
         );
         // PEFT reads it too, with the same logits.

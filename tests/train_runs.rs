@@ -2,6 +2,8 @@
 //! runs, resume after SIGKILL, and bad configs.
 #![cfg(feature = "torch")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1087,20 +1089,8 @@ fn lora_runs_train_the_adapters_alone() {
     let o = merge(&merged);
     assert_eq!(o.status.code(), Some(2), "merged over an existing --out");
     let plain = LanguageModel::load(&merged, Head::Lm, Device::Cpu, Kind::Float).unwrap();
-    let ids = tch::Tensor::from_slice(&[3i64, 9, 27, 4, 11]).unsqueeze(0);
-    let logits = |m: &LanguageModel| {
-        let mask = ids.ones_like();
-        let h = m
-            .hidden(
-                &ids,
-                &p3o::torch::model::positions_from_mask(&mask),
-                &mask,
-                None,
-            )
-            .unwrap();
-        m.logits(&h).unwrap()
-    };
-    let (a, b) = (logits(&model), logits(&plain));
+    let ids = [3i64, 9, 27, 4, 11];
+    let (a, b) = (common::logits(&model, &ids), common::logits(&plain, &ids));
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(
         diff <= 1e-5 * a.abs().max().double_value(&[]).max(1.0),

@@ -54,7 +54,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraSpec, Option<PathBuf>)> {
     let set = |field: &str| match &v[field] {
         Value::Null | Value::Bool(false) => false,
         Value::Object(o) => !o.is_empty(),
-        Value::String(s) => field == "bias" && s != "none",
+        // `bias = "none"` is the one string that changes nothing.
+        Value::String(s) => field != "bias" || s != "none",
         _ => true,
     };
     for (field, unsupported) in [

@@ -313,3 +313,19 @@ pub fn fixed_problem(seed: u64, x: usize, k: usize) -> Problem {
         value: None,
     }
 }
+
+/// Logits `[t, V]` of one unpadded sequence.
+#[cfg(feature = "torch")]
+pub fn logits(model: &p3o::torch::LanguageModel, ids: &[i64]) -> tch::Tensor {
+    let x = tch::Tensor::from_slice(ids).unsqueeze(0);
+    let mask = x.ones_like();
+    let hidden = model
+        .hidden(
+            &x,
+            &p3o::torch::model::positions_from_mask(&mask),
+            &mask,
+            None,
+        )
+        .unwrap();
+    model.logits(&hidden).unwrap().squeeze_dim(0)
+}
