@@ -16,6 +16,7 @@ pub mod cuda;
 pub mod demo;
 pub mod device;
 pub mod json;
+pub mod ops;
 pub mod reference;
 pub mod run_dir;
 pub mod stats;

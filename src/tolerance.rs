@@ -41,6 +41,16 @@ pub const F32_VS_F64: f64 = 1e-5;
 /// arithmetic before it).
 pub const BF16_VS_F64: f64 = 1.0 / 256.0;
 
+/// The fused LM head ([C-FUSED-HEAD]) on bfloat16 inputs against the
+/// float64 reference on the same inputs: the head product rounds each
+/// logit to bfloat16 (`2^-9 |z|`), which moves `logp` and the entropy by
+/// at most twice that of the largest `|z|` (the entropy also by its own
+/// size) and each softmax value by about twice it, relative; the bound is
+/// `2^-7 max |z|` for the values and `2^-7 + 4 2^-7 max |z|` of the
+/// magnitudes forming each gradient entry (the gradient's own bfloat16
+/// rounding included).
+pub const BF16_HEAD: f64 = 1.0 / 128.0;
+
 /// The gradient rows' floor relative to the upstream gradient `g`:
 /// `2^-120`. Softmax values under float32's normal range are not
 /// representable, and the kernels may flush them to zero

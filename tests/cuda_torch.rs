@@ -14,7 +14,12 @@ use p3o::cuda::Gpu;
 use p3o::cuda::compare::{GaeOutputs, TokenRow, check_gae, check_seq_sums, check_token_row};
 use p3o::cuda::host::Host;
 use p3o::cuda::torch_ops::TensorKernels;
-use p3o::tolerance::{BF16_GRAD, BF16_VS_F64, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP};
+use p3o::ops::fused_head::ChunkMath;
+use p3o::ops::fused_head::cuda::KernelMath;
+use p3o::ops::fused_head::torch::TorchMath;
+use p3o::tolerance::{
+    BF16_GRAD, BF16_HEAD, BF16_VS_F64, F32_GRAD, F32_VS_F64, KERNELS_VS_TORCH_STEP,
+};
 use p3o::train::config::KernelBackend;
 use p3o::train::kernels::{Kernels, backward};
 use tch::{Device, Kind, Tensor};
@@ -141,23 +146,92 @@ fn check_chain_into_autograd(name: &str, dev: Device) {
         let g = vars.iter().flat_map(|(_, p)| host(&p.grad())).collect();
         (host(&seq.detach()), g)
     };
-    let (lp_t, g_t) = grads(&Kernels::Torch);
-    let (lp_c, g_c) = grads(&cuda);
-    for (a, b) in lp_t.iter().zip(&lp_c) {
-        assert!((a - b).abs() <= F32_VS_F64 * a.abs().max(1.0), "{a} vs {b}");
+    let (lp_t, g_t) = grads(&Kernels::MATERIALISED);
+    for kernels in [cuda.clone(), cuda.with_head_chunk(2)] {
+        let (lp_c, g_c) = grads(&kernels);
+        for (a, b) in lp_t.iter().zip(&lp_c) {
+            assert!((a - b).abs() <= F32_VS_F64 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        let scale = g_t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = g_t
+            .iter()
+            .zip(&g_c)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && diff <= 1e-4 * scale,
+            "max gradient difference {diff} (scale {scale})"
+        );
     }
-    let scale = g_t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = g_t
-        .iter()
-        .zip(&g_c)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        scale > 0.0 && diff <= 1e-4 * scale,
-        "max gradient difference {diff} (scale {scale})"
-    );
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+/// The fused head ([C-FUSED-HEAD]) with `math` on `device` against the
+/// float64 reference: float32 over shapes, chunks and entries (logits up to
+/// about 1e4, ties), bfloat16 within [`BF16_HEAD`]'s bound.
+fn check_fused_head(math: &dyn ChunkMath, device: Device, large_vocab: bool) {
+    use common::fused_head::{Bounds, Entries, case, worst_ratio};
+    let f32_bounds = Bounds {
+        value: F32_VS_F64,
+        per_logit: 0.0,
+        grad: F32_VS_F64,
+    };
+    let bf16_bounds = Bounds {
+        value: 0.0,
+        per_logit: BF16_HEAD,
+        grad: BF16_HEAD,
+    };
+    let mut seed = 0;
+    let mut shapes = vec![(1, 1, 1), (5, 3, 2), (13, 8, 37), (37, 16, 300)];
+    if large_vocab {
+        shapes.push((5, 4, 152064));
+    }
+    for &(n, h, v) in &shapes {
+        for entries in [
+            Entries::Exact {
+                max_weight: 100.0,
+                ties: true,
+            },
+            Entries::Exact {
+                max_weight: 0.5,
+                ties: true,
+            },
+            Entries::Uniform { scale: 1.0 },
+        ] {
+            for &chunk in &[2i64, 7] {
+                seed += 1;
+                let c = case(seed, n, h, v, entries, true, true, chunk);
+                let r = worst_ratio(&c, math, Kind::Float, device, f32_bounds);
+                assert!(
+                    r <= 1.0,
+                    "float32 {r} of the bound: n={n} h={h} v={v} chunk={chunk} {entries:?}"
+                );
+            }
+        }
+        seed += 1;
+        let entries = Entries::Exact {
+            max_weight: 2.0,
+            ties: true,
+        };
+        let c = case(seed, n, h, v, entries, true, true, 3);
+        let r = worst_ratio(&c, math, Kind::BFloat16, device, bf16_bounds);
+        assert!(r <= 1.0, "bfloat16 {r} of the bound: n={n} h={h} v={v}");
+    }
+}
+
+// spec: C-FUSED-HEAD
+#[test]
+fn fused_head_on_the_gpu_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    check_fused_head(&TorchMath, Device::Cuda(0), true);
+    check_fused_head(&KernelMath(std::sync::Arc::new(gpu)), Device::Cuda(0), true);
+}
+
+// spec: C-FUSED-HEAD
+#[test]
+fn host_fused_head_kernels_match_the_reference() {
+    check_fused_head(&KernelMath(std::sync::Arc::new(Host)), Device::Cpu, false);
+}
+
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-FUSED-HEAD
 #[test]
 fn cuda_kernels_chain_into_autograd() {
     if gpu().is_none() {
@@ -166,7 +240,7 @@ fn cuda_kernels_chain_into_autograd() {
     check_chain_into_autograd("cuda", Device::Cuda(0));
 }
 
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-FUSED-HEAD
 #[test]
 fn host_cuda_kernels_chain_into_autograd() {
     check_chain_into_autograd("cuda-host", Device::Cpu);
@@ -217,7 +291,7 @@ fn check_pair_losses(name: &str, dev: Device) {
                 let grads: Vec<f64> = lp.iter().flat_map(|t| host(&t.grad())).collect();
                 (loss.double_value(&[]), grads)
             };
-            let (want, want_g) = run(&Kernels::Torch);
+            let (want, want_g) = run(&Kernels::TORCH);
             let (got, got_g) = run(&kernels);
             assert!(
                 (got - want).abs() <= F32_VS_F64 * want.abs().max(1.0),

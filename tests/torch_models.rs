@@ -532,7 +532,12 @@ fn shared_prefix_logprobs_equal_whole_rows() {
                 .enumerate()
                 .map(|(r, &n)| (0..n).map(|i| token(1000 + 50 * r + i)).collect())
                 .collect();
-            for (label, kernels) in [("torch", Kernels::Torch), ("reference", Kernels::Reference)] {
+            for (label, kernels) in [
+                ("torch", Kernels::TORCH),
+                ("torch, head chunks of 3", Kernels::TORCH.with_head_chunk(3)),
+                ("materialised", Kernels::MATERIALISED),
+                ("reference", Kernels::REFERENCE),
+            ] {
                 let what = format!("{name} {lens:?} {label}");
                 let (window, whole_detached) =
                     token_window_with(&model, None, &rows, &responses, &kernels).unwrap();
@@ -540,7 +545,7 @@ fn shared_prefix_logprobs_equal_whole_rows() {
                     .lp
                     .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
                 let whole_grads = gradients(&whole, whole_detached.as_ref());
-                let (shared, shared_detached) =
+                let (shared, _, shared_detached) =
                     shared_prefix_logprobs(&model, &prompts, &responses, GROUP, &kernels).unwrap();
                 let shared_grads = gradients(&shared, shared_detached.as_ref());
                 let no_grad =
@@ -580,7 +585,7 @@ fn shared_prefix_logprobs_equal_whole_rows() {
         let empty = vec![vec![], prompts[1].clone(), prompts[2].clone()];
         let responses = vec![vec![1i64]; 3 * GROUP];
         assert!(
-            shared_prefix_logprobs(&model, &empty, &responses, GROUP, &Kernels::Torch).is_err()
+            shared_prefix_logprobs(&model, &empty, &responses, GROUP, &Kernels::TORCH).is_err()
         );
     }
 }

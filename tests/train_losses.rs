@@ -219,10 +219,12 @@ mod ppo {
 }
 
 /// The two-phase backward ([`p3o::train::kernels`]) chains log-probs
-/// computed outside autograd back into the model: with the float64 reference
-/// as the outside code, every parameter gradient (and a value head's) equals
-/// libtorch autograd's, for a loss that also depends on values directly.
-// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB
+/// computed outside autograd back into the model: the float64 reference on
+/// materialised logits, the fused head ([C-FUSED-HEAD], in one chunk and
+/// in chunks of 2) and libtorch autograd on materialised logits give the
+/// same log-probs, entropies and parameter gradients (a value head's too),
+/// for a loss that also depends on values directly.
+// spec: C-TOKEN-LOGPROB C-SEQ-LOGPROB C-FUSED-HEAD
 #[test]
 fn outside_logprobs_chain_into_autograd() {
     use p3o::torch::nn::Linear;
@@ -245,7 +247,7 @@ fn outside_logprobs_chain_into_autograd() {
     let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![30, 31]];
     let responses: Vec<Vec<i64>> = vec![vec![40, 41, 42, 0], vec![50], vec![60, 61]];
     let weights = Tensor::from_slice(&[0.7f32, -1.3, 0.4]);
-    let grads = |kernels: Kernels| -> (Vec<f64>, Vec<Vec<f64>>) {
+    let grads = |kernels: Kernels| -> (Vec<f64>, Vec<Vec<f64>>, Vec<f64>) {
         for (_, mut p) in model.vs.variables().into_iter().chain(head.vs.variables()) {
             let mut g = p.grad();
             if g.defined() {
@@ -275,30 +277,46 @@ fn outside_logprobs_chain_into_autograd() {
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let lp = Vec::<f64>::try_from(&seq.detach().to_kind(Kind::Double)).unwrap();
+        let entropy = Vec::<f64>::try_from(&w.entropy.to_kind(Kind::Double).reshape([-1])).unwrap();
         let g = named
             .iter()
             .map(|(_, p)| {
                 Vec::<f64>::try_from(&p.grad().to_kind(Kind::Double).reshape([-1])).unwrap()
             })
             .collect();
-        (lp, g)
+        (lp, g, entropy)
     };
-    let (lp_t, g_t) = grads(Kernels::Torch);
-    let (lp_r, g_r) = grads(Kernels::Reference);
-    for (a, b) in lp_t.iter().zip(&lp_r) {
-        assert!((a - b).abs() <= F32_VS_F64 * a.abs().max(1.0), "{a} vs {b}");
+    let (lp_r, g_r, h_r) = grads(Kernels::REFERENCE);
+    for (label, kernels) in [
+        ("torch", Kernels::TORCH),
+        ("torch, head chunks of 2", Kernels::TORCH.with_head_chunk(2)),
+        ("materialised", Kernels::MATERIALISED),
+    ] {
+        let (lp_t, g_t, h_t) = grads(kernels);
+        for (a, b) in lp_t.iter().zip(&lp_r) {
+            assert!(
+                (a - b).abs() <= F32_VS_F64 * a.abs().max(1.0),
+                "{label}: {a} vs {b}"
+            );
+        }
+        for (a, b) in h_t.iter().zip(&h_r) {
+            assert!(
+                (a - b).abs() <= F32_VS_F64 * a.abs().max(1.0),
+                "{label} entropy: {a} vs {b}"
+            );
+        }
+        let scale = g_t.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        let diff = g_t
+            .iter()
+            .flatten()
+            .zip(g_r.iter().flatten())
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "{label}: max gradient difference {diff} (scale {scale})"
+        );
     }
-    let scale = g_t.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0);
-    let diff = g_t
-        .iter()
-        .flatten()
-        .zip(g_r.iter().flatten())
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        diff <= 1e-4 * scale,
-        "max gradient difference {diff} (scale {scale})"
-    );
 }
 
 /// Group losses ([C-GROUP]) over `[P, G]` batches and p3o-trlx's token

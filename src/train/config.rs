@@ -233,6 +233,11 @@ pub struct TrainConfig {
     /// the layers in the backward ([C-CHECKPOINTING]): less memory, about
     /// one more forward pass of time.
     pub gradient_checkpointing: bool,
+    /// The LM head and its log-probs as one chunked op ([C-FUSED-HEAD]);
+    /// `false` materialises the `[.., V]` logits (only `kernels = torch`).
+    pub fused_head: bool,
+    /// Rows per chunk of the fused head (0: about 2^24 logits a chunk).
+    pub head_chunk_rows: usize,
     /// LoRA rank ([C-LORA]); 0 trains every weight of the policy.
     pub lora_r: i64,
     /// LoRA's `alpha` (the adapters' scale is `alpha / r`).
@@ -306,6 +311,8 @@ impl Default for TrainConfig {
             threads: 2,
             kernels: KernelBackend::Torch,
             gradient_checkpointing: false,
+            fused_head: true,
+            head_chunk_rows: 0,
             lora_r: 0,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -685,6 +692,16 @@ impl TrainConfig {
             return bad("top_k", format!("{k} must be at least 1"));
         }
         check_device(self.device)?;
+        if !self.fused_head && matches!(self.kernels, KernelBackend::Cuda | KernelBackend::CudaHost)
+        {
+            return bad(
+                "fused_head",
+                format!(
+                    "false needs kernels = torch; `{}` runs its kernels over the fused head's chunks",
+                    self.kernels.name()
+                ),
+            );
+        }
         self.kernels.check_against(self.device)
     }
 }

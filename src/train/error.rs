@@ -28,6 +28,10 @@ pub enum TrainError {
     #[cfg(feature = "cuda")]
     #[error("CUDA kernels: {0}")]
     Kernels(#[from] crate::cuda::CudaError),
+    /// The fused LM head ([C-FUSED-HEAD]) failed: a shape the trainer got
+    /// wrong, or libtorch (running out of memory) under it.
+    #[error(transparent)]
+    Head(#[from] crate::ops::fused_head::HeadError),
     /// The run stopped on non-finite rewards, losses or gradients.
     #[error("{0}")]
     NonFinite(String),

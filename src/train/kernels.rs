@@ -24,6 +24,9 @@
 //! tensors (`crate::cuda::host`): very slow, a check of the kernels inside
 //! the trainer on machines without a GPU.
 
+#[cfg(feature = "cuda")]
+use std::sync::Arc;
+
 use tch::{Device, Kind, Tensor};
 
 use super::config::KernelBackend;
@@ -32,37 +35,50 @@ use super::losses::{self, GroupBatch, PairBatch};
 #[cfg(feature = "cuda")]
 use crate::cuda::{ops::PairInputs, torch_ops::TensorKernels};
 use crate::device::DeviceSpec;
+#[cfg(feature = "cuda")]
+use crate::ops::fused_head::cuda::KernelMath;
+use crate::ops::fused_head::reference::{entropy as reference_entropy, log_softmax};
+use crate::ops::fused_head::torch::TorchMath;
+use crate::ops::fused_head::{self, ChunkMath, HeadTensors};
 use crate::reference::tokens::{token_logprob, token_logprob_grad};
 use crate::reference::{Algorithm, Hyper};
+use crate::torch::LanguageModel;
 use crate::torch::TorchError;
 
 /// Per-token float64 quantities of a rollout, one row per response.
 pub type TokenRows = Vec<Vec<f64>>;
 
 /// Where the token log-probs of the training forward (and, with the
-/// kernels, the pair losses) come from.
+/// kernels, the pair losses) come from, and the rows per chunk of the
+/// fused LM head ([C-FUSED-HEAD]).
 #[derive(Clone)]
-pub enum Kernels {
-    /// libtorch ops under autograd (gather minus log-sum-exp).
+pub struct Kernels {
+    backend: Backend,
+    /// Rows per chunk of the fused head; 0 picks
+    /// [`fused_head::default_chunk`].
+    head_chunk: i64,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// libtorch ops: the fused head's chunks ([`fused_head::torch`]).
     Torch,
-    /// The float64 reference, chained by the two-phase backward.
+    /// libtorch ops under autograd on the materialised `[.., V]` logits
+    /// (gather minus log-sum-exp).
+    Materialised,
+    /// The float64 reference on materialised logits, chained by the
+    /// two-phase backward.
     Reference,
     /// The kernels of `kernels/token_logprob.cu`, on the GPU or run on the
-    /// CPU, chained likewise.
+    /// CPU, over the fused head's chunks; chained likewise.
     #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<dyn TensorKernels>),
+    Cuda(Arc<dyn TensorKernels>),
 }
 
 /// What the backward of an outside log-prob needs besides the logits.
 enum Saved {
     /// Nothing: the float64 reference recomputes each row's log-sum-exp.
     Reference,
-    /// The kernels' `[2N]` log-sum-exp, beside the logits, and the kernels.
-    #[cfg(feature = "cuda")]
-    Device {
-        kernels: std::sync::Arc<dyn TensorKernels>,
-        lse: Tensor,
-    },
 }
 
 /// A log-prob computed outside autograd: the leaf the loss is built on and
@@ -70,13 +86,78 @@ enum Saved {
 pub struct Detached {
     /// `logp` `[..]`, a leaf that requires grad.
     pub leaf: Tensor,
-    /// The logits `[.., V]` with their graph to the model.
-    logits: Tensor,
-    targets: Tensor,
-    saved: Saved,
+    source: Source,
+}
+
+/// Where a [`Detached`] log-prob came from.
+enum Source {
+    /// Materialised logits `[.., V]` with their graph to the model.
+    Logits {
+        logits: Tensor,
+        targets: Tensor,
+        saved: Saved,
+    },
+    /// The fused head over hidden states `[N, H]` with their graph to the
+    /// model, and the head's parameters.
+    Head {
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        targets: Tensor,
+        chunk: i64,
+        fwd: fused_head::Forward,
+        math: Box<dyn ChunkMath>,
+    },
+}
+
+/// Token log-probs from hidden states: `lp [..]` (a leaf of a
+/// [`Detached`] where one is returned), the entropy `[..]` of each row's
+/// softmax (no gradient), and the [`Detached`].
+pub struct HeadLogprobs {
+    pub lp: Tensor,
+    pub entropy: Tensor,
+    pub detached: Option<Detached>,
 }
 
 impl Kernels {
+    /// libtorch ops, the fused head's chunks sized by default.
+    pub const TORCH: Kernels = Kernels {
+        backend: Backend::Torch,
+        head_chunk: 0,
+    };
+
+    /// libtorch ops under autograd on materialised logits: no [`Detached`]
+    /// to chain, so a plain `loss.backward()` follows (SFT; config key
+    /// `fused_head = false`).
+    pub const MATERIALISED: Kernels = Kernels {
+        backend: Backend::Materialised,
+        head_chunk: 0,
+    };
+
+    /// The float64 reference.
+    pub const REFERENCE: Kernels = Kernels {
+        backend: Backend::Reference,
+        head_chunk: 0,
+    };
+
+    /// These kernels with the head materialised instead of fused (config
+    /// key `fused_head = false`); only `torch` has that choice.
+    pub fn materialised(self) -> Kernels {
+        match self.backend {
+            Backend::Torch => Kernels::MATERIALISED,
+            _ => self,
+        }
+    }
+
+    /// These kernels with `rows` rows per chunk of the fused head (0: the
+    /// default).
+    pub fn with_head_chunk(self, rows: usize) -> Kernels {
+        Kernels {
+            head_chunk: rows as i64,
+            ..self
+        }
+    }
+
     /// The backend of config key `kernels` for a run on `device`
     /// ([`KernelBackend::check_against`] says which combinations exist).
     pub fn new(backend: KernelBackend, device: Device) -> Result<Kernels, TrainError> {
@@ -85,25 +166,27 @@ impl Kernels {
             _ => DeviceSpec::Cpu,
         };
         backend.check_against(spec)?;
-        match backend {
-            KernelBackend::Torch => Ok(Kernels::Torch),
-            KernelBackend::Reference => Ok(Kernels::Reference),
+        let backend = match backend {
+            KernelBackend::Torch => Backend::Torch,
+            KernelBackend::Reference => Backend::Reference,
             #[cfg(feature = "cuda")]
             KernelBackend::Cuda => {
                 let ordinal = if let DeviceSpec::Cuda(n) = spec { n } else { 0 };
                 crate::cuda::Gpu::new(ordinal)
-                    .map(|g| Kernels::Cuda(std::sync::Arc::new(g)))
-                    .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))
+                    .map(|g| Backend::Cuda(Arc::new(g)))
+                    .map_err(|e| TrainError::Input(format!("config key `kernels`: `cuda`: {e}")))?
             }
             #[cfg(feature = "cuda")]
-            KernelBackend::CudaHost => {
-                Ok(Kernels::Cuda(std::sync::Arc::new(crate::cuda::host::Host)))
-            }
+            KernelBackend::CudaHost => Backend::Cuda(Arc::new(crate::cuda::host::Host)),
             #[cfg(not(feature = "cuda"))]
             KernelBackend::Cuda | KernelBackend::CudaHost => {
                 unreachable!("check_against refuses the kernels in a build without `cuda`")
             }
-        }
+        };
+        Ok(Kernels {
+            backend,
+            head_chunk: 0,
+        })
     }
 
     /// The batch mean of the per-pair loss of `alg` ([`losses::pair_loss`]).
@@ -118,8 +201,8 @@ impl Kernels {
         b: &PairBatch,
     ) -> Result<Tensor, TrainError> {
         #[cfg(feature = "cuda")]
-        if let (Kernels::Cuda(kernels), Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) =
-            (self, alg)
+        if let (Backend::Cuda(kernels), Algorithm::P3oV1 | Algorithm::P3oV2 | Algorithm::Dpo) =
+            (&self.backend, alg)
         {
             let f32s = |t: &[&Tensor; 2]| t.map(|t| t.detach().to_kind(Kind::Float).contiguous());
             let x = PairInputs {
@@ -160,7 +243,7 @@ impl Kernels {
     /// (or `cuda-host`) from the `masked_seq_sum` kernel.
     pub fn sequence_sums(&self, lp: &Tensor, mask: &Tensor) -> Result<Tensor, TrainError> {
         #[cfg(feature = "cuda")]
-        if let Kernels::Cuda(kernels) = self {
+        if let Backend::Cuda(kernels) = &self.backend {
             let f32s = |t: &Tensor| t.detach().to_kind(Kind::Float).contiguous();
             return kernels
                 .masked_seq_sum_tensor(&f32s(lp), None, &f32s(mask))
@@ -185,7 +268,7 @@ impl Kernels {
         lambda: f64,
     ) -> Result<(TokenRows, TokenRows), TrainError> {
         #[cfg(feature = "cuda")]
-        if let Kernels::Cuda(kernels) = self {
+        if let Backend::Cuda(kernels) = &self.backend {
             let (n, l) = (rewards.len(), rewards.first().map_or(0, Vec::len));
             let device = kernels.device();
             let tensor = |rows: &TokenRows| {
@@ -215,65 +298,140 @@ impl Kernels {
             .unzip())
     }
 
-    /// `log softmax(logits)[target]` for `logits: [.., V]`, `targets: [..]`;
-    /// with an outside backend also the [`Detached`] that [`Self::backward`]
-    /// needs.
-    pub fn token_logprobs(
+    /// Token log-probs `[..]` of `targets [..]` after `hidden [.., H]`
+    /// under `model`'s LM head, and their entropies: the fused head
+    /// ([C-FUSED-HEAD], no `[.., V]` logits) with `torch` and `cuda`, the
+    /// float64 reference on materialised logits with `reference`. Where the
+    /// hidden states or the head need gradients, the log-probs are the leaf
+    /// of the returned [`Detached`], whose [`backward`] must follow.
+    pub fn head_logprobs(
         &self,
-        logits: &Tensor,
+        model: &LanguageModel,
+        hidden: &Tensor,
         targets: &Tensor,
-    ) -> Result<(Tensor, Option<Detached>), TrainError> {
-        match self {
-            Kernels::Torch => Ok((
-                crate::torch::logprobs::token_logprobs(logits, targets),
-                None,
-            )),
-            Kernels::Reference => {
-                let (rows, v) = flat_rows(logits);
-                let x = host_f64(&logits.detach().reshape([rows, v]))?;
-                let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))
-                    .map_err(TorchError::from)?;
-                let v = v as usize;
-                let logp: Vec<f64> = (0..rows as usize)
-                    .map(|r| token_logprob(&x[r * v..(r + 1) * v], t[r] as usize).0)
-                    .collect();
-                let leaf = Tensor::from_slice(&logp)
-                    .to_kind(Kind::Float)
-                    .reshape(targets.size())
-                    .to_device(logits.device())
-                    .set_requires_grad(true);
-                Ok((
-                    leaf.shallow_clone(),
-                    Some(Detached {
-                        leaf,
-                        logits: logits.shallow_clone(),
-                        targets: targets.shallow_clone(),
-                        saved: Saved::Reference,
-                    }),
-                ))
+    ) -> Result<HeadLogprobs, TrainError> {
+        let math: Box<dyn ChunkMath> = match &self.backend {
+            Backend::Reference => return reference_logprobs(model, hidden, targets),
+            Backend::Materialised => {
+                let logits = model.logits(hidden)?;
+                let entropy = tch::no_grad(|| {
+                    let log_p = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+                    -(log_p.exp() * &log_p).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+                });
+                return Ok(HeadLogprobs {
+                    lp: crate::torch::logprobs::token_logprobs(&logits, targets),
+                    entropy,
+                    detached: None,
+                });
             }
+            Backend::Torch => Box::new(TorchMath),
             #[cfg(feature = "cuda")]
-            Kernels::Cuda(kernels) => {
-                let (rows, v) = flat_rows(logits);
-                let flat = logits.detach().reshape([rows, v]).contiguous();
-                let t = targets.reshape([rows]).contiguous();
-                let (logp, lse) = kernels.token_logprob_fwd_tensor(&flat, &t)?;
-                let leaf = logp.reshape(targets.size()).set_requires_grad(true);
-                Ok((
-                    leaf.shallow_clone(),
-                    Some(Detached {
-                        leaf,
-                        logits: logits.shallow_clone(),
-                        targets: t,
-                        saved: Saved::Device {
-                            kernels: kernels.clone(),
-                            lse,
-                        },
-                    }),
-                ))
-            }
+            Backend::Cuda(kernels) => Box::new(KernelMath(kernels.clone())),
+        };
+        let (weight, bias) = model.lm_head_parameters()?;
+        let h = *hidden
+            .size()
+            .last()
+            .expect("hidden states have a feature dimension");
+        let flat = hidden.reshape([-1, h]);
+        let flat_targets = targets.reshape([-1]);
+        let chunk = if self.head_chunk > 0 {
+            self.head_chunk
+        } else {
+            fused_head::default_chunk(weight.size()[0])
+        };
+        let (hd, wd, bd) = (flat.detach(), weight.detach(), bias.map(Tensor::detach));
+        let x = HeadTensors {
+            hidden: &hd,
+            weight: &wd,
+            bias: bd.as_ref(),
+            targets: &flat_targets,
+            temperature: 1.0,
+            chunk,
+        };
+        let fwd = fused_head::forward(&x, &*math)?;
+        let shape = targets.size();
+        let entropy = fwd.entropy.reshape(&shape);
+        let lp = fwd.logp.reshape(&shape);
+        let grads = flat.requires_grad()
+            || weight.requires_grad()
+            || bias.is_some_and(Tensor::requires_grad);
+        if !grads {
+            return Ok(HeadLogprobs {
+                lp,
+                entropy,
+                detached: None,
+            });
         }
+        let leaf = lp.set_requires_grad(true);
+        Ok(HeadLogprobs {
+            lp: leaf.shallow_clone(),
+            entropy,
+            detached: Some(Detached {
+                leaf,
+                source: Source::Head {
+                    hidden: flat,
+                    weight: weight.shallow_clone(),
+                    bias: bias.map(Tensor::shallow_clone),
+                    targets: flat_targets,
+                    chunk,
+                    fwd,
+                    math,
+                },
+            }),
+        })
     }
+}
+
+/// [`Kernels::head_logprobs`] by the float64 reference on the materialised
+/// logits ([C-TOKEN-LOGPROB]): a check of the chaining into autograd.
+fn reference_logprobs(
+    model: &LanguageModel,
+    hidden: &Tensor,
+    targets: &Tensor,
+) -> Result<HeadLogprobs, TrainError> {
+    let logits = model.logits(hidden)?;
+    let (rows, v) = flat_rows(&logits);
+    let x = host_f64(&logits.detach().reshape([rows, v]))?;
+    let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))
+        .map_err(TorchError::from)?;
+    let v = v as usize;
+    let (logp, entropy): (Vec<f64>, Vec<f64>) = (0..rows as usize)
+        .map(|r| {
+            let row = &x[r * v..(r + 1) * v];
+            (
+                token_logprob(row, t[r] as usize).0,
+                reference_entropy(&log_softmax(row)),
+            )
+        })
+        .unzip();
+    let to_tensor = |x: &[f64]| {
+        Tensor::from_slice(x)
+            .to_kind(Kind::Float)
+            .reshape(targets.size())
+            .to_device(logits.device())
+    };
+    let entropy = to_tensor(&entropy);
+    if !logits.requires_grad() {
+        return Ok(HeadLogprobs {
+            lp: to_tensor(&logp),
+            entropy,
+            detached: None,
+        });
+    }
+    let leaf = to_tensor(&logp).set_requires_grad(true);
+    Ok(HeadLogprobs {
+        lp: leaf.shallow_clone(),
+        entropy,
+        detached: Some(Detached {
+            leaf,
+            source: Source::Logits {
+                logits,
+                targets: targets.shallow_clone(),
+                saved: Saved::Reference,
+            },
+        }),
+    })
 }
 
 /// Backpropagates `loss` into every parameter it depends on, through
@@ -287,33 +445,65 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
         .map_err(TorchError::from)?
         .pop()
         .expect("one input, one gradient");
-    let grad_logits = match &d.saved {
-        #[cfg(feature = "cuda")]
-        Saved::Device { kernels, lse } => {
-            let (rows, v) = flat_rows(&d.logits);
-            let flat = d.logits.detach().reshape([rows, v]).contiguous();
-            let g = g.reshape([rows]).to_kind(Kind::Float).contiguous();
-            kernels
-                .token_logprob_bwd_tensor(&flat, &d.targets, lse, &g)?
-                .reshape(d.logits.size())
-        }
-        Saved::Reference => {
-            let (rows, v) = flat_rows(&d.logits);
-            let x = host_f64(&d.logits.detach().reshape([rows, v]))?;
-            let t = Vec::<i64>::try_from(&d.targets.reshape([rows]).to_device(Device::Cpu))
+    let chained = match &d.source {
+        Source::Logits {
+            logits,
+            targets,
+            saved: Saved::Reference,
+        } => {
+            let (rows, v) = flat_rows(logits);
+            let x = host_f64(&logits.detach().reshape([rows, v]))?;
+            let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))
                 .map_err(TorchError::from)?;
             let g = host_f64(&g.reshape([rows]))?;
             let v = v as usize;
             let grad: Vec<f64> = (0..rows as usize)
                 .flat_map(|r| token_logprob_grad(&x[r * v..(r + 1) * v], t[r] as usize, g[r]))
                 .collect();
-            Tensor::from_slice(&grad)
-                .reshape(d.logits.size())
-                .to_kind(d.logits.kind())
-                .to_device(d.logits.device())
+            let grad = Tensor::from_slice(&grad)
+                .reshape(logits.size())
+                .to_kind(logits.kind())
+                .to_device(logits.device());
+            (logits * grad).sum(Kind::Float)
+        }
+        Source::Head {
+            hidden,
+            weight,
+            bias,
+            targets,
+            chunk,
+            fwd,
+            math,
+        } => {
+            let (hd, wd, bd) = (
+                hidden.detach(),
+                weight.detach(),
+                bias.as_ref().map(Tensor::detach),
+            );
+            let x = HeadTensors {
+                hidden: &hd,
+                weight: &wd,
+                bias: bd.as_ref(),
+                targets,
+                temperature: 1.0,
+                chunk: *chunk,
+            };
+            let head_grads = weight.requires_grad();
+            let grads = fused_head::backward(&x, &**math, fwd, &g.reshape([-1]), None, head_grads)?;
+            // Each term's gradient with respect to its tensor is exactly
+            // that tensor's chained gradient.
+            let mut chained = (hidden * grads.hidden).sum(Kind::Float);
+            if let Some(dw) = grads.weight {
+                chained += (weight * dw.to_kind(weight.kind())).sum(Kind::Float);
+            }
+            if let (Some(b), Some(db)) = (bias, grads.bias)
+                && b.requires_grad()
+            {
+                chained += (b * db.to_kind(b.kind())).sum(Kind::Float);
+            }
+            chained
         }
     };
-    let chained = (&d.logits * grad_logits).sum(Kind::Float);
     (loss + chained).backward();
     Ok(())
 }

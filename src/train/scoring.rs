@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::builtin::NAN_REWARD;
 use super::builtin::{self, BUILTIN_REWARD, TOY_GOLD_REWARD};
 use super::error::TrainError;
-use super::kernels::{Detached, Kernels};
+use super::kernels::{Detached, HeadLogprobs, Kernels};
 use crate::torch::activation_checkpoint::LayerInputs;
 use crate::torch::generate::left_pad;
 use crate::torch::model::positions_from_mask;
@@ -39,6 +39,9 @@ impl ValueHead {
 /// (with a value head) and the mask of real tokens (responses right-aligned).
 pub struct TokenWindow {
     pub lp: Tensor,
+    /// Each position's entropy of the policy's next-token distribution
+    /// ([C-FUSED-HEAD]), without gradient; zero after padding.
+    pub entropy: Tensor,
     pub values: Option<Tensor>,
     pub mask: Tensor,
 }
@@ -143,14 +146,16 @@ impl Reward {
 }
 
 /// Token log-probs (and values) of each response after its prompt,
-/// computing the LM head only on the response positions.
+/// computing the LM head only on the response positions, under autograd
+/// on the materialised logits (so a plain `backward` of a loss built on
+/// them reaches the model: SFT's loss).
 pub fn token_window(
     model: &LanguageModel,
     head: Option<&ValueHead>,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<TokenWindow, TrainError> {
-    Ok(token_window_with(model, head, prompts, responses, &Kernels::Torch)?.0)
+    Ok(token_window_with(model, head, prompts, responses, &Kernels::MATERIALISED)?.0)
 }
 
 /// [`token_window`] with the token log-probs from `kernels`; an outside
@@ -192,17 +197,18 @@ fn window_of(
     w: ResponseWindow,
     kernels: &Kernels,
 ) -> Result<(TokenWindow, Option<Detached>), TrainError> {
-    let (lp, detached) = kernels.token_logprobs(&model.logits(&w.hidden)?, &w.targets)?;
+    let out = kernels.head_logprobs(model, &w.hidden, &w.targets)?;
     Ok((
         TokenWindow {
-            lp: lp * &w.mask,
+            lp: out.lp * &w.mask,
+            entropy: out.entropy * &w.mask,
             values: head
                 .map(|h| h.values(&w.hidden))
                 .transpose()?
                 .map(|v| v * &w.mask),
             mask: w.mask,
         },
-        detached,
+        out.detached,
     ))
 }
 
@@ -215,7 +221,8 @@ pub fn groups_share_prompts(prompts: &[Vec<i64>], size: usize) -> bool {
 }
 
 /// Sequence log-probs `[n]` of `responses` (rows `p * size .. (p + 1) *
-/// size` answer `prompts[p]`) with each prompt run through the model once
+/// size` answer `prompts[p]`), and the sums `[n]` of their tokens'
+/// entropies ([C-FUSED-HEAD], no gradient), with each prompt run through the model once
 /// and its keys and values repeated for its group ([C-SHARED-PREFIX]); the
 /// gradient flows back through every response into the prompt's states.
 /// Equal, up to float summation order, to the masked sums of
@@ -226,12 +233,10 @@ pub fn shared_prefix_logprobs(
     responses: &[Vec<i64>],
     size: usize,
     kernels: &Kernels,
-) -> Result<(Tensor, Option<Detached>), TrainError> {
-    let (lp, mask, detached) = shared_prefix_tokens(model, prompts, responses, size, kernels)?;
-    Ok((
-        (lp * &mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float),
-        detached,
-    ))
+) -> Result<(Tensor, Tensor, Option<Detached>), TrainError> {
+    let (out, mask) = shared_prefix_tokens(model, prompts, responses, size, kernels)?;
+    let sum = |t: Tensor| (t * &mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+    Ok((sum(out.lp), sum(out.entropy), out.detached))
 }
 
 /// [`shared_prefix_logprobs`] without gradient, summed by the kernels'
@@ -243,20 +248,21 @@ pub fn shared_prefix_sequence_logprobs(
     size: usize,
     kernels: &Kernels,
 ) -> Result<Tensor, TrainError> {
-    let (lp, mask, _) =
+    let (out, mask) =
         tch::no_grad(|| shared_prefix_tokens(model, prompts, responses, size, kernels))?;
-    kernels.sequence_sums(&(lp * &mask), &mask)
+    kernels.sequence_sums(&(out.lp * &mask), &mask)
 }
 
-/// Token log-probs `[n, l]` of left-aligned responses over their shared
-/// prompts, their 0/1 mask, and what the kernels' backward needs.
+/// Token log-probs and entropies `[n, l]` of left-aligned responses over
+/// their shared prompts (with what the kernels' backward needs), and their
+/// 0/1 mask.
 fn shared_prefix_tokens(
     model: &LanguageModel,
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
     size: usize,
     kernels: &Kernels,
-) -> Result<(Tensor, Tensor, Option<Detached>), TrainError> {
+) -> Result<(HeadLogprobs, Tensor), TrainError> {
     let n = responses.len();
     if size == 0 || prompts.len() * size != n {
         return Err(TrainError::Input(format!(
@@ -272,7 +278,12 @@ fn shared_prefix_tokens(
     let l = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
     if l == 0 {
         let empty = Tensor::zeros([n as i64, 0], (Kind::Float, device));
-        return Ok((empty.shallow_clone(), empty, None));
+        let out = HeadLogprobs {
+            lp: empty.shallow_clone(),
+            entropy: empty.shallow_clone(),
+            detached: None,
+        };
+        return Ok((out, empty));
     }
     // Row r of the responses reads prompt r / size.
     let rows: Vec<i64> = (0..n).map(|r| (r / size) as i64).collect();
@@ -305,8 +316,8 @@ fn shared_prefix_tokens(
     } else {
         first
     };
-    let (lp, detached) = kernels.token_logprobs(&model.logits(&hidden)?, &targets)?;
-    Ok((lp, valid.to_kind(Kind::Float), detached))
+    let out = kernels.head_logprobs(model, &hidden, &targets)?;
+    Ok((out, valid.to_kind(Kind::Float)))
 }
 
 /// Right-pads `rows` with token 0 into `[n, l]` ids and a 0/1 mask.
@@ -393,7 +404,7 @@ pub fn sequence_logprobs(
     prompts: &[Vec<i64>],
     responses: &[Vec<i64>],
 ) -> Result<Tensor, TrainError> {
-    sequence_logprobs_with(model, prompts, responses, &Kernels::Torch)
+    sequence_logprobs_with(model, prompts, responses, &Kernels::TORCH)
 }
 
 /// [`sequence_logprobs`] with the token log-probs and their sums from

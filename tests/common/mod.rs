@@ -9,6 +9,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::ops::RangeInclusive;
 
+#[cfg(feature = "torch")]
+pub mod fused_head;
+
 /// Contexts in 1..=4, actions in 2..=6.
 pub fn dims() -> impl Strategy<Value = (usize, usize)> {
     (1usize..=4, 2usize..=6)

@@ -97,6 +97,7 @@ impl Trainer {
 
         let mut stats = ClipStats::default();
         let mut updates = Updates::default();
+        let mut entropy_sum = 0.0;
         self.opt.zero_grad();
         for epoch in 0..self.cfg.epochs {
             let mut order: Vec<usize> = (0..groups).collect();
@@ -111,13 +112,16 @@ impl Trainer {
                 let (window, lp, detached, kept) = if shared {
                     let prompts: Vec<Vec<i64>> =
                         mb.iter().map(|&p| group_prompts[p].clone()).collect();
-                    let (lp, detached) = shared_prefix_logprobs(
+                    let (lp, entropy, detached) = shared_prefix_logprobs(
                         &self.policy,
                         &prompts,
                         &pick(responses),
                         size,
                         &self.kernels,
                     )?;
+                    if epoch == 0 {
+                        entropy_sum += entropy.sum(Kind::Double).double_value(&[]);
+                    }
                     (None, lp.view(shape), detached, None)
                 } else {
                     let (window, detached, kept) = token_window_checkpointed(
@@ -128,6 +132,9 @@ impl Trainer {
                         &self.kernels,
                         self.cfg.gradient_checkpointing,
                     )?;
+                    if epoch == 0 {
+                        entropy_sum += window.entropy.sum(Kind::Double).double_value(&[]);
+                    }
                     let lp = window
                         .lp
                         .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
@@ -190,7 +197,6 @@ impl Trainer {
             .map(|(a, b)| f64::from(a - b))
             .sum::<f64>()
             / rollout.raw.len() as f64;
-        let entropy_sum = -lp_old_v.iter().map(|&v| f64::from(v)).sum::<f64>();
         let step_stats = StepStats {
             kl_mean: kl,
             entropy_sum,

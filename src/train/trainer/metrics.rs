@@ -37,7 +37,9 @@ pub struct StepMetrics {
     /// Sequence-level KL to the reference, from the samples.
     #[serde(with = "nullable")]
     pub kl_mean: f64,
-    /// Per-token entropy estimate, from the samples.
+    /// Mean per-token entropy of the policy's next-token distribution over
+    /// the response tokens, exact at each sampled prefix (the first
+    /// epoch's training passes).
     #[serde(with = "nullable")]
     pub entropy: f64,
     #[serde(with = "nullable")]

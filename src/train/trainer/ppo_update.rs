@@ -149,6 +149,7 @@ impl Trainer {
         };
         let scored = Instant::now();
         let (mut clipped, mut tokens, mut ratio_sum) = (0.0, 0.0, 0.0);
+        let mut entropy_sum = 0.0;
         let mut updates = Updates::default();
         self.opt.zero_grad();
         for epoch in 0..self.cfg.epochs {
@@ -203,6 +204,9 @@ impl Trainer {
                         .double_value(&[]);
                     ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
                     tokens += m.sum(Kind::Double).double_value(&[]);
+                    if epoch == 0 {
+                        entropy_sum += new.entropy.sum(Kind::Double).double_value(&[]);
+                    }
                 });
                 self.add_minibatch(loss, loss_v, detached, kept, &mut updates, total_opt_steps)?;
             }
@@ -210,10 +214,7 @@ impl Trainer {
         self.finish_updates(&mut updates, total_opt_steps)?;
         let stats = StepStats {
             kl_mean: kl_seq.iter().sum::<f64>() / n as f64,
-            entropy_sum: -lp_old
-                .iter()
-                .map(|row| row.iter().sum::<f64>())
-                .sum::<f64>(),
+            entropy_sum,
             clip_fraction: clipped / tokens.max(1.0),
             ratio_mean: ratio_sum / tokens.max(1.0),
             times: [rollout.started, rollout.generated, scored],

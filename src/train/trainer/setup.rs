@@ -37,7 +37,10 @@ impl Trainer {
     ) -> Result<Trainer, TrainError> {
         cfg.check()?;
         let device = device_of(cfg.device, "config key `device`")?;
-        let kernels = Kernels::new(cfg.kernels, device)?;
+        let mut kernels = Kernels::new(cfg.kernels, device)?.with_head_chunk(cfg.head_chunk_rows);
+        if !cfg.fused_head {
+            kernels = kernels.materialised();
+        }
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }

@@ -27,7 +27,8 @@ pub(super) struct Updates {
 /// The algorithm-specific numbers of a step's metrics line.
 pub(super) struct StepStats {
     pub kl_mean: f64,
-    /// Minus the sum of the behaviour log-probs of every response token.
+    /// The sum over every response token of the policy's exact entropy
+    /// there ([C-FUSED-HEAD]), from the first epoch's training passes.
     pub entropy_sum: f64,
     pub clip_fraction: f64,
     pub ratio_mean: f64,
