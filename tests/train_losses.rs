@@ -277,7 +277,8 @@ fn outside_logprobs_chain_into_autograd() {
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let lp = Vec::<f64>::try_from(&seq.detach().to_kind(Kind::Double)).unwrap();
-        let entropy = Vec::<f64>::try_from(&w.entropy.to_kind(Kind::Double).reshape([-1])).unwrap();
+        let entropy =
+            Vec::<f64>::try_from(&w.entropy.unwrap().to_kind(Kind::Double).reshape([-1])).unwrap();
         let g = named
             .iter()
             .map(|(_, p)| {

@@ -112,10 +112,11 @@ enum Source {
 
 /// Token log-probs from hidden states: `lp [..]` (a leaf of a
 /// [`Detached`] where one is returned), the entropy `[..]` of each row's
-/// softmax (no gradient), and the [`Detached`].
+/// softmax (no gradient) in the passes that need gradients (the training
+/// passes, which report it), and the [`Detached`].
 pub struct HeadLogprobs {
     pub lp: Tensor,
-    pub entropy: Tensor,
+    pub entropy: Option<Tensor>,
     pub detached: Option<Detached>,
 }
 
@@ -314,9 +315,15 @@ impl Kernels {
             Backend::Reference => return reference_logprobs(model, hidden, targets),
             Backend::Materialised => {
                 let logits = model.logits(hidden)?;
-                let entropy = tch::no_grad(|| {
-                    let log_p = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-                    -(log_p.exp() * &log_p).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+                let entropy = logits.requires_grad().then(|| {
+                    tch::no_grad(|| {
+                        let log_p = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+                        -(log_p.exp() * &log_p).sum_dim_intlist(
+                            [-1i64].as_slice(),
+                            false,
+                            Kind::Float,
+                        )
+                    })
                 });
                 return Ok(HeadLogprobs {
                     lp: crate::torch::logprobs::token_logprobs(&logits, targets),
@@ -349,13 +356,13 @@ impl Kernels {
             temperature: 1.0,
             chunk,
         };
-        let fwd = fused_head::forward(&x, &*math)?;
-        let shape = targets.size();
-        let entropy = fwd.entropy.reshape(&shape);
-        let lp = fwd.logp.reshape(&shape);
         let grads = flat.requires_grad()
             || weight.requires_grad()
             || bias.is_some_and(Tensor::requires_grad);
+        let fwd = fused_head::forward(&x, &*math, grads)?;
+        let shape = targets.size();
+        let entropy = fwd.entropy.as_ref().map(|e| e.reshape(&shape));
+        let lp = fwd.logp.reshape(&shape);
         if !grads {
             return Ok(HeadLogprobs {
                 lp,
@@ -411,7 +418,7 @@ fn reference_logprobs(
             .reshape(targets.size())
             .to_device(logits.device())
     };
-    let entropy = to_tensor(&entropy);
+    let entropy = logits.requires_grad().then(|| to_tensor(&entropy));
     if !logits.requires_grad() {
         return Ok(HeadLogprobs {
             lp: to_tensor(&logp),

@@ -40,8 +40,9 @@ impl ValueHead {
 pub struct TokenWindow {
     pub lp: Tensor,
     /// Each position's entropy of the policy's next-token distribution
-    /// ([C-FUSED-HEAD]), without gradient; zero after padding.
-    pub entropy: Tensor,
+    /// ([C-FUSED-HEAD]), without gradient; zero after padding. Only in
+    /// passes with gradients.
+    pub entropy: Option<Tensor>,
     pub values: Option<Tensor>,
     pub mask: Tensor,
 }
@@ -201,7 +202,7 @@ fn window_of(
     Ok((
         TokenWindow {
             lp: out.lp * &w.mask,
-            entropy: out.entropy * &w.mask,
+            entropy: out.entropy.map(|e| e * &w.mask),
             values: head
                 .map(|h| h.values(&w.hidden))
                 .transpose()?
@@ -222,7 +223,8 @@ pub fn groups_share_prompts(prompts: &[Vec<i64>], size: usize) -> bool {
 
 /// Sequence log-probs `[n]` of `responses` (rows `p * size .. (p + 1) *
 /// size` answer `prompts[p]`), and the sums `[n]` of their tokens'
-/// entropies ([C-FUSED-HEAD], no gradient), with each prompt run through the model once
+/// entropies ([C-FUSED-HEAD], no gradient; where the pass has gradients),
+/// with each prompt run through the model once
 /// and its keys and values repeated for its group ([C-SHARED-PREFIX]); the
 /// gradient flows back through every response into the prompt's states.
 /// Equal, up to float summation order, to the masked sums of
@@ -233,10 +235,10 @@ pub fn shared_prefix_logprobs(
     responses: &[Vec<i64>],
     size: usize,
     kernels: &Kernels,
-) -> Result<(Tensor, Tensor, Option<Detached>), TrainError> {
+) -> Result<(Tensor, Option<Tensor>, Option<Detached>), TrainError> {
     let (out, mask) = shared_prefix_tokens(model, prompts, responses, size, kernels)?;
     let sum = |t: Tensor| (t * &mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-    Ok((sum(out.lp), sum(out.entropy), out.detached))
+    Ok((sum(out.lp), out.entropy.map(sum), out.detached))
 }
 
 /// [`shared_prefix_logprobs`] without gradient, summed by the kernels'
@@ -280,7 +282,7 @@ fn shared_prefix_tokens(
         let empty = Tensor::zeros([n as i64, 0], (Kind::Float, device));
         let out = HeadLogprobs {
             lp: empty.shallow_clone(),
-            entropy: empty.shallow_clone(),
+            entropy: None,
             detached: None,
         };
         return Ok((out, empty));

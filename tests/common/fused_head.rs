@@ -155,7 +155,7 @@ pub fn worst_ratio(
         temperature: x.temperature,
         chunk: case.chunk,
     };
-    let fwd = fused_head::forward(&t, math).unwrap();
+    let fwd = fused_head::forward(&t, math, true).unwrap();
     let want = reference::forward(&rounded);
     let zmax: Vec<f64> = (0..x.n)
         .map(|r| rounded.logits(r).iter().fold(0.0f64, |m, z| m.max(z.abs())))
@@ -175,7 +175,11 @@ pub fn worst_ratio(
             b.value * (1.0 + want.abs()) + b.per_logit * zmax[r],
         );
     }
-    for (r, (got, want)) in host(&fwd.entropy).iter().zip(&want.entropy).enumerate() {
+    for (r, (got, want)) in host(fwd.entropy.as_ref().unwrap())
+        .iter()
+        .zip(&want.entropy)
+        .enumerate()
+    {
         let bound = (b.value * (1.0 + want.abs()) + b.per_logit * zmax[r]) * (1.0 + want.abs());
         see(*got, *want, bound);
     }

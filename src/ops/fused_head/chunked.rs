@@ -21,30 +21,47 @@ pub struct HeadTensors<'a> {
     pub chunk: i64,
 }
 
-/// A chunk's softmax: from float32 logits `z [C, V]` and `targets [C]`.
+/// A chunk's softmax, from its float32 logits `z [C, V]` (in a workspace
+/// the math may overwrite), a second float32 workspace `work [C, V]` and
+/// `targets [C]`. The two workspaces are allocated once per call of
+/// [`forward`] or [`backward`], so the chunks reuse the same memory instead
+/// of asking the allocator for new `[C, V]` buffers each time (which the C
+/// heap, kept unreturned by `p3o train`, would fragment).
 pub trait ChunkMath {
-    /// `(logp [C], entropy [C], stats [C, 2])`, float32; `stats` holds per
-    /// row the maximum `m` and `s = log sum exp(z - m)`.
-    fn forward(&self, z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor), HeadError>;
+    /// `(logp [C], entropy [C] where asked for, stats [C, 2])`, float32;
+    /// `stats` holds per row the maximum `m` and `s = log sum exp(z - m)`.
+    fn forward(
+        &self,
+        z: &mut Tensor,
+        work: &mut Tensor,
+        targets: &Tensor,
+        entropy: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor), HeadError>;
 
-    /// `G = d loss / d z [C, V]`, float32, from the forward's `stats` and
-    /// `entropy`, `a = d loss / d logp [C]` and `c = d loss / d entropy`.
+    /// `G = d loss / d z [C, V]`, float32 (`work` itself, or a tensor of
+    /// the math's own), from the forward's `stats` and `entropy`, `a = d
+    /// loss / d logp [C]` and `c = d loss / d entropy` (which needs the
+    /// forward's entropy).
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
-        z: &Tensor,
+        z: &mut Tensor,
+        work: &mut Tensor,
         targets: &Tensor,
         stats: &Tensor,
-        entropy: &Tensor,
+        entropy: Option<&Tensor>,
         a: &Tensor,
         c: Option<&Tensor>,
     ) -> Result<Tensor, HeadError>;
 }
 
 /// The forward's outputs, all `[N]` float32 but `stats [N, 2]`: the
-/// backward needs `stats` and `entropy` (O(N), [C-FUSED-HEAD]).
+/// backward needs `stats` (and `entropy` for the entropy's gradient; O(N),
+/// [C-FUSED-HEAD]).
 pub struct Forward {
     pub logp: Tensor,
-    pub entropy: Tensor,
+    /// Present where the forward was asked for it.
+    pub entropy: Option<Tensor>,
     pub stats: Tensor,
 }
 
@@ -100,27 +117,55 @@ impl HeadTensors<'_> {
         (0..n).step_by(c as usize).map(move |s| (s, c.min(n - s)))
     }
 
-    /// Rows `start .. start + rows` of `hidden` and their float32 logits.
-    fn chunk_logits(&self, start: i64, rows: i64) -> Result<(Tensor, Tensor), HeadError> {
+    /// The two float32 workspaces `[min(C, N), V]`.
+    fn workspaces(&self, n: i64, v: i64) -> Result<[Tensor; 2], HeadError> {
+        let shape = [self.chunk.min(n).max(1), v];
+        let opts = (Kind::Float, self.hidden.device());
+        Ok([Tensor::f_empty(shape, opts)?, Tensor::f_empty(shape, opts)?])
+    }
+
+    /// Rows `start .. start + rows` of `hidden`, and their logits written
+    /// into the first `rows` rows of `z` (float32).
+    fn chunk_logits(
+        &self,
+        start: i64,
+        rows: i64,
+        z: &Tensor,
+    ) -> Result<(Tensor, Tensor), HeadError> {
         let h = self.hidden.f_narrow(0, start, rows)?;
-        let mut z = h.f_linear(self.weight, self.bias)?.f_to_kind(Kind::Float)?;
+        let mut z = z.f_narrow(0, 0, rows)?;
+        if self.hidden.kind() == Kind::Float && self.weight.kind() == Kind::Float {
+            let _ = h.f_mm_out(&z, &self.weight.f_tr()?)?;
+            if let Some(b) = self.bias {
+                let _ = z.f_add_(b)?;
+            }
+        } else {
+            // A product in the model's type (bfloat16: float32 accumulation
+            // inside, rounded once to bfloat16), widened into `z`.
+            z.f_copy_(&h.f_linear(self.weight, self.bias)?)?;
+        }
         if self.temperature != 1.0 {
-            z = z.f_div_scalar(self.temperature)?;
+            let _ = z.f_div_scalar_(self.temperature)?;
         }
         Ok((h, z))
     }
 }
 
-/// The forward of [C-FUSED-HEAD], outside autograd.
-pub fn forward(x: &HeadTensors, math: &dyn ChunkMath) -> Result<Forward, HeadError> {
-    let (n, _) = x.check()?;
+/// The forward of [C-FUSED-HEAD], outside autograd, with the entropies
+/// where `entropy` (two more passes over each chunk).
+pub fn forward(x: &HeadTensors, math: &dyn ChunkMath, entropy: bool) -> Result<Forward, HeadError> {
+    let want_entropy = entropy;
+    let (n, v) = x.check()?;
     tch::no_grad(|| {
         let (mut logp, mut entropy, mut stats) = (vec![], vec![], vec![]);
+        let [z_space, work_space] = x.workspaces(n, v)?;
         for (start, rows) in x.chunks(n) {
-            let (_, z) = x.chunk_logits(start, rows)?;
-            let (l, e, s) = math.forward(&z, &x.targets.f_narrow(0, start, rows)?)?;
+            let (_, mut z) = x.chunk_logits(start, rows, &z_space)?;
+            let mut work = work_space.f_narrow(0, 0, rows)?;
+            let targets = x.targets.f_narrow(0, start, rows)?;
+            let (l, e, s) = math.forward(&mut z, &mut work, &targets, want_entropy)?;
             logp.push(l);
-            entropy.push(e);
+            entropy.extend(e);
             stats.push(s);
         }
         let cat = |t: Vec<Tensor>, shape: &[i64]| -> Result<Tensor, HeadError> {
@@ -132,7 +177,11 @@ pub fn forward(x: &HeadTensors, math: &dyn ChunkMath) -> Result<Forward, HeadErr
         };
         Ok(Forward {
             logp: cat(logp, &[0])?,
-            entropy: cat(entropy, &[0])?,
+            entropy: if want_entropy {
+                Some(cat(entropy, &[0])?)
+            } else {
+                None
+            },
             stats: cat(stats, &[0, 2])?,
         })
     })
@@ -165,38 +214,51 @@ pub fn backward(
         };
         let a = grad_logp.f_to_kind(Kind::Float)?;
         let c = grad_entropy.map(|c| c.f_to_kind(Kind::Float)).transpose()?;
-        let mut dh = Vec::new();
+        let entropy = match (&c, &fwd.entropy) {
+            (Some(_), None) => {
+                return Err(HeadError::Shape(
+                    "the entropy's gradient needs a forward with the entropy".into(),
+                ));
+            }
+            (_, e) => e.as_ref(),
+        };
+        let hidden = Tensor::f_empty([n, h_dim], (kind, device))?;
+        let [z_space, work_space] = x.workspaces(n, v)?;
         for (start, rows) in x.chunks(n) {
-            let (h, z) = x.chunk_logits(start, rows)?;
+            let (h, mut z) = x.chunk_logits(start, rows, &z_space)?;
+            let mut work = work_space.f_narrow(0, 0, rows)?;
             let part = |t: &Tensor| t.f_narrow(0, start, rows);
             let c_part = c.as_ref().map(part).transpose()?;
             let mut g = math.backward(
-                &z,
+                &mut z,
+                &mut work,
                 &part(x.targets)?,
                 &part(&fwd.stats)?,
-                &part(&fwd.entropy)?,
+                entropy.map(part).transpose()?.as_ref(),
                 &part(&a)?,
                 c_part.as_ref(),
             )?;
-            drop(z);
             if x.temperature != 1.0 {
-                g = g.f_div_scalar(x.temperature)?;
+                let _ = g.f_div_scalar_(x.temperature)?;
             }
             if let Some(db) = db.as_mut() {
                 let _ =
                     db.f_add_(&g.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?)?;
             }
-            let g = g.f_to_kind(kind)?;
-            dh.push(g.f_mm(x.weight)?);
+            let g = if kind == Kind::Float {
+                g
+            } else {
+                g.f_to_kind(kind)?
+            };
+            let _ = g.f_mm_out(&hidden.f_narrow(0, start, rows)?, x.weight)?;
             if let Some(dw) = dw.as_mut() {
-                let _ = dw.f_add_(&g.f_tr()?.f_mm(&h)?.f_to_kind(Kind::Float)?)?;
+                if kind == Kind::Float {
+                    let _ = dw.f_addmm_(&g.f_tr()?, &h)?;
+                } else {
+                    let _ = dw.f_add_(&g.f_tr()?.f_mm(&h)?.f_to_kind(Kind::Float)?)?;
+                }
             }
         }
-        let hidden = if dh.is_empty() {
-            x.hidden.f_zeros_like()?
-        } else {
-            Tensor::f_cat(&dh, 0)?
-        };
         Ok(Grads {
             hidden,
             weight: dw,

@@ -10,41 +10,56 @@ use tch::{Kind, Tensor};
 
 use super::chunked::ChunkMath;
 use super::error::HeadError;
-use super::torch::{entropy_grad, entropy_of, log_softmax_with};
+use super::torch::{entropy_from_shifted, entropy_grad_, log_softmax_with_, needed};
 use crate::cuda::torch_ops::TensorKernels;
 
 /// The token kernels on each chunk.
 pub struct KernelMath(pub Arc<dyn TensorKernels>);
 
 impl ChunkMath for KernelMath {
-    fn forward(&self, z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor), HeadError> {
-        let z = z.f_contiguous()?;
+    fn forward(
+        &self,
+        z: &mut Tensor,
+        work: &mut Tensor,
+        targets: &Tensor,
+        entropy: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor), HeadError> {
         let (logp, lse) = self
             .0
-            .token_logprob_fwd_tensor(&z, &targets.f_contiguous()?)?;
+            .token_logprob_fwd_tensor(z, &targets.f_contiguous()?)?;
         let stats = lse.f_view([-1, 2])?;
-        let entropy = entropy_of(&log_softmax_with(&z, &stats)?)?;
-        Ok((logp, entropy, stats))
+        let h = if entropy {
+            let _ = z.f_sub_(&stats.f_narrow(1, 0, 1)?)?;
+            let _ = z.f_exp_out(work)?;
+            let sum = stats.f_narrow(1, 1, 1)?.f_exp()?;
+            Some(entropy_from_shifted(z, work, &sum)?)
+        } else {
+            None
+        };
+        Ok((logp, h, stats))
     }
 
     fn backward(
         &self,
-        z: &Tensor,
+        z: &mut Tensor,
+        work: &mut Tensor,
         targets: &Tensor,
         stats: &Tensor,
-        entropy: &Tensor,
+        entropy: Option<&Tensor>,
         a: &Tensor,
         c: Option<&Tensor>,
     ) -> Result<Tensor, HeadError> {
-        let z = z.f_contiguous()?;
         let mut g = self.0.token_logprob_bwd_tensor(
-            &z,
+            z,
             &targets.f_contiguous()?,
             &stats.f_contiguous()?.f_view([-1])?,
             &a.f_to_kind(Kind::Float)?.f_contiguous()?,
         )?;
         if let Some(c) = c {
-            let _ = g.f_sub_(&entropy_grad(log_softmax_with(&z, stats)?, entropy, c)?)?;
+            log_softmax_with_(z, stats)?;
+            let _ = z.f_exp_out(work)?;
+            entropy_grad_(z, work, needed(entropy)?, c)?;
+            let _ = g.f_sub_(z)?;
         }
         Ok(g)
     }

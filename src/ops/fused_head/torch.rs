@@ -9,76 +9,104 @@ use super::error::HeadError;
 /// libtorch's ops on each chunk.
 pub struct TorchMath;
 
-/// `log softmax(z)` `[C, V]` as `(z - m) - s`, and the stats `[C, 2]`.
-fn log_softmax(z: &Tensor) -> Result<(Tensor, Tensor), HeadError> {
+/// Per row of `z`: the stats `[C, 2]` (`m` and `s = log sum exp(z -
+/// m)`), with `z` left holding `z - m` and `work` holding `exp(z - m)`.
+fn shifted_(z: &mut Tensor, work: &mut Tensor) -> Result<(Tensor, Tensor), HeadError> {
     let m = z.f_amax([-1i64].as_slice(), true)?;
-    let shifted = z.f_sub(&m)?;
-    let s = shifted
-        .f_exp()?
-        .f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?
-        .f_log()?;
-    let log_p = shifted.f_sub(&s)?;
-    Ok((log_p, Tensor::f_cat(&[m, s], 1)?))
+    let _ = z.f_sub_(&m)?;
+    let _ = z.f_exp_out(work)?;
+    let sum = work.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?;
+    let s = sum.f_log()?;
+    Ok((Tensor::f_cat(&[m, s], 1)?, sum))
 }
 
-/// `log softmax(z)` from the forward's stats.
-pub(super) fn log_softmax_with(z: &Tensor, stats: &Tensor) -> Result<Tensor, HeadError> {
-    let m = stats.f_narrow(1, 0, 1)?;
-    let s = stats.f_narrow(1, 1, 1)?;
-    Ok(z.f_sub(&m)?.f_sub_(&s)?)
+/// The entropy `[C]` from `y = z - m`, `e = exp(y)` (overwritten) and
+/// `sum_v e_v`: `H = log sum e - sum_v e_v y_v / sum e`.
+pub(super) fn entropy_from_shifted(
+    y: &Tensor,
+    e: &mut Tensor,
+    sum: &Tensor,
+) -> Result<Tensor, HeadError> {
+    let _ = e.f_mul_(y)?;
+    let mean = e
+        .f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?
+        .f_div(sum)?;
+    Ok(sum.f_log()?.f_sub(&mean)?.f_squeeze_dim(1)?)
+}
+
+/// `log softmax(z)` in place of `z`, from the forward's stats.
+pub(super) fn log_softmax_with_(z: &mut Tensor, stats: &Tensor) -> Result<(), HeadError> {
+    let _ = z.f_sub_(&stats.f_narrow(1, 0, 1)?)?;
+    let _ = z.f_sub_(&stats.f_narrow(1, 1, 1)?)?;
+    Ok(())
+}
+
+/// `log p` into `c p (log p + H)`, the entropy's part of `-G`, in place,
+/// given `p`.
+pub(super) fn entropy_grad_(
+    log_p: &mut Tensor,
+    p: &Tensor,
+    entropy: &Tensor,
+    c: &Tensor,
+) -> Result<(), HeadError> {
+    let _ = log_p.f_add_(&entropy.f_unsqueeze(1)?)?;
+    let _ = log_p.f_mul_(p)?;
+    let _ = log_p.f_mul_(&c.f_unsqueeze(1)?)?;
+    Ok(())
+}
+
+/// The entropy a backward with `c` needs.
+pub(super) fn needed(entropy: Option<&Tensor>) -> Result<&Tensor, HeadError> {
+    entropy.ok_or_else(|| HeadError::Shape("the entropy's gradient needs the entropy".into()))
 }
 
 impl ChunkMath for TorchMath {
-    fn forward(&self, z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor), HeadError> {
-        let (log_p, stats) = log_softmax(z)?;
-        let logp = log_p
+    fn forward(
+        &self,
+        z: &mut Tensor,
+        work: &mut Tensor,
+        targets: &Tensor,
+        entropy: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor), HeadError> {
+        let (stats, sum) = shifted_(z, work)?;
+        // logp = (z_t - m) - s, exact to rounding however large m is.
+        let logp = z
             .f_gather(1, &targets.f_unsqueeze(1)?, false)?
+            .f_sub(&stats.f_narrow(1, 1, 1)?)?
             .f_squeeze_dim(1)?;
-        Ok((logp, entropy_of(&log_p)?, stats))
+        let h = if entropy {
+            Some(entropy_from_shifted(z, work, &sum)?)
+        } else {
+            None
+        };
+        Ok((logp, h, stats))
     }
 
     fn backward(
         &self,
-        z: &Tensor,
+        z: &mut Tensor,
+        work: &mut Tensor,
         targets: &Tensor,
         stats: &Tensor,
-        entropy: &Tensor,
+        entropy: Option<&Tensor>,
         a: &Tensor,
         c: Option<&Tensor>,
     ) -> Result<Tensor, HeadError> {
-        let log_p = log_softmax_with(z, stats)?;
+        log_softmax_with_(z, stats)?;
         let t = targets.f_unsqueeze(1)?;
         let a = a.f_unsqueeze(1)?;
-        // The target's 1 - p as the sum of the others ([C-TOKEN-LOGPROB]).
-        let others = log_p.f_exp()?.f_scatter_value(1, &t, 0.0)?;
-        let rest = others.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?;
-        let mut g = others.f_mul(&a)?.f_neg_()?;
-        let _ = g.f_scatter_(1, &t, &rest.f_mul(&a)?)?;
+        let _ = z.f_exp_out(work)?;
         if let Some(c) = c {
-            let _ = g.f_sub_(&entropy_grad(log_p, entropy, c)?)?;
+            entropy_grad_(z, work, needed(entropy)?, c)?;
         }
-        Ok(g)
+        // The target's 1 - p as the sum of the others ([C-TOKEN-LOGPROB]).
+        let _ = work.f_scatter_value_(1, &t, 0.0)?;
+        let rest = work.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?;
+        let _ = work.f_mul_(&a)?.f_neg_()?;
+        let _ = work.f_scatter_(1, &t, &rest.f_mul(&a)?)?;
+        if c.is_some() {
+            let _ = work.f_sub_(z)?;
+        }
+        Ok(work.shallow_clone())
     }
-}
-
-/// `-sum_v p_v log p_v` `[C]` from `log p [C, V]`.
-pub(super) fn entropy_of(log_p: &Tensor) -> Result<Tensor, HeadError> {
-    Ok(log_p
-        .f_exp()?
-        .f_mul(log_p)?
-        .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?
-        .f_neg()?)
-}
-
-/// `c p (log p + H)` `[C, V]`, the entropy's part of `-G`, consuming `log p`.
-pub(super) fn entropy_grad(
-    mut log_p: Tensor,
-    entropy: &Tensor,
-    c: &Tensor,
-) -> Result<Tensor, HeadError> {
-    let p = log_p.f_exp()?;
-    Ok(log_p
-        .f_add_(&entropy.f_unsqueeze(1)?)?
-        .f_mul_(&p)?
-        .f_mul_(&c.f_unsqueeze(1)?)?)
 }

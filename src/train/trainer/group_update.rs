@@ -119,8 +119,8 @@ impl Trainer {
                         size,
                         &self.kernels,
                     )?;
-                    if epoch == 0 {
-                        entropy_sum += entropy.sum(Kind::Double).double_value(&[]);
+                    if let (0, Some(e)) = (epoch, entropy) {
+                        entropy_sum += e.sum(Kind::Double).double_value(&[]);
                     }
                     (None, lp.view(shape), detached, None)
                 } else {
@@ -132,8 +132,8 @@ impl Trainer {
                         &self.kernels,
                         self.cfg.gradient_checkpointing,
                     )?;
-                    if epoch == 0 {
-                        entropy_sum += window.entropy.sum(Kind::Double).double_value(&[]);
+                    if let (0, Some(e)) = (epoch, &window.entropy) {
+                        entropy_sum += e.sum(Kind::Double).double_value(&[]);
                     }
                     let lp = window
                         .lp

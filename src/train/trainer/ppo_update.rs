@@ -204,8 +204,8 @@ impl Trainer {
                         .double_value(&[]);
                     ratio_sum += (rho * &m).sum(Kind::Double).double_value(&[]);
                     tokens += m.sum(Kind::Double).double_value(&[]);
-                    if epoch == 0 {
-                        entropy_sum += new.entropy.sum(Kind::Double).double_value(&[]);
+                    if let (0, Some(e)) = (epoch, &new.entropy) {
+                        entropy_sum += e.sum(Kind::Double).double_value(&[]);
                     }
                 });
                 self.add_minibatch(loss, loss_v, detached, kept, &mut updates, total_opt_steps)?;
