@@ -24,7 +24,7 @@ cat > "$dir/pythia-14m.json" <<'JSON'
  "use_parallel_residual": true, "hidden_act": "gelu", "tie_word_embeddings": false,
  "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "float32", "initializer_range": 0.02}
 JSON
-echo "round fused_head peak_rss_gb step_s"
+echo "round fused_head peak_rss_gb step_s update_s"
 for round in $(seq 1 "$rounds"); do
     if (( round % 2 )); then order="true false"; else order="false true"; fi
     for fused in $order; do
@@ -36,8 +36,9 @@ for round in $(seq 1 "$rounds"); do
             --set=threads=2 --set=fused_head=$fused "$@" > "$dir/log" 2>&1 \
             || { cat "$dir/log" >&2; exit 1; }
         rss=$(tail -1 "$dir/mem")
-        sps=$(grep '"split":"train"' "$out/metrics.jsonl" | head -1 \
-            | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["samples_per_s"])')
-        python3 -c "print($round, '$fused', round($rss / 1e6, 3), round(32 / $sps, 2))"
+        grep '"split":"train"' "$out/metrics.jsonl" | head -1 | python3 -c "
+import json, sys
+d = json.loads(sys.stdin.read())
+print($round, '$fused', round($rss / 1e6, 3), round(32 / d['samples_per_s'], 2), round(d['time_update_s'], 2))"
     done
 done

@@ -28,8 +28,12 @@ pub struct HeadTensors<'a> {
 /// of asking the allocator for new `[C, V]` buffers each time (which the C
 /// heap, kept unreturned by `p3o train`, would fragment).
 pub trait ChunkMath {
-    /// `(logp [C], entropy [C] where asked for, stats [C, 2])`, float32;
-    /// `stats` holds per row the maximum `m` and `s = log sum exp(z - m)`.
+    /// Columns of the per-row stats the forward keeps for the backward.
+    fn stats_width(&self) -> i64;
+
+    /// `(logp [C], entropy [C] where asked for, stats [C, k])`, float32;
+    /// `stats` holds per row the maximum `m` and `s = log sum exp(z - m)`
+    /// (and what else the math's backward needs).
     fn forward(
         &self,
         z: &mut Tensor,
@@ -38,10 +42,12 @@ pub trait ChunkMath {
         entropy: bool,
     ) -> Result<(Tensor, Option<Tensor>, Tensor), HeadError>;
 
-    /// `G = d loss / d z [C, V]`, float32 (`work` itself, or a tensor of
-    /// the math's own), from the forward's `stats` and `entropy`, `a = d
-    /// loss / d logp [C]` and `c = d loss / d entropy` (which needs the
-    /// forward's entropy).
+    /// `G = d loss / d z [N, B]` of a vocabulary block of every row,
+    /// float32 (`work` itself, or a tensor of the math's own), from the
+    /// block's logits `z`, the targets relative to the block (outside `0..B`
+    /// where the target lies in another block), the forward's `stats` and
+    /// `entropy`, `a = d loss / d logp [N]` and `c = d loss / d entropy`
+    /// (which needs the forward's entropy).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -124,6 +130,37 @@ impl HeadTensors<'_> {
         Ok([Tensor::f_empty(shape, opts)?, Tensor::f_empty(shape, opts)?])
     }
 
+    /// Columns per vocabulary block of the backward: as many logits as a
+    /// forward chunk (`C V`), over all `n` rows.
+    fn vocab_block(&self, n: i64, v: i64) -> i64 {
+        (self.chunk.saturating_mul(v) / n.max(1)).clamp(1, v)
+    }
+
+    /// The logits of vocabulary entries `first .. first + cols` for every
+    /// row, written into `z`'s first `n * cols` entries (float32 `[n,
+    /// cols]`, contiguous).
+    fn block_logits(&self, first: i64, cols: i64, space: &Tensor) -> Result<Tensor, HeadError> {
+        let n = self.hidden.size()[0];
+        let mut z = space
+            .f_view([-1])?
+            .f_narrow(0, 0, n * cols)?
+            .f_view([n, cols])?;
+        let w = self.weight.f_narrow(0, first, cols)?;
+        let b = self.bias.map(|b| b.f_narrow(0, first, cols)).transpose()?;
+        if self.hidden.kind() == Kind::Float && self.weight.kind() == Kind::Float {
+            let _ = self.hidden.f_mm_out(&z, &w.f_tr()?)?;
+            if let Some(b) = b {
+                let _ = z.f_add_(&b)?;
+            }
+        } else {
+            z.f_copy_(&self.hidden.f_linear(&w, b.as_ref())?)?;
+        }
+        if self.temperature != 1.0 {
+            let _ = z.f_div_scalar_(self.temperature)?;
+        }
+        Ok(z)
+    }
+
     /// Rows `start .. start + rows` of `hidden`, and their logits written
     /// into the first `rows` rows of `z` (float32).
     fn chunk_logits(
@@ -182,14 +219,18 @@ pub fn forward(x: &HeadTensors, math: &dyn ChunkMath, entropy: bool) -> Result<F
             } else {
                 None
             },
-            stats: cat(stats, &[0, 2])?,
+            stats: cat(stats, &[0, math.stats_width()])?,
         })
     })
 }
 
 /// The backward of [C-FUSED-HEAD], outside autograd, for `grad_logp [N]`
 /// and optionally `grad_entropy [N]`; the weight's and bias's gradients
-/// only where `weight_grads`.
+/// only where `weight_grads`. It takes the vocabulary in blocks of `B =
+/// C V / N` columns (as many logits as a forward chunk, all rows at once),
+/// so that each block of `d loss / d W` is one product over every row,
+/// written once in the weight's type, and only `d loss / d h [N, H]` is
+/// summed over blocks (in float32).
 pub fn backward(
     x: &HeadTensors,
     math: &dyn ChunkMath,
@@ -203,64 +244,87 @@ pub fn backward(
         let device = x.hidden.device();
         let kind = x.hidden.kind();
         let h_dim = x.hidden.size()[1];
+        let a = grad_logp.f_to_kind(Kind::Float)?;
+        let c = grad_entropy.map(|c| c.f_to_kind(Kind::Float)).transpose()?;
+        if c.is_some() && fwd.entropy.is_none() {
+            return Err(HeadError::Shape(
+                "the entropy's gradient needs a forward with the entropy".into(),
+            ));
+        }
+        let mut dh = Tensor::f_zeros([n, h_dim], (Kind::Float, device))?;
+        if n == 0 {
+            return Ok(Grads {
+                hidden: dh.f_to_kind(kind)?,
+                weight: None,
+                bias: None,
+            });
+        }
         let mut dw = if weight_grads {
-            Some(Tensor::f_zeros([v, h_dim], (Kind::Float, device))?)
+            Some(Tensor::f_empty([v, h_dim], (x.weight.kind(), device))?)
         } else {
             None
         };
-        let mut db = match (weight_grads, x.bias) {
-            (true, Some(_)) => Some(Tensor::f_zeros([v], (Kind::Float, device))?),
+        let db = match (weight_grads, x.bias) {
+            (true, Some(_)) => Some(Tensor::f_empty([v], (Kind::Float, device))?),
             _ => None,
         };
-        let a = grad_logp.f_to_kind(Kind::Float)?;
-        let c = grad_entropy.map(|c| c.f_to_kind(Kind::Float)).transpose()?;
-        let entropy = match (&c, &fwd.entropy) {
-            (Some(_), None) => {
-                return Err(HeadError::Shape(
-                    "the entropy's gradient needs a forward with the entropy".into(),
-                ));
-            }
-            (_, e) => e.as_ref(),
-        };
-        let hidden = Tensor::f_empty([n, h_dim], (kind, device))?;
-        let [z_space, work_space] = x.workspaces(n, v)?;
-        for (start, rows) in x.chunks(n) {
-            let (h, mut z) = x.chunk_logits(start, rows, &z_space)?;
-            let mut work = work_space.f_narrow(0, 0, rows)?;
-            let part = |t: &Tensor| t.f_narrow(0, start, rows);
-            let c_part = c.as_ref().map(part).transpose()?;
+        let block = x.vocab_block(n, v);
+        let opts = (Kind::Float, device);
+        let (z_space, work_space) = (
+            Tensor::f_empty([n, block], opts)?,
+            Tensor::f_empty([n, block], opts)?,
+        );
+        for first in (0..v).step_by(block as usize) {
+            let cols = block.min(v - first);
+            let mut z = x.block_logits(first, cols, &z_space)?;
+            // Contiguous rows of `cols` (the last block may be narrower).
+            let mut work = work_space
+                .f_view([-1])?
+                .f_narrow(0, 0, n * cols)?
+                .f_view([n, cols])?;
+            let targets = x.targets.f_sub_scalar(first)?;
             let mut g = math.backward(
                 &mut z,
                 &mut work,
-                &part(x.targets)?,
-                &part(&fwd.stats)?,
-                entropy.map(part).transpose()?.as_ref(),
-                &part(&a)?,
-                c_part.as_ref(),
+                &targets,
+                &fwd.stats,
+                fwd.entropy.as_ref(),
+                &a,
+                c.as_ref(),
             )?;
             if x.temperature != 1.0 {
                 let _ = g.f_div_scalar_(x.temperature)?;
             }
-            if let Some(db) = db.as_mut() {
-                let _ =
-                    db.f_add_(&g.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?)?;
+            if let Some(db) = db.as_ref() {
+                db.f_narrow(0, first, cols)?.f_copy_(&g.f_sum_dim_intlist(
+                    [0i64].as_slice(),
+                    false,
+                    Kind::Float,
+                )?)?;
             }
+            let w = x.weight.f_narrow(0, first, cols)?;
             let g = if kind == Kind::Float {
                 g
             } else {
                 g.f_to_kind(kind)?
             };
-            let _ = g.f_mm_out(&hidden.f_narrow(0, start, rows)?, x.weight)?;
+            if kind == Kind::Float {
+                let _ = dh.f_addmm_(&g, &w)?;
+            } else {
+                let _ = dh.f_add_(&g.f_mm(&w)?)?;
+            }
             if let Some(dw) = dw.as_mut() {
-                if kind == Kind::Float {
-                    let _ = dw.f_addmm_(&g.f_tr()?, &h)?;
-                } else {
-                    let _ = dw.f_add_(&g.f_tr()?.f_mm(&h)?.f_to_kind(Kind::Float)?)?;
-                }
+                let _ = g
+                    .f_tr()?
+                    .f_mm_out(&dw.f_narrow(0, first, cols)?, x.hidden)?;
             }
         }
         Ok(Grads {
-            hidden,
+            hidden: if kind == Kind::Float {
+                dh
+            } else {
+                dh.f_to_kind(kind)?
+            },
             weight: dw,
             bias: db,
         })

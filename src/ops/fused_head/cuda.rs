@@ -17,6 +17,11 @@ use crate::cuda::torch_ops::TensorKernels;
 pub struct KernelMath(pub Arc<dyn TensorKernels>);
 
 impl ChunkMath for KernelMath {
+    /// The kernels' `lse` pairs, `m` and `s`.
+    fn stats_width(&self) -> i64 {
+        2
+    }
+
     fn forward(
         &self,
         z: &mut Tensor,
@@ -32,7 +37,7 @@ impl ChunkMath for KernelMath {
             let _ = z.f_sub_(&stats.f_narrow(1, 0, 1)?)?;
             let _ = z.f_exp_out(work)?;
             let sum = stats.f_narrow(1, 1, 1)?.f_exp()?;
-            Some(entropy_from_shifted(z, work, &sum)?)
+            Some(entropy_from_shifted(z, work, &sum, None)?)
         } else {
             None
         };
@@ -49,6 +54,8 @@ impl ChunkMath for KernelMath {
         a: &Tensor,
         c: Option<&Tensor>,
     ) -> Result<Tensor, HeadError> {
+        // A target outside the block is no entry of it: the kernel writes
+        // `-a p` over the whole row.
         let mut g = self.0.token_logprob_bwd_tensor(
             z,
             &targets.f_contiguous()?,
