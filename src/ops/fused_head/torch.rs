@@ -105,7 +105,7 @@ impl ChunkMath for TorchMath {
         if let Some(c) = c {
             entropy_grad_(z, work, needed(entropy)?, c)?;
         }
-        let _ = work.f_mul_(&a)?.f_neg_()?;
+        let _ = work.f_mul_(&a.f_neg()?)?;
         if c.is_some() {
             let _ = work.f_sub_(z)?;
         }
