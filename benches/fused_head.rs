@@ -7,6 +7,9 @@
 //! the device memory in use, which libtorch's caching allocator keeps at
 //! its peak, less the memory in use before).
 //!
+//! `--side fused-kernels` (feature `cuda`, a GPU) runs the fused head with
+//! the token kernels (`kernels = cuda`) instead of libtorch ops.
+//!
 //! `cargo bench --features torch --bench fused_head -- --side fused --n 2048
 //! --h 128 --v 50304 [--dtype f32|bf16] [--device cpu|cuda] [--reps 5]
 //! [--chunk ROWS] [--threads 2]`
@@ -14,7 +17,7 @@
 use std::time::Instant;
 
 use p3o::ops::fused_head::torch::TorchMath;
-use p3o::ops::fused_head::{self, HeadTensors};
+use p3o::ops::fused_head::{self, ChunkMath, HeadTensors};
 use tch::{Device, Kind, Tensor};
 
 struct Args {
@@ -116,6 +119,20 @@ fn gpu_used() -> u64 {
     0
 }
 
+/// The fused side's chunk math: libtorch ops, or (`fused-kernels`,
+/// feature `cuda`) the token kernels on GPU 0.
+fn math_of(side: &str) -> Box<dyn ChunkMath> {
+    #[cfg(feature = "cuda")]
+    if side == "fused-kernels" {
+        let gpu = p3o::cuda::Gpu::new(0).expect("a CUDA device for the kernels");
+        return Box::new(p3o::ops::fused_head::cuda::KernelMath(std::sync::Arc::new(
+            gpu,
+        )));
+    }
+    let _ = side;
+    Box::new(TorchMath)
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(n) = device {
         tch::Cuda::synchronize(n as i64);
@@ -156,6 +173,16 @@ fn main() {
         let (now, hwm) = in_use(device);
         peak = peak.max(now).max(hwm);
     };
+    let (hd, wd) = (hidden.detach(), weight.detach());
+    let x = HeadTensors {
+        hidden: &hd,
+        weight: &wd,
+        bias: None,
+        targets: &targets,
+        temperature: 1.0,
+        chunk,
+    };
+    let math = math_of(&a.side);
     let (mut fwd_bwd, mut fwd) = (vec![], vec![]);
     for rep in 0..=a.reps {
         sync(a.device);
@@ -165,18 +192,9 @@ fn main() {
             let lp = p3o::torch::logprobs::token_logprobs(&logits, &targets);
             (lp * &g).sum(Kind::Float).backward();
         } else {
-            let (hd, wd) = (hidden.detach(), weight.detach());
-            let x = HeadTensors {
-                hidden: &hd,
-                weight: &wd,
-                bias: None,
-                targets: &targets,
-                temperature: 1.0,
-                chunk,
-            };
             // The training pass, which reports the entropy.
-            let out = fused_head::forward(&x, &TorchMath, true).unwrap();
-            let grads = fused_head::backward(&x, &TorchMath, &out, &g, None, true).unwrap();
+            let out = fused_head::forward(&x, &*math, true).unwrap();
+            let grads = fused_head::backward(&x, &*math, &out, &g, None, true).unwrap();
             drop(grads);
         }
         sync(a.device);
@@ -187,16 +205,7 @@ fn main() {
                 let logits = hidden.linear::<Tensor>(&weight, None);
                 let _ = p3o::torch::logprobs::token_logprobs(&logits, &targets);
             } else {
-                let (hd, wd) = (hidden.detach(), weight.detach());
-                let x = HeadTensors {
-                    hidden: &hd,
-                    weight: &wd,
-                    bias: None,
-                    targets: &targets,
-                    temperature: 1.0,
-                    chunk,
-                };
-                let _ = fused_head::forward(&x, &TorchMath, false).unwrap();
+                let _ = fused_head::forward(&x, &*math, false).unwrap();
             }
         });
         sync(a.device);

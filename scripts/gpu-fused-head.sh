@@ -2,7 +2,8 @@
 # The GPU half of the fused LM head's measurements ([C-FUSED-HEAD]):
 # forward + backward, and a forward without gradient, of p3o's fused head
 # (benches/fused_head.rs, `--side fused`) against the materialised head in
-# libtorch (`--side materialised`), PyTorch eager, Liger's fused linear
+# libtorch (`--side materialised`), the fused head with the token kernels
+# (`--side fused-kernels`, GPU only), PyTorch eager, Liger's fused linear
 # cross-entropy and cut-cross-entropy (scripts/gpu-fused-head.py), at
 #   (a) N = 8192, H = 4096, V = 151936, bf16;
 #   (b) Gemma-2-2B's head as CCE's paper measured it: N = 8192, H = 2304,
@@ -43,14 +44,16 @@ run)
     export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     if [ "$device" = cpu ]; then
         shapes=("64 16 500" "48 8 1000"); dtype=f32; reps=3; threads=2
+        sides="fused materialised materialised fused"
     else
         shapes=("8192 4096 151936" "8192 2304 256000"); dtype=bf16; reps=10; threads=16
+        sides="fused fused-kernels materialised materialised fused-kernels fused"
         [ -d "$bundle/wheels" ] && python3 -m pip install --quiet --no-index --no-deps "$bundle"/wheels/*.whl
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     fi
     for shape in "${shapes[@]}"; do
         read -r n h v <<<"$shape"
-        for side in fused materialised materialised fused; do
+        for side in $sides; do
             "$bundle/fused_head" --side "$side" --n "$n" --h "$h" --v "$v" --dtype "$dtype" \
                 --device "$device" --reps "$reps" --threads "$threads"
         done
