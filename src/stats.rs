@@ -1,5 +1,12 @@
-//! Summary statistics of evaluations: means with standard errors and the
-//! head-to-head win-rate matrix ([C-WINRATE]).
+//! Summary statistics of evaluations: means with standard errors, the
+//! head-to-head win-rate matrix ([C-WINRATE]), and what comparing
+//! algorithms across seeds needs ([C-STATS]): bootstrap intervals of a mean
+//! over seeds, the sign test of paired differences, Wilson intervals of
+//! proportions, and the area under a frontier up to a KL budget.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
 /// A mean and its standard error (sample standard deviation over sqrt(n);
 /// zero for fewer than two values, NaN for none).
@@ -54,4 +61,124 @@ pub fn win_rates(rewards: &[Vec<f64>]) -> Vec<Vec<MeanSe>> {
                 .collect()
         })
         .collect()
+}
+
+/// A closed interval `[lo, hi]`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Interval {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// The `q`-quantile of sorted `xs` by linear interpolation between order
+/// statistics (position `q (n - 1)`).
+fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
+    let pos = q * (xs.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos - pos.floor());
+    if i + 1 < xs.len() {
+        xs[i] + frac * (xs[i + 1] - xs[i])
+    } else {
+        xs[i]
+    }
+}
+
+/// The percentile-bootstrap interval of the mean of `values` at `level`
+/// (e.g. 0.95) from `resamples` resamples drawn from `seed` ([C-STATS]);
+/// `None` without values or resamples, or for a level outside `(0, 1)`.
+pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -> Option<Interval> {
+    if values.is_empty() || resamples == 0 || !(level > 0.0 && level < 1.0) {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let m = values.len();
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..m).map(|_| values[rng.random_range(0..m)]).sum::<f64>() / m as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    Some(Interval {
+        lo: quantile_sorted(&means, (1.0 - level) / 2.0),
+        hi: quantile_sorted(&means, (1.0 + level) / 2.0),
+    })
+}
+
+/// The sign test of paired differences ([C-STATS]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SignTest {
+    pub positive: u64,
+    pub negative: u64,
+    /// Differences of exactly zero, left out of the test.
+    pub ties: u64,
+    /// Two-sided exact p-value.
+    pub p_value: f64,
+}
+
+/// [`SignTest`] of `differences`; NaN differences count as ties.
+pub fn sign_test(differences: &[f64]) -> SignTest {
+    let positive = differences.iter().filter(|&&d| d > 0.0).count() as u64;
+    let negative = differences.iter().filter(|&&d| d < 0.0).count() as u64;
+    let ties = differences.len() as u64 - positive - negative;
+    let n = positive + negative;
+    let p_value = if n == 0 {
+        1.0
+    } else {
+        let tail = Binomial::new(0.5, n)
+            .expect("p = 1/2 is a probability")
+            .cdf(positive.min(negative));
+        (2.0 * tail).min(1.0)
+    };
+    SignTest {
+        positive,
+        negative,
+        ties,
+        p_value,
+    }
+}
+
+/// The Wilson score interval at `level` of `successes` out of `trials`
+/// (successes may be fractional: ties as halves) ([C-STATS]); `None`
+/// without trials, for successes outside `[0, trials]` or a level outside
+/// `(0, 1)`.
+pub fn wilson(successes: f64, trials: f64, level: f64) -> Option<Interval> {
+    if !(trials > 0.0 && (0.0..=trials).contains(&successes) && level > 0.0 && level < 1.0) {
+        return None;
+    }
+    let z = Normal::standard().inverse_cdf((1.0 + level) / 2.0);
+    let (p, n, z2) = (successes / trials, trials, z * z);
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    Some(Interval {
+        lo: (centre - half).max(0.0),
+        hi: (centre + half).min(1.0),
+    })
+}
+
+/// The area under the piecewise-linear curve through `points` `(kl,
+/// reward)` (sorted by KL here) from the smallest KL to `budget`
+/// ([C-STATS]); `None` where `budget` lies outside the points' KL range or
+/// a point is not finite.
+pub fn area_up_to(points: &[(f64, f64)], budget: f64) -> Option<f64> {
+    if points.iter().any(|(x, y)| !x.is_finite() || !y.is_finite()) {
+        return None;
+    }
+    let mut pts = points.to_vec();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (pts.first()?.0, pts.last()?.0);
+    if !(first..=last).contains(&budget) {
+        return None;
+    }
+    let mut area = 0.0;
+    for w in pts.windows(2) {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        if x0 >= budget {
+            break;
+        }
+        let x_end = x1.min(budget);
+        let y_end = if x1 > x0 {
+            y0 + (y1 - y0) * (x_end - x0) / (x1 - x0)
+        } else {
+            y1
+        };
+        area += 0.5 * (y0 + y_end) * (x_end - x0);
+    }
+    Some(area)
 }
