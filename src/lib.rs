@@ -9,6 +9,7 @@
 //! of the product does not.
 
 pub mod bandit;
+pub mod bandit_frontier;
 pub mod case;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -174,6 +174,9 @@ fn bandit_flag_errors() {
         &["bandit", "--lr", "nan"],
         &["bandit", "--group-size", "1"],
         &["bandit", "--group-size", "65"],
+        &["bandit", "--frontier", "2", "--betas=-1"],
+        &["bandit", "--frontier", "0"],
+        &["bandit", "--frontier", "2", "--reward-shift", "const:1"],
     ] {
         let out = p3o(args, "");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -7,6 +7,7 @@ use std::io::{self, BufWriter, Write};
 use clap::ValueEnum;
 
 use p3o::bandit::{BanditConfig, run_all, summary_table, trajectory_table};
+use p3o::bandit_frontier::{compare, comparison_table, frontiers};
 use p3o::reference::shift::RewardShift;
 
 use super::error::CliError;
@@ -65,6 +66,15 @@ pub struct BanditArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Compare the arms' KL-reward frontiers over this many bandits (seeds
+    /// --seed, --seed + 1, ...), every arm trained once per coefficient of
+    /// --betas ([C-BANDIT-FRONTIER]).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    frontier: Option<u32>,
+    /// The KL coefficients of --frontier, comma-separated; each sets --beta
+    /// and --dpo-beta.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.03, 0.1, 0.3, 1.0], value_parser = finite)]
+    betas: Vec<f64>,
     /// Table rows every this many steps.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     print_every: u32,
@@ -101,6 +111,9 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
         seed: args.seed,
     };
     cfg.check().map_err(CliError::Input)?;
+    if let Some(bandits) = args.frontier {
+        return frontier(&cfg, bandits as usize, &args);
+    }
     let runs = run_all(&cfg, args.reward_shift);
     let mut out = BufWriter::new(io::stdout().lock());
     match args.format {
@@ -134,6 +147,44 @@ pub fn run(args: BanditArgs) -> Result<(), CliError> {
                     "max_shift_difference": run.max_shift_difference(),
                 });
                 writeln!(out, "{line}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--frontier`: every arm's frontier on `bandits` bandits and the
+/// comparisons of every ordered pair of arms ([C-BANDIT-FRONTIER]).
+fn frontier(cfg: &BanditConfig, bandits: usize, args: &BanditArgs) -> Result<(), CliError> {
+    if args.reward_shift.is_some() {
+        return Err(CliError::Input(
+            "--frontier compares arms on the unshifted reward; leave out --reward-shift".into(),
+        ));
+    }
+    if let Some(b) = args.betas.iter().find(|&&b| b < 0.0) {
+        return Err(CliError::Input(format!("--betas: {b} must be >= 0")));
+    }
+    for &beta in &args.betas {
+        BanditConfig {
+            beta,
+            dpo_beta: beta,
+            ..cfg.clone()
+        }
+        .check()
+        .map_err(CliError::Input)?;
+    }
+    let rows = compare(&frontiers(cfg, bandits, &args.betas), cfg.seed);
+    let mut out = BufWriter::new(io::stdout().lock());
+    match args.format {
+        Format::Table => write!(out, "{}", comparison_table(&rows))?,
+        Format::Jsonl => {
+            for r in &rows {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(r).map_err(io::Error::other)?
+                )?;
             }
         }
     }
