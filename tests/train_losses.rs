@@ -255,6 +255,16 @@ fn outside_logprobs_chain_into_autograd() {
             }
             let _ = p.requires_grad_(true);
         }
+        // Without gradient: no leaf to chain, no entropy.
+        let (w, detached) =
+            tch::no_grad(|| token_window_with(&model, None, &prompts, &responses, &kernels))
+                .unwrap();
+        assert!(
+            detached.is_none() && w.entropy.is_none(),
+            "{} {}",
+            detached.is_none(),
+            w.entropy.is_none()
+        );
         let (w, detached) =
             token_window_with(&model, Some(&head), &prompts, &responses, &kernels).unwrap();
         let seq = w.lp.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);

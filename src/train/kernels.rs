@@ -356,9 +356,7 @@ impl Kernels {
             temperature: 1.0,
             chunk,
         };
-        let grads = flat.requires_grad()
-            || weight.requires_grad()
-            || bias.is_some_and(Tensor::requires_grad);
+        let grads = flat.requires_grad() || records(weight) || bias.is_some_and(records);
         let fwd = fused_head::forward(&x, &*math, grads)?;
         let shape = targets.size();
         let entropy = fwd.entropy.as_ref().map(|e| e.reshape(&shape));
@@ -513,6 +511,18 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
     };
     (loss + chained).backward();
     Ok(())
+}
+
+/// Whether autograd records operations on the parameter `t` here: not
+/// under `tch::no_grad` (the reference's and other passes without
+/// gradient), where the result of an operation on it (one entry negated;
+/// a view alone would keep `requires_grad`) does not require grad.
+fn records(t: &Tensor) -> bool {
+    t.requires_grad()
+        && t.f_flatten(0, -1)
+            .and_then(|f| f.f_narrow(0, 0, 1))
+            .and_then(|v| v.f_neg())
+            .is_ok_and(|v| v.requires_grad())
 }
 
 /// `(rows, V)` of a `[.., V]` tensor.
