@@ -61,7 +61,8 @@ pub trait ChunkMath {
     ) -> Result<Tensor, HeadError>;
 }
 
-/// The forward's outputs, all `[N]` float32 but `stats [N, 2]`: the
+/// The forward's outputs, all `[N]` float32 but `stats [N, k]` (`k` the
+/// math's [`ChunkMath::stats_width`]): the
 /// backward needs `stats` (and `entropy` for the entropy's gradient; O(N),
 /// [C-FUSED-HEAD]).
 pub struct Forward {
@@ -71,8 +72,9 @@ pub struct Forward {
     pub stats: Tensor,
 }
 
-/// The gradients: `hidden [N, H]` in the hidden states' type; `weight [V,
-/// H]` and `bias [V]` float32 (accumulated over chunks), where asked for.
+/// The gradients, where asked for: `hidden [N, H]` in the hidden states'
+/// type (summed over vocabulary blocks in float32); `weight [V, H]` in the
+/// weight's type (each block written once); `bias [V]` float32.
 pub struct Grads {
     pub hidden: Tensor,
     pub weight: Option<Tensor>,
