@@ -2,7 +2,10 @@
 //! chained back into it: the `kernels` config key of `p3o train`.
 //!
 //! libtorch's autograd cannot call a foreign backward, so the trainer runs a
-//! two-phase backward around a log-prob computed elsewhere:
+//! two-phase backward around a log-prob computed elsewhere. `reference`
+//! runs it on materialised logits with the float64 reference
+//! (`crate::reference::tokens`), slow but a check of the chaining itself on
+//! any machine:
 //! 1. forward: `logp` (and what its backward needs, e.g. the log-sum-exp)
 //!    from the detached logits; `logp` enters the loss as a leaf tensor;
 //! 2. `g = d loss / d logp` by autograd, keeping the graph;
@@ -12,11 +15,14 @@
 //!    and everything else in the loss, such as PPO's value head, flows as
 //!    usual).
 //!
-//! `reference` runs steps 1 and 3 with the float64 reference
-//! (`crate::reference::tokens`): slow, but it checks the chaining itself on
-//! any machine. `cuda` (feature `cuda`) runs them with the hand-written
-//! kernels on the logits where they are, one read of the logits forward and
-//! one read and write backward, and no `[N, V]` log-softmax; the pair losses
+//! With `torch` and `cuda` the outside code is the fused LM head
+//! ([C-FUSED-HEAD], `crate::ops::fused_head`): it starts from the hidden
+//! states rather than logits, recomputes the logits chunk by chunk in step
+//! 3 and gives `d loss / d hidden` and `d loss / d W`, so step 4 backwards
+//! `loss + sum(hidden * d loss / d hidden) + sum(W * d loss / d W)`.
+//! `torch` runs each chunk's softmax with libtorch ops; `cuda` (feature
+//! `cuda`) with the hand-written token kernels, one read of a chunk's
+//! logits forward and one read and write backward; the pair losses
 //! of P3O-V1, P3O-V2 and DPO come from their kernels too
 //! ([`Kernels::pair_loss`]), and so do the sequence sums of log-probs that
 //! need no gradient ([`Kernels::sequence_sums`]) and PPO's advantages
@@ -75,12 +81,6 @@ enum Backend {
     Cuda(Arc<dyn TensorKernels>),
 }
 
-/// What the backward of an outside log-prob needs besides the logits.
-enum Saved {
-    /// Nothing: the float64 reference recomputes each row's log-sum-exp.
-    Reference,
-}
-
 /// A log-prob computed outside autograd: the leaf the loss is built on and
 /// what its backward needs.
 pub struct Detached {
@@ -91,12 +91,9 @@ pub struct Detached {
 
 /// Where a [`Detached`] log-prob came from.
 enum Source {
-    /// Materialised logits `[.., V]` with their graph to the model.
-    Logits {
-        logits: Tensor,
-        targets: Tensor,
-        saved: Saved,
-    },
+    /// Materialised logits `[.., V]` with their graph to the model (the
+    /// float64 reference recomputes each row's log-sum-exp).
+    Logits { logits: Tensor, targets: Tensor },
     /// The fused head over hidden states `[N, H]` with their graph to the
     /// model, and the head's parameters.
     Head {
@@ -433,7 +430,6 @@ fn reference_logprobs(
             source: Source::Logits {
                 logits,
                 targets: targets.shallow_clone(),
-                saved: Saved::Reference,
             },
         }),
     })
@@ -451,11 +447,7 @@ pub fn backward(loss: &Tensor, detached: Option<&Detached>) -> Result<(), TrainE
         .pop()
         .expect("one input, one gradient");
     let chained = match &d.source {
-        Source::Logits {
-            logits,
-            targets,
-            saved: Saved::Reference,
-        } => {
+        Source::Logits { logits, targets } => {
             let (rows, v) = flat_rows(logits);
             let x = host_f64(&logits.detach().reshape([rows, v]))?;
             let t = Vec::<i64>::try_from(&targets.reshape([rows]).to_device(Device::Cpu))

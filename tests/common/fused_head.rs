@@ -205,11 +205,10 @@ pub fn worst_ratio(
     let zall = zmax.iter().fold(0.0f64, |m, &z| m.max(z));
     let rel = b.grad + 4.0 * b.per_logit * zall;
     let floor = 1e-30;
-    let (uh, uw) = (x.h, x.h);
     for (i, (got, want)) in host(&grads.hidden).iter().zip(&want.hidden).enumerate() {
-        let (r, k) = (i / uh, i % uh);
+        let (r, k) = (i / x.h, i % x.h);
         let scale: f64 = (0..x.v)
-            .map(|u| g[r][u] * rounded.weight[u * uw + k].abs())
+            .map(|u| g[r][u] * rounded.weight[u * x.h + k].abs())
             .sum();
         see(*got, *want, rel * scale + floor);
     }
@@ -218,9 +217,9 @@ pub fn worst_ratio(
         .zip(&want.weight)
         .enumerate()
     {
-        let (u, k) = (i / uw, i % uw);
+        let (u, k) = (i / x.h, i % x.h);
         let scale: f64 = (0..x.n)
-            .map(|r| g[r][u] * rounded.hidden[r * uh + k].abs())
+            .map(|r| g[r][u] * rounded.hidden[r * x.h + k].abs())
             .sum();
         see(*got, *want, rel * scale + floor);
     }
