@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::bandit::{BanditConfig, TRAINED, run_all};
-use crate::stats::{Interval, SignTest, area_up_to, bootstrap_mean, sign_test};
+use crate::stats::{Interval, SignTest, area_up_to, bootstrap_mean, envelope, sign_test};
 
 /// Bootstrap resamples of the mean advantage's interval.
 pub const RESAMPLES: usize = 2000;
@@ -23,16 +23,7 @@ impl Frontier {
     /// The upper envelope: for each KL, the best reward reached at that KL
     /// or less, as the points where it rises (sorted by KL).
     pub fn envelope(&self) -> Vec<(f64, f64)> {
-        let mut pts = self.points.clone();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
-        let mut out: Vec<(f64, f64)> = Vec::new();
-        for (kl, r) in pts {
-            match out.last() {
-                Some(&(_, best)) if r <= best => {}
-                _ => out.push((kl, r)),
-            }
-        }
-        out
+        envelope(&self.points)
     }
 
     /// The largest KL reached.

@@ -18,9 +18,12 @@ pub mod demo;
 pub mod device;
 pub mod json;
 pub mod ops;
+#[cfg(feature = "torch")]
+pub mod plots;
 pub mod reference;
 pub mod run_dir;
 pub mod stats;
+pub mod sweep;
 #[cfg(feature = "testing")]
 pub mod tolerance;
 #[cfg(feature = "torch")]

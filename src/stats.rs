@@ -86,18 +86,44 @@ fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
 /// (e.g. 0.95) from `resamples` resamples drawn from `seed` ([C-STATS]);
 /// `None` without values or resamples, or for a level outside `(0, 1)`.
 pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -> Option<Interval> {
-    if values.is_empty() || resamples == 0 || !(level > 0.0 && level < 1.0) {
+    bootstrap(values.len(), level, resamples, seed, |idx| {
+        idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64
+    })
+}
+
+/// The percentile-bootstrap interval at `level` of any statistic of `n`
+/// units (seeds), given as a function of a resample's unit indices
+/// ([C-STATS]); resamples whose statistic is not finite are dropped.
+/// `None` as for [`bootstrap_mean`], or when every resample was dropped.
+pub fn bootstrap(
+    n: usize,
+    level: f64,
+    resamples: usize,
+    seed: u64,
+    statistic: impl Fn(&[usize]) -> f64,
+) -> Option<Interval> {
+    if n == 0 || resamples == 0 || !(level > 0.0 && level < 1.0) {
         return None;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let m = values.len();
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..m).map(|_| values[rng.random_range(0..m)]).sum::<f64>() / m as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
+    let mut idx = vec![0usize; n];
+    let mut stats: Vec<f64> = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for i in idx.iter_mut() {
+            *i = rng.random_range(0..n);
+        }
+        let v = statistic(&idx);
+        if v.is_finite() {
+            stats.push(v);
+        }
+    }
+    if stats.is_empty() {
+        return None;
+    }
+    stats.sort_by(f64::total_cmp);
     Some(Interval {
-        lo: quantile_sorted(&means, (1.0 - level) / 2.0),
-        hi: quantile_sorted(&means, (1.0 + level) / 2.0),
+        lo: quantile_sorted(&stats, (1.0 - level) / 2.0),
+        hi: quantile_sorted(&stats, (1.0 + level) / 2.0),
     })
 }
 
@@ -181,4 +207,59 @@ pub fn area_up_to(points: &[(f64, f64)], budget: f64) -> Option<f64> {
         area += 0.5 * (y0 + y_end) * (x_end - x0);
     }
     Some(area)
+}
+
+/// The upper envelope of `(kl, reward)` points: for each KL, the best
+/// reward reached at that KL or less, as the points where it rises, sorted
+/// by KL ([C-STATS]). Points that are not finite are left out.
+pub fn envelope(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (kl, r) in pts {
+        match out.last() {
+            Some(&(_, best)) if r <= best => {}
+            _ => out.push((kl, r)),
+        }
+    }
+    out
+}
+
+/// The mean over budgets `k` in `[0, budget]` of the best reward reached
+/// at KL `k` or less ([C-STATS]): the area under the envelope's step curve
+/// over `budget`, with the first point's reward held back to KL 0 (the
+/// reference policy's point sits at about 0). `None` without finite points
+/// or for a budget that is not positive and finite.
+pub fn envelope_mean(points: &[(f64, f64)], budget: f64) -> Option<f64> {
+    if !(budget.is_finite() && budget > 0.0) {
+        return None;
+    }
+    let env = envelope(points);
+    let first = env.first()?;
+    let mut area = 0.0;
+    // The level in force from `from` on, until the next rise.
+    let (mut from, mut level) = (0.0f64, first.1);
+    for &(kl, r) in &env[1..] {
+        if kl >= budget {
+            break;
+        }
+        area += level * (kl.max(0.0) - from);
+        from = kl.max(0.0);
+        level = r;
+    }
+    area += level * (budget - from);
+    Some(area / budget)
+}
+
+/// The smallest KL at which the envelope of `points` reaches `reward`
+/// ([C-STATS]); `None` where no point does.
+pub fn kl_to_reach(points: &[(f64, f64)], reward: f64) -> Option<f64> {
+    envelope(points)
+        .into_iter()
+        .find(|&(_, r)| r >= reward)
+        .map(|(kl, _)| kl)
 }

@@ -3,7 +3,9 @@
 //! bootstrap's coverage of a known mean, and areas of shapes with known
 //! areas.
 
-use p3o::stats::{area_up_to, bootstrap_mean, sign_test, wilson};
+use p3o::stats::{
+    area_up_to, bootstrap, bootstrap_mean, envelope, envelope_mean, kl_to_reach, sign_test, wilson,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -117,4 +119,50 @@ fn area_of_known_shapes() {
     assert_eq!(area_up_to(&tent, 0.5), None);
     assert_eq!(area_up_to(&[(0.0, f64::NAN), (1.0, 1.0)], 1.0), None);
     assert_eq!(area_up_to(&[], 0.0), None);
+}
+
+/// The envelope keeps the rises only; its mean up to K is the area of the
+/// step curve over K (the first level held back to 0), computed by hand;
+/// the KL to reach a reward is where the envelope first gets there.
+// spec: C-STATS
+#[test]
+fn envelope_steps_by_hand() {
+    // Rises at 0 (1.0), 1 (3.0) and 3 (4.0); (2, 2.0) and (4, 3.5) lie below.
+    let pts = [(2.0, 2.0), (0.1, 1.0), (1.0, 3.0), (4.0, 3.5), (3.0, 4.0)];
+    assert_eq!(envelope(&pts), vec![(0.1, 1.0), (1.0, 3.0), (3.0, 4.0)]);
+    // [0, 1): 1, [1, 3): 3, [3, 4): 4 -> (1 + 6 + 4) / 4.
+    assert_eq!(envelope_mean(&pts, 4.0), Some(11.0 / 4.0));
+    // [0, 1): 1, [1, 2): 3 -> 4 / 2.
+    assert_eq!(envelope_mean(&pts, 2.0), Some(2.0));
+    // Past the last point the last level holds.
+    assert_eq!(envelope_mean(&pts, 6.0), Some((1.0 + 6.0 + 12.0) / 6.0));
+    assert_eq!(envelope_mean(&pts, 0.5), Some(1.0));
+    assert_eq!(envelope_mean(&pts, 0.0), None);
+    assert_eq!(envelope_mean(&[], 1.0), None);
+    assert_eq!(kl_to_reach(&pts, 2.5), Some(1.0));
+    assert_eq!(kl_to_reach(&pts, 4.0), Some(3.0));
+    assert_eq!(kl_to_reach(&pts, 4.5), None);
+    // A NaN point is left out, not a level.
+    assert_eq!(envelope(&[(0.0, 1.0), (1.0, f64::NAN)]), vec![(0.0, 1.0)]);
+}
+
+/// The general bootstrap of a mean is the mean's bootstrap, draw for draw;
+/// a ratio of means of equal pairs has the point interval.
+// spec: C-STATS
+#[test]
+fn general_bootstrap_agrees_with_the_mean() {
+    let v = [1.0, 4.0, 2.0, 8.0, 5.0];
+    let by_mean = bootstrap_mean(&v, 0.95, 500, 3).unwrap();
+    let general = bootstrap(v.len(), 0.95, 500, 3, |idx| {
+        idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64
+    })
+    .unwrap();
+    assert_eq!(by_mean, general);
+    let ratio = bootstrap(v.len(), 0.95, 500, 3, |idx| {
+        let s: f64 = idx.iter().map(|&i| v[i]).sum();
+        (2.0 * s) / s
+    })
+    .unwrap();
+    assert_eq!((ratio.lo, ratio.hi), (2.0, 2.0));
+    assert!(bootstrap(3, 0.95, 100, 0, |_| f64::NAN).is_none());
 }

@@ -13,6 +13,7 @@ mod output;
 mod reference;
 mod reward_model;
 mod sft;
+mod sweep;
 mod train;
 
 use std::process::ExitCode;
@@ -71,6 +72,9 @@ enum Command {
     /// The whole pipeline on the built-in toy task: SFT, preferences, reward
     /// model, P3O-V1/V2, PPO and DPO, report with plots.
     Demo(demo::DemoArgs),
+    /// Every arm of the toy pipeline over seeds and KL coefficients,
+    /// resumable, with confidence intervals, paired differences and figures.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -151,6 +155,8 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Compare(a) => eval::compare(a),
         #[cfg(feature = "torch")]
         Command::Demo(a) => demo::run(a),
+        #[cfg(feature = "torch")]
+        Command::Sweep(a) => sweep::run(a),
         #[cfg(not(feature = "torch"))]
         _ => Err(CliError::Unbuilt("torch")),
     }

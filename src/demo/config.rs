@@ -124,8 +124,24 @@ impl DemoConfig {
         } else {
             DemoConfig::default()
         };
-        let table = toml::Table::try_from(&base).expect("the config serialises");
+        DemoConfig::load_over(&base, file, sets)
+    }
+
+    /// `base` under a TOML file under `--set`s, checked.
+    pub fn load_over(
+        base: &DemoConfig,
+        file: Option<&Path>,
+        sets: &[String],
+    ) -> Result<DemoConfig, ConfigError> {
+        let table = toml::Table::try_from(base).expect("the config serialises");
         let cfg: DemoConfig = load_toml_over(table, file, sets)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Every key's range, and every stage's and arm's own checks.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let cfg = self;
         if cfg.algorithms.is_empty() {
             return Err(ConfigError(
                 "config key `algorithms`: name at least one".into(),
@@ -195,7 +211,7 @@ impl DemoConfig {
             cfg.train_config(arm, Path::new("policy"), Path::new("reward"))
                 .map_err(|e| ConfigError(format!("{} (arm `{arm}`)", e.0)))?;
         }
-        Ok(cfg)
+        Ok(())
     }
 
     pub fn sft_config(&self) -> SftConfig {

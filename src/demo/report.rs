@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::arm::DemoArm;
-use super::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
+use crate::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
 use super::results::{DemoResults, RunCurves, fmt_mean_se};
 use crate::train::error::TrainError;
 

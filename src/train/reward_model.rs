@@ -222,7 +222,7 @@ fn heldout_metrics(model: &LanguageModel, data: &Encoded) -> Result<(f64, f64), 
 }
 
 /// What `p3o reward-model train` reports at the end.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RewardModelSummary {
     pub train_pairs: usize,
     pub heldout_pairs: usize,

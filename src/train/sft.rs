@@ -175,7 +175,7 @@ fn heldout_loss(model: &LanguageModel, data: &Encoded) -> Result<f64, TrainError
 }
 
 /// What `p3o sft` reports at the end.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SftSummary {
     pub examples: usize,
     pub heldout_examples: usize,

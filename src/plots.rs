@@ -249,3 +249,200 @@ pub fn save_heatmap(stem: &Path, h: &Heatmap) -> Result<(), String> {
     let svg = stem.with_extension("svg");
     draw_heatmap(SVGBackend::new(&svg, size).into_drawing_area(), h)
 }
+
+/// One arm of a [`BandChart`]: its raw points (drawn faint) and its binned
+/// means with their intervals.
+pub struct Band {
+    pub label: String,
+    pub colour: usize,
+    pub cloud: Vec<(f64, f64)>,
+    /// `(x, mean, lo, hi)` per bin, sorted by x.
+    pub means: Vec<(f64, f64, f64, f64)>,
+}
+
+pub struct BandChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub bands: Vec<Band>,
+}
+
+fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    // Bounds from the means and intervals, and the clouds' central mass,
+    // so that a few outlying points do not squash the bands.
+    let mut all: Vec<Series> = Vec::new();
+    for b in &c.bands {
+        let mut pts: Vec<(f64, f64)> = b.means.iter().flat_map(|&(x, _, lo, hi)| [(x, lo), (x, hi)]).collect();
+        pts.extend(b.cloud.iter().copied());
+        all.push(Series {
+            label: String::new(),
+            points: pts,
+            dashed: false,
+            colour: 0,
+        });
+    }
+    let ((x0, x1), (y0, y1)) = bounds(&all);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&c.title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0.max(-0.05 * x1.abs().max(1e-9))..x1, y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label.as_str())
+        .y_desc(c.y_label.as_str())
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 18))
+        .draw()
+        .map_err(err)?;
+    for b in &c.bands {
+        let col = colour(b.colour);
+        chart
+            .draw_series(
+                b.cloud
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, col.mix(0.18).filled())),
+            )
+            .map_err(err)?;
+    }
+    for b in &c.bands {
+        let col = colour(b.colour);
+        if b.means.len() >= 2 {
+            let mut poly: Vec<(f64, f64)> = b.means.iter().map(|&(x, _, lo, _)| (x, lo)).collect();
+            poly.extend(b.means.iter().rev().map(|&(x, _, _, hi)| (x, hi)));
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly, col.mix(0.15).filled())))
+                .map_err(err)?;
+        }
+        for &(x, _, lo, hi) in &b.means {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, lo), (x, hi)],
+                    ShapeStyle::from(&col).stroke_width(1),
+                )))
+                .map_err(err)?;
+        }
+        let line = ShapeStyle::from(&col).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(b.means.iter().map(|&(x, m, _, _)| (x, m)), line))
+            .map_err(err)?
+            .label(b.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&col).stroke_width(3)));
+        chart
+            .draw_series(
+                b.means
+                    .iter()
+                    .map(|&(x, m, _, _)| Circle::new((x, m), 4, ShapeStyle::from(&col).filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// Writes `stem.png` and `stem.svg`: each band's faint points, binned means
+/// and interval band.
+pub fn save_band_chart(stem: &Path, c: &BandChart) -> Result<(), String> {
+    register_fonts()?;
+    let png = stem.with_extension("png");
+    draw_bands(BitMapBackend::new(&png, SIZE).into_drawing_area(), c)?;
+    let svg = stem.with_extension("svg");
+    draw_bands(SVGBackend::new(&svg, SIZE).into_drawing_area(), c)
+}
+
+/// A forest plot: one row per comparison, its estimate and interval, and a
+/// line at zero.
+pub struct Forest {
+    pub title: String,
+    pub x_label: String,
+    /// `(label, estimate, lo, hi)`, drawn top to bottom.
+    pub rows: Vec<(String, f64, f64, f64)>,
+}
+
+fn draw_forest<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, f: &Forest) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let finite = f.rows.iter().flat_map(|r| [r.1, r.2, r.3]).filter(|v| v.is_finite());
+    let (mut lo, mut hi) = (0.0f64, 0.0f64);
+    for v in finite {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let w = if hi - lo > 1e-9 { hi - lo } else { 1.0 };
+    let (lo, hi) = (lo - 0.08 * w, hi + 0.08 * w);
+    let n = f.rows.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&f.title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(250)
+        .build_cartesian_2d(lo..hi, 0.0..n as f64)
+        .map_err(err)?;
+    let labels: Vec<String> = f.rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(f.x_label.as_str())
+        .y_labels(n)
+        .y_label_formatter(&|y: &f64| {
+            let i = (n as f64 - *y - 0.5).round();
+            if (n as f64 - *y - 0.5 - i).abs() < 0.26 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 18))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 0.0), (0.0, n as f64)],
+            ShapeStyle::from(&BLACK).stroke_width(1),
+        )))
+        .map_err(err)?;
+    for (i, r) in f.rows.iter().enumerate() {
+        let y = n as f64 - i as f64 - 0.5;
+        let col = colour(0);
+        if r.2.is_finite() && r.3.is_finite() {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(r.2, y), (r.3, y)],
+                    ShapeStyle::from(&col).stroke_width(2),
+                )))
+                .map_err(err)?;
+        }
+        if r.1.is_finite() {
+            chart
+                .draw_series(std::iter::once(Circle::new((r.1, y), 5, ShapeStyle::from(&col).filled())))
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+/// Writes `stem.png` and `stem.svg` (taller with more rows).
+pub fn save_forest(stem: &Path, f: &Forest) -> Result<(), String> {
+    register_fonts()?;
+    let size = (SIZE.0, (120 + 28 * f.rows.len() as u32).max(300));
+    let png = stem.with_extension("png");
+    draw_forest(BitMapBackend::new(&png, size).into_drawing_area(), f)?;
+    let svg = stem.with_extension("svg");
+    draw_forest(SVGBackend::new(&svg, size).into_drawing_area(), f)
+}
