@@ -265,6 +265,8 @@ pub struct BandChart {
     pub x_label: String,
     pub y_label: String,
     pub bands: Vec<Band>,
+    /// The largest KL shown (points past it are cut off), if any.
+    pub x_max: Option<f64>,
 }
 
 fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -> Result<(), String>
@@ -272,12 +274,13 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    // Bounds from the means and intervals, and the clouds' central mass,
-    // so that a few outlying points do not squash the bands.
+    // Bounds from the points with KL up to `x_max` (the caller's cut), so
+    // that one runaway arm does not squash the others.
     let mut all: Vec<Series> = Vec::new();
     for b in &c.bands {
         let mut pts: Vec<(f64, f64)> = b.means.iter().flat_map(|&(x, _, lo, hi)| [(x, lo), (x, hi)]).collect();
         pts.extend(b.cloud.iter().copied());
+        pts.retain(|p| c.x_max.is_none_or(|m| p.0 <= m));
         all.push(Series {
             label: String::new(),
             points: pts,
@@ -287,14 +290,16 @@ where
     }
     let ((x0, x1), (y0, y1)) = bounds(&all);
     let mut chart = ChartBuilder::on(&root)
-        .caption(&c.title, (FAMILY, 22))
+        .caption(&c.title, (FAMILY, 18))
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(x0.max(-0.05 * x1.abs().max(1e-9))..x1, y0..y1)
+        .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(BLACK.mix(0.12))
         .x_desc(c.x_label.as_str())
         .y_desc(c.y_label.as_str())
         .label_style((FAMILY, 16))
@@ -393,24 +398,23 @@ where
         .y_label_area_size(250)
         .build_cartesian_2d(lo..hi, 0.0..n as f64)
         .map_err(err)?;
-    let labels: Vec<String> = f.rows.iter().map(|r| r.0.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .disable_y_axis()
+        .light_line_style(WHITE)
+        .bold_line_style(BLACK.mix(0.12))
         .x_desc(f.x_label.as_str())
-        .y_labels(n)
-        .y_label_formatter(&|y: &f64| {
-            let i = (n as f64 - *y - 0.5).round();
-            if (n as f64 - *y - 0.5 - i).abs() < 0.26 && i >= 0.0 && (i as usize) < labels.len() {
-                labels[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 18))
         .draw()
         .map_err(err)?;
+    let text = (FAMILY, 15).into_font();
+    for (i, r) in f.rows.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(lo, n as f64 - i as f64 - 0.5));
+        root.draw(&Text::new(r.0.clone(), (px - 240, py - 8), text.clone()))
+            .map_err(err)?;
+    }
     chart
         .draw_series(std::iter::once(PathElement::new(
             vec![(0.0, 0.0), (0.0, n as f64)],

@@ -62,7 +62,7 @@ fn quick_sweep_writes_every_section() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["seeds"].as_array().unwrap().len(), 2);
-    assert_eq!(results["runs"].as_array().unwrap().len(), 7);
+    assert_eq!(results["runs"].as_array().unwrap().len(), 14);
     // Every paired difference covers both seeds.
     for p in results["analysis"]["paired"].as_array().unwrap() {
         assert_eq!(p["differences"].as_array().unwrap().len(), 2, "{p}");
@@ -169,7 +169,7 @@ fn bad_sweep_flags_are_refused() {
     let out = tmp("bad");
     for (args, want) in [
         (vec!["--betas", "0.1,0.1"], "named twice"),
-        (vec!["--betas", "-1"], "--betas"),
+        (vec!["--betas=-1"], "--betas"),
         (vec!["--kl-bins", "0,2,1"], "increase"),
         (vec!["--kl-budgets", "0"], "--kl-budgets"),
         (vec!["--seeds", "0"], "--seeds"),

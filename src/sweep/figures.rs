@@ -28,6 +28,15 @@ pub fn write_figures(r: &SweepResults, out: &Path) -> Result<(), String> {
     let largest_budget = r.config.kl_budgets.iter().copied().fold(0.0, f64::max);
     for kind in RewardKind::ALL {
         let name = kind.name();
+        // The KL axis ends at the 95th percentile of the points (times
+        // 1.1), so that a runaway arm leaves the others readable.
+        let mut kls: Vec<f64> = r.runs.iter().flat_map(|x| x.eval.iter().map(|p| p.kl)).filter(|k| k.is_finite()).collect();
+        kls.sort_by(f64::total_cmp);
+        let x_max = kls.get(kls.len() * 95 / 100).map(|k| 1.1 * k);
+        let cut = match (x_max, kls.last()) {
+            (Some(m), Some(&top)) if top > m => format!(", KL axis cut at {m:.1} (largest {top:.1})"),
+            _ => String::new(),
+        };
         let bands = arms
             .iter()
             .enumerate()
@@ -58,12 +67,13 @@ pub fn write_figures(r: &SweepResults, out: &Path) -> Result<(), String> {
             &out.join(format!("frontier_{name}")),
             &BandChart {
                 title: format!(
-                    "KL-{name} reward frontier, {} seeds (binned means, 95 % CI)",
+                    "KL-{name} frontier, {} seeds: binned means, 95 % CI{cut}",
                     r.config.seeds
                 ),
                 x_label: "KL(pi || pi_SFT), nats per response".into(),
                 y_label: format!("{name} reward"),
                 bands,
+                x_max,
             },
         )?;
         let rows = r
