@@ -278,7 +278,11 @@ where
     // that one runaway arm does not squash the others.
     let mut all: Vec<Series> = Vec::new();
     for b in &c.bands {
-        let mut pts: Vec<(f64, f64)> = b.means.iter().flat_map(|&(x, _, lo, hi)| [(x, lo), (x, hi)]).collect();
+        let mut pts: Vec<(f64, f64)> = b
+            .means
+            .iter()
+            .flat_map(|&(x, _, lo, hi)| [(x, lo), (x, hi)])
+            .collect();
         pts.extend(b.cloud.iter().copied());
         pts.retain(|p| c.x_max.is_none_or(|m| p.0 <= m));
         all.push(Series {
@@ -335,10 +339,18 @@ where
         }
         let line = ShapeStyle::from(&col).stroke_width(2);
         chart
-            .draw_series(LineSeries::new(b.means.iter().map(|&(x, m, _, _)| (x, m)), line))
+            .draw_series(LineSeries::new(
+                b.means.iter().map(|&(x, m, _, _)| (x, m)),
+                line,
+            ))
             .map_err(err)?
             .label(b.label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&col).stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    ShapeStyle::from(&col).stroke_width(3),
+                )
+            });
         chart
             .draw_series(
                 b.means
@@ -382,7 +394,11 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    let finite = f.rows.iter().flat_map(|r| [r.1, r.2, r.3]).filter(|v| v.is_finite());
+    let finite = f
+        .rows
+        .iter()
+        .flat_map(|r| [r.1, r.2, r.3])
+        .filter(|v| v.is_finite());
     let (mut lo, mut hi) = (0.0f64, 0.0f64);
     for v in finite {
         lo = lo.min(v);
@@ -434,7 +450,11 @@ where
         }
         if r.1.is_finite() {
             chart
-                .draw_series(std::iter::once(Circle::new((r.1, y), 5, ShapeStyle::from(&col).filled())))
+                .draw_series(std::iter::once(Circle::new(
+                    (r.1, y),
+                    5,
+                    ShapeStyle::from(&col).filled(),
+                )))
                 .map_err(err)?;
         }
     }

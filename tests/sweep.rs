@@ -20,7 +20,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sweep-{name}-{}", std::process::id()));
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sweep-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
@@ -49,14 +50,34 @@ fn quick_sweep_writes_every_section() {
     ] {
         assert!(report.contains(section), "missing {section}:\n{report}");
     }
-    for arm in ["p3o-v1", "p3o-v2", "p3o-v2-g4", "ppo", "dpo", "rloo-g4", "grpo-g4"] {
+    for arm in [
+        "p3o-v1",
+        "p3o-v2",
+        "p3o-v2-g4",
+        "ppo",
+        "dpo",
+        "rloo-g4",
+        "grpo-g4",
+    ] {
         assert!(report.contains(&format!("| {arm} |")), "no row for {arm}");
-        assert!(report.contains(&format!("| p3o-v2 - {arm} |")) || arm == "p3o-v2", "no pair with {arm}");
+        assert!(
+            report.contains(&format!("| p3o-v2 - {arm} |")) || arm == "p3o-v2",
+            "no pair with {arm}"
+        );
     }
-    for stem in ["frontier_proxy", "frontier_gold", "forest_proxy", "forest_gold"] {
+    for stem in [
+        "frontier_proxy",
+        "frontier_gold",
+        "forest_proxy",
+        "forest_gold",
+    ] {
         for ext in ["png", "svg"] {
             let f = out.join(format!("{stem}.{ext}"));
-            assert!(std::fs::metadata(&f).unwrap().len() > 1000, "{}", f.display());
+            assert!(
+                std::fs::metadata(&f).unwrap().len() > 1000,
+                "{}",
+                f.display()
+            );
         }
     }
     let results: serde_json::Value =
@@ -72,9 +93,11 @@ fn quick_sweep_writes_every_section() {
 /// The tiny sweep of the resumption test: two seeds, two arms, two
 /// coefficients, a few steps each.
 fn tiny_args(out: &Path) -> Vec<String> {
-    let mut v: Vec<String> = ["sweep", "--quick", "--seeds", "2", "--betas", "0.05,0.2", "--out"]
-        .map(String::from)
-        .to_vec();
+    let mut v: Vec<String> = [
+        "sweep", "--quick", "--seeds", "2", "--betas", "0.05,0.2", "--out",
+    ]
+    .map(String::from)
+    .to_vec();
     v.push(out.display().to_string());
     for s in [
         "corpus_size=256",
@@ -114,7 +137,13 @@ fn comparable(out: &Path) -> serde_json::Value {
 fn killed_sweep_resumes_to_the_same_results() {
     let _guard = serial();
     let whole = tmp("whole");
-    let o = run_p3o(&tiny_args(&whole).iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let o = run_p3o(
+        &tiny_args(&whole)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     // Killed once the first run of seed 0 is done and the next has begun.
@@ -129,8 +158,14 @@ fn killed_sweep_resumes_to_the_same_results() {
     let next = killed.join("seed-0/beta-0.05/ppo/metrics.jsonl");
     let t = Instant::now();
     while !(first.is_file() && next.is_file()) {
-        assert!(t.elapsed() < Duration::from_secs(300), "the sweep made no run");
-        assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it was killed");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the sweep made no run"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sweep ended before it was killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -138,16 +173,36 @@ fn killed_sweep_resumes_to_the_same_results() {
     assert!(!killed.join("results.json").exists());
     let before = std::fs::metadata(&first).unwrap().modified().unwrap();
 
-    let o = run_p3o(&tiny_args(&killed).iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let o = run_p3o(
+        &tiny_args(&killed)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("(resuming)") && err.contains("done before, kept"), "{err}");
+    assert!(
+        err.contains("(resuming)") && err.contains("done before, kept"),
+        "{err}"
+    );
     // The finished unit was kept, not redone.
-    assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().modified().unwrap(),
+        before
+    );
     assert_eq!(comparable(&whole), comparable(&killed));
     assert_eq!(
-        std::fs::read_to_string(whole.join("report.md")).unwrap().lines().filter(|l| !l.contains("Compute time")).collect::<Vec<_>>(),
-        std::fs::read_to_string(killed.join("report.md")).unwrap().lines().filter(|l| !l.contains("Compute time")).collect::<Vec<_>>()
+        std::fs::read_to_string(whole.join("report.md"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("Compute time"))
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(killed.join("report.md"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("Compute time"))
+            .collect::<Vec<_>>()
     );
 
     // Another configuration on the same directory is refused, naming the
@@ -157,7 +212,10 @@ fn killed_sweep_resumes_to_the_same_results() {
     let o = run_p3o(&other.iter().map(String::as_str).collect::<Vec<_>>(), "");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("another configuration") && err.contains("seeds"), "{err}");
+    assert!(
+        err.contains("another configuration") && err.contains("seeds"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(comparable(&whole), comparable(&killed));
 }

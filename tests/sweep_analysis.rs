@@ -21,7 +21,11 @@ fn records() -> Vec<RunRecord> {
     let mut out = Vec::new();
     for seed in 0..3u64 {
         let base = seed as f64;
-        for (arm, slope, offset) in [("p3o-v2", 1.0, 0.0), ("ppo", 0.5, 0.0), ("p3o-v1", 1.0, 0.1 * base)] {
+        for (arm, slope, offset) in [
+            ("p3o-v2", 1.0, 0.0),
+            ("ppo", 0.5, 0.0),
+            ("p3o-v1", 1.0, 0.1 * base),
+        ] {
             let eval = (0..=4)
                 .map(|i| {
                     let kl = i as f64;
@@ -94,7 +98,9 @@ fn statistics_of_known_records() {
     let p = a
         .paired
         .iter()
-        .find(|p| p.a == "p3o-v2" && p.b == "ppo" && p.budget == 4.0 && p.reward == RewardKind::Proxy)
+        .find(|p| {
+            p.a == "p3o-v2" && p.b == "ppo" && p.budget == 4.0 && p.reward == RewardKind::Proxy
+        })
         .unwrap();
     assert_eq!(p.differences, vec![0.75; 3]);
     assert_eq!((p.sign.positive, p.sign.negative), (3, 0));
@@ -105,7 +111,9 @@ fn statistics_of_known_records() {
     let p = a
         .paired
         .iter()
-        .find(|p| p.a == "p3o-v1" && p.b == "p3o-v2" && p.budget == 2.0 && p.reward == RewardKind::Gold)
+        .find(|p| {
+            p.a == "p3o-v1" && p.b == "p3o-v2" && p.budget == 2.0 && p.reward == RewardKind::Gold
+        })
         .unwrap();
     assert!((p.value.mean - 0.2).abs() < 1e-12, "{}", p.value.mean);
     assert_eq!((p.sign.positive, p.sign.negative, p.sign.ties), (2, 0, 1));

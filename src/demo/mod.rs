@@ -40,7 +40,11 @@ use crate::train::trainer::Trainer;
 use crate::train::trainer::metrics::{MetricsLine, read_metrics};
 
 /// One RL run's curves, read back from its metrics.jsonl.
-pub(crate) fn read_curves(dir: &Path, arm: DemoArm, shifted: bool) -> Result<RunCurves, TrainError> {
+pub(crate) fn read_curves(
+    dir: &Path,
+    arm: DemoArm,
+    shifted: bool,
+) -> Result<RunCurves, TrainError> {
     let mut c = RunCurves {
         arm,
         shifted,
@@ -87,7 +91,11 @@ fn weight_difference(a: &Path, b: &Path) -> Result<f64, TrainError> {
 /// the preference split, the first chosen with probability
 /// `sigma(gold1 - gold2)` ([C-TOY-GOLD]). Returns the share of labels that
 /// agree with the sign of the gold difference.
-pub(crate) fn write_preferences(policy: &Path, cfg: &DemoConfig, out: &Path) -> Result<f64, TrainError> {
+pub(crate) fn write_preferences(
+    policy: &Path,
+    cfg: &DemoConfig,
+    out: &Path,
+) -> Result<f64, TrainError> {
     let model = load_policy(policy, device_of(cfg.device, "config key `device`")?)?;
     let tokenizer = Tokenizer::load(policy, &model.config)?;
     // Each prompt of the split once, then again (about 2970 prompts).

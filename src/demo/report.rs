@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::arm::DemoArm;
-use crate::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
 use super::results::{DemoResults, RunCurves, fmt_mean_se};
+use crate::plots::{Heatmap, LineChart, Series, save_heatmap, save_line_chart, save_panels};
 use crate::train::error::TrainError;
 
 /// The frontier of one run: (KL, reward) eval points, by `pick` (proxy or

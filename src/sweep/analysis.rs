@@ -277,7 +277,8 @@ pub fn analyse(records: &[RunRecord], layout: &Layout) -> Analysis {
                     .collect()
             })
             .collect();
-        let finite = |v: &[f64]| -> Vec<f64> { v.iter().copied().filter(|x| x.is_finite()).collect() };
+        let finite =
+            |v: &[f64]| -> Vec<f64> { v.iter().copied().filter(|x| x.is_finite()).collect() };
         for (ai, arm) in layout.arms.iter().enumerate() {
             for (ki, &k) in layout.kl_budgets.iter().enumerate() {
                 out.envelopes.push(EnvelopeRow {
@@ -324,7 +325,9 @@ pub fn analyse(records: &[RunRecord], layout: &Layout) -> Analysis {
                         let Some(r) = envelope_at(&pts[mi][si], k) else {
                             continue;
                         };
-                        let (Some(x), Some(y)) = (kl_to_reach(&pts[ai][si], r), kl_to_reach(&pts[mi][si], r)) else {
+                        let (Some(x), Some(y)) =
+                            (kl_to_reach(&pts[ai][si], r), kl_to_reach(&pts[mi][si], r))
+                        else {
                             continue;
                         };
                         arm_kl.push(x);
@@ -347,7 +350,13 @@ pub fn analyse(records: &[RunRecord], layout: &Layout) -> Analysis {
                         arm_kl: if n == 0 { f64::NAN } else { mean(&arm_kl) },
                         match_kl: if n == 0 { f64::NAN } else { mean(&match_kl) },
                         ratio: if n == 0 { f64::NAN } else { ratio_of(&all) },
-                        interval: bootstrap(n, LEVEL, RESAMPLES, row_seed(&["match", rn, arm, &k.to_string()]), ratio_of),
+                        interval: bootstrap(
+                            n,
+                            LEVEL,
+                            RESAMPLES,
+                            row_seed(&["match", rn, arm, &k.to_string()]),
+                            ratio_of,
+                        ),
                     });
                 }
             }
@@ -384,7 +393,11 @@ pub fn analyse(records: &[RunRecord], layout: &Layout) -> Analysis {
                         b: b.clone(),
                         wins,
                         trials,
-                        rate: if trials == 0 { f64::NAN } else { wins / trials as f64 },
+                        rate: if trials == 0 {
+                            f64::NAN
+                        } else {
+                            wins / trials as f64
+                        },
                         interval: wilson(wins, trials as f64, LEVEL),
                     });
                 }

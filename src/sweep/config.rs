@@ -58,7 +58,9 @@ impl SweepConfig {
 
     /// The seeds in order.
     pub fn seed_list(&self) -> Vec<u64> {
-        (0..self.seeds as u64).map(|i| self.stages.seed + i).collect()
+        (0..self.seeds as u64)
+            .map(|i| self.stages.seed + i)
+            .collect()
     }
 
     /// The ranges of the sweep's own keys; the stages are checked by

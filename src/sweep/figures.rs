@@ -24,17 +24,30 @@ fn cloud(runs: &[RunRecord], arm: &str, kind: RewardKind) -> Vec<(f64, f64)> {
 
 /// Writes `frontier_{proxy,gold}` and `forest_{proxy,gold}` (PNG and SVG).
 pub fn write_figures(r: &SweepResults, out: &Path) -> Result<(), String> {
-    let arms: Vec<String> = r.config.stages.algorithms.iter().map(|a| a.to_string()).collect();
+    let arms: Vec<String> = r
+        .config
+        .stages
+        .algorithms
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let largest_budget = r.config.kl_budgets.iter().copied().fold(0.0, f64::max);
     for kind in RewardKind::ALL {
         let name = kind.name();
         // The KL axis ends at the 95th percentile of the points (times
         // 1.1), so that a runaway arm leaves the others readable.
-        let mut kls: Vec<f64> = r.runs.iter().flat_map(|x| x.eval.iter().map(|p| p.kl)).filter(|k| k.is_finite()).collect();
+        let mut kls: Vec<f64> = r
+            .runs
+            .iter()
+            .flat_map(|x| x.eval.iter().map(|p| p.kl))
+            .filter(|k| k.is_finite())
+            .collect();
         kls.sort_by(f64::total_cmp);
         let x_max = kls.get(kls.len() * 95 / 100).map(|k| 1.1 * k);
         let cut = match (x_max, kls.last()) {
-            (Some(m), Some(&top)) if top > m => format!(", KL axis cut at {m:.1} (largest {top:.1})"),
+            (Some(m), Some(&top)) if top > m => {
+                format!(", KL axis cut at {m:.1} (largest {top:.1})")
+            }
             _ => String::new(),
         };
         let bands = arms
@@ -82,7 +95,10 @@ pub fn write_figures(r: &SweepResults, out: &Path) -> Result<(), String> {
             .iter()
             .filter(|p| p.reward == kind && p.budget == largest_budget)
             .map(|p| {
-                let (lo, hi) = p.value.interval.map_or((f64::NAN, f64::NAN), |iv| (iv.lo, iv.hi));
+                let (lo, hi) = p
+                    .value
+                    .interval
+                    .map_or((f64::NAN, f64::NAN), |iv| (iv.lo, iv.hi));
                 (format!("{} - {}", p.a, p.b), p.value.mean, lo, hi)
             })
             .collect();
@@ -90,7 +106,9 @@ pub fn write_figures(r: &SweepResults, out: &Path) -> Result<(), String> {
             &out.join(format!("forest_{name}")),
             &Forest {
                 title: format!("Paired differences, {name} reward, KL budget {largest_budget}"),
-                x_label: format!("difference of envelope means ({name} reward), 95 % CI over seeds"),
+                x_label: format!(
+                    "difference of envelope means ({name} reward), 95 % CI over seeds"
+                ),
                 rows,
             },
         )?;

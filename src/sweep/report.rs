@@ -35,7 +35,12 @@ fn bin_name(lo: f64, hi: Option<f64>) -> String {
 pub fn render(r: &SweepResults) -> String {
     let cfg = &r.config;
     let a = &r.analysis;
-    let arms: Vec<String> = cfg.stages.algorithms.iter().map(|x| x.to_string()).collect();
+    let arms: Vec<String> = cfg
+        .stages
+        .algorithms
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     let mut s = String::new();
     let _ = writeln!(s, "# p3o sweep\n");
     let _ = writeln!(
@@ -78,7 +83,11 @@ pub fn render(r: &SweepResults) -> String {
             x.reward_model.heldout_pairs
         );
     }
-    let accs: Vec<f64> = r.seeds.iter().map(|x| x.reward_model.heldout_accuracy).collect();
+    let accs: Vec<f64> = r
+        .seeds
+        .iter()
+        .map(|x| x.reward_model.heldout_accuracy)
+        .collect();
     if !accs.is_empty() {
         let _ = writeln!(
             s,
@@ -207,8 +216,10 @@ pub fn render(r: &SweepResults) -> String {
 pub fn write_outputs(r: &SweepResults, out: &Path) -> Result<(), TrainError> {
     let named = |p: &Path, e: std::io::Error| TrainError::Input(format!("{}: {e}", p.display()));
     let json = out.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(r).expect("JSON")).map_err(|e| named(&json, e))?;
-    figures::write_figures(r, out).map_err(|e| TrainError::Input(format!("figures in {}: {e}", out.display())))?;
+    std::fs::write(&json, serde_json::to_string_pretty(r).expect("JSON"))
+        .map_err(|e| named(&json, e))?;
+    figures::write_figures(r, out)
+        .map_err(|e| TrainError::Input(format!("figures in {}: {e}", out.display())))?;
     let md = out.join("report.md");
     std::fs::write(&md, render(r)).map_err(|e| named(&md, e))
 }

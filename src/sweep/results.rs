@@ -28,4 +28,3 @@ pub struct SweepResults {
     pub runs: Vec<RunRecord>,
     pub analysis: Analysis,
 }
-

@@ -66,7 +66,9 @@ fn seed_dir(out: &Path, seed: u64) -> PathBuf {
 }
 
 fn run_dir_of(out: &Path, seed: u64, beta: f64, arm: DemoArm) -> PathBuf {
-    seed_dir(out, seed).join(format!("beta-{beta}")).join(arm.to_string())
+    seed_dir(out, seed)
+        .join(format!("beta-{beta}"))
+        .join(arm.to_string())
 }
 
 /// The stages' config of one seed.
@@ -125,7 +127,8 @@ pub fn claim(cfg: &SweepConfig, out: &Path) -> Result<bool, TrainError> {
     }
     run_dir::require_fresh(out, "choose another --out").map_err(TrainError::Input)?;
     std::fs::create_dir_all(out)?;
-    std::fs::write(&file, text).map_err(|e| TrainError::Input(format!("{}: {e}", file.display())))?;
+    std::fs::write(&file, text)
+        .map_err(|e| TrainError::Input(format!("{}: {e}", file.display())))?;
     Ok(false)
 }
 
@@ -298,9 +301,8 @@ fn check_runs(cfg: &SweepConfig) -> Result<(), TrainError> {
                 .stages
                 .train_config(arm, Path::new("policy"), Path::new("reward"))?;
             tc.beta = beta;
-            tc.check().map_err(|e| {
-                TrainError::Input(format!("{} (arm `{arm}`, beta {beta})", e.0))
-            })?;
+            tc.check()
+                .map_err(|e| TrainError::Input(format!("{} (arm `{arm}`, beta {beta})", e.0)))?;
         }
     }
     Ok(())
