@@ -149,6 +149,37 @@ pub(crate) fn write_preferences(
     Ok(agree as f64 / decided.max(1) as f64)
 }
 
+/// The judges of the toy task's evaluations: the SFT policy in `sft` as
+/// the KL reference, the proxy in `rm` and the gold reward.
+pub(crate) fn toy_judges(cfg: &DemoConfig, sft: &Path, rm: &Path) -> Result<Judges, TrainError> {
+    let device = device_of(cfg.device, "config key `device`")?;
+    let reference = load_policy(sft, device)?;
+    let tokenizer = Tokenizer::load(sft, &reference.config)?;
+    Ok(Judges {
+        reference,
+        reward: Reward::load(
+            &rm.display().to_string(),
+            "reward",
+            cfg.max_new_tokens,
+            device,
+        )?,
+        gold: Some(Reward::ToyGold),
+        tokenizer,
+    })
+}
+
+/// The sampling of the final evaluation: `eval_samples` per held-out
+/// prompt, from the final-evaluation seed.
+pub(crate) fn final_spec(cfg: &DemoConfig) -> SampleSpec {
+    SampleSpec {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: 1.0,
+        samples: cfg.eval_samples,
+        seed: SeedPurpose::FinalEvaluation.of(cfg.seed),
+        batch_size: 256,
+    }
+}
+
 /// Prints a stage line on standard error.
 fn stage(n: usize, of: usize, what: &str) {
     eprintln!("[{n}/{of}] {what}");
@@ -262,27 +293,9 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path) -> Result<DemoResults, TrainError>
         "final evaluation and win rates on held-out prompts",
     );
     let device = device_of(cfg.device, "config key `device`")?;
-    let reference = load_policy(&sft.model, device)?;
-    let tokenizer = Tokenizer::load(&sft.model, &reference.config)?;
-    let judges = Judges {
-        reference,
-        reward: Reward::load(
-            &rm.model.display().to_string(),
-            "reward",
-            cfg.max_new_tokens,
-            device,
-        )?,
-        gold: Some(Reward::ToyGold),
-        tokenizer,
-    };
+    let judges = toy_judges(cfg, &sft.model, &rm.model)?;
     let prompts = eval_prompts(TOY_PROMPTS, None)?;
-    let spec = SampleSpec {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: 1.0,
-        samples: cfg.eval_samples,
-        seed: SeedPurpose::FinalEvaluation.of(cfg.seed),
-        batch_size: 256,
-    };
+    let spec = final_spec(cfg);
     let mut final_eval = vec![evaluate_policy(
         "sft",
         &judges.reference,

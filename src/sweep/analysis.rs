@@ -320,13 +320,13 @@ pub fn analyse(records: &[RunRecord], layout: &Layout) -> Analysis {
             for (ai, arm) in layout.arms.iter().enumerate() {
                 for &k in layout.kl_budgets {
                     let (mut arm_kl, mut match_kl) = (Vec::new(), Vec::new());
-                    for si in 0..layout.seeds.len() {
+                    for (arm_pts, match_pts) in pts[ai].iter().zip(&pts[mi]) {
                         // The reward P3O-V2's envelope holds at the budget.
-                        let Some(r) = envelope_at(&pts[mi][si], k) else {
+                        let Some(r) = envelope_at(match_pts, k) else {
                             continue;
                         };
                         let (Some(x), Some(y)) =
-                            (kl_to_reach(&pts[ai][si], r), kl_to_reach(&pts[mi][si], r))
+                            (kl_to_reach(arm_pts, r), kl_to_reach(match_pts, r))
                         else {
                             continue;
                         };

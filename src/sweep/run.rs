@@ -12,16 +12,13 @@ use super::analysis::{EvalPoint, Layout, RunRecord, analyse};
 use super::config::SweepConfig;
 use super::report::write_outputs;
 use super::results::{SeedRecord, SweepResults};
-use crate::demo::{DemoArm, DemoConfig, read_curves, write_preferences};
+use crate::demo::{DemoArm, DemoConfig, final_spec, read_curves, toy_judges, write_preferences};
 use crate::run_dir;
-use crate::torch::tokenizer::Tokenizer;
 use crate::train::builtin::TOY_PROMPTS;
 use crate::train::error::TrainError;
-use crate::train::evaluate::{Judges, SampleSpec, eval_prompts, evaluate_policy, load_policy};
+use crate::train::evaluate::{Judges, eval_prompts, evaluate_policy, load_policy};
 use crate::train::models::device_of;
 use crate::train::reward_model::train_reward_model;
-use crate::train::scoring::Reward;
-use crate::train::seed::SeedPurpose;
 use crate::train::sft::run_sft;
 use crate::train::trainer::Trainer;
 
@@ -65,10 +62,9 @@ fn seed_dir(out: &Path, seed: u64) -> PathBuf {
     out.join(format!("seed-{seed}"))
 }
 
-fn run_dir_of(out: &Path, seed: u64, beta: f64, arm: DemoArm) -> PathBuf {
-    seed_dir(out, seed)
-        .join(format!("beta-{beta}"))
-        .join(arm.to_string())
+/// A run's directory in its seed's (its record is the same path + `.json`).
+fn run_dir_of(seed_dir: &Path, beta: f64, arm: DemoArm) -> PathBuf {
+    seed_dir.join(format!("beta-{beta}")).join(arm.to_string())
 }
 
 /// The stages' config of one seed.
@@ -166,27 +162,6 @@ fn prepare_seed(cfg: &DemoConfig, dir: &Path) -> Result<SeedRecord, TrainError> 
     Ok(record)
 }
 
-/// The judges of a seed's runs: its SFT policy as the KL reference, its
-/// proxy and the gold reward.
-fn judges_of(cfg: &DemoConfig, dir: &Path) -> Result<Judges, TrainError> {
-    let device = device_of(cfg.device, "config key `device`")?;
-    let sft = dir.join("sft").join("final");
-    let reference = load_policy(&sft, device)?;
-    let tokenizer = Tokenizer::load(&sft, &reference.config)?;
-    let rm = dir.join("reward_model").join("final");
-    Ok(Judges {
-        reference,
-        reward: Reward::load(
-            &rm.display().to_string(),
-            "reward",
-            cfg.max_new_tokens,
-            device,
-        )?,
-        gold: Some(Reward::ToyGold),
-        tokenizer,
-    })
-}
-
 /// One arm at one coefficient on one seed, or its record when done.
 fn run_arm(
     cfg: &DemoConfig,
@@ -195,7 +170,7 @@ fn run_arm(
     beta: f64,
     judges: &Judges,
 ) -> Result<RunRecord, TrainError> {
-    let dir = seed_dir.join(format!("beta-{beta}")).join(arm.to_string());
+    let dir = run_dir_of(seed_dir, beta, arm);
     let done = dir.with_extension("json");
     if let Some(r) = read_done(&done)? {
         return Ok(r);
@@ -221,15 +196,14 @@ fn run_arm(
         .collect();
     let device = device_of(cfg.device, "config key `device`")?;
     let policy = load_policy(&dir.join("final"), device)?;
-    let spec = SampleSpec {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: 1.0,
-        samples: cfg.eval_samples,
-        seed: SeedPurpose::FinalEvaluation.of(cfg.seed),
-        batch_size: 256,
-    };
     let prompts = eval_prompts(TOY_PROMPTS, None)?;
-    let e = evaluate_policy(&arm.to_string(), &policy, judges, &prompts, &spec)?;
+    let e = evaluate_policy(
+        &arm.to_string(),
+        &policy,
+        judges,
+        &prompts,
+        &final_spec(cfg),
+    )?;
     let record = RunRecord {
         seed: cfg.seed,
         beta,
@@ -348,12 +322,14 @@ pub fn run_sweep(cfg: &SweepConfig, out: &Path) -> Result<SweepResults, TrainErr
             rec.reward_model.heldout_accuracy
         );
         seed_records.push(rec);
-        let judges = judges_of(&stages, &dir)?;
+        let judges = toy_judges(
+            &stages,
+            &dir.join("sft").join("final"),
+            &dir.join("reward_model").join("final"),
+        )?;
         for &beta in &cfg.betas {
             for &arm in arms {
-                let will_run = !run_dir_of(out, seed, beta, arm)
-                    .with_extension("json")
-                    .is_file();
+                let will_run = !run_dir_of(&dir, beta, arm).with_extension("json").is_file();
                 progress.start(&format!("seed {seed}, beta {beta}: {arm}"), will_run);
                 let t = Instant::now();
                 runs.push(run_arm(&stages, &dir, arm, beta, &judges)?);
